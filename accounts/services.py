@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import ApiKey, Membership, Organisation, Team
+from accounts.roles import ROLE_VALUES
+from audit.actions import Action
+from audit.services import Actor, audit_event_record
+from core.errors import ValidationFailed
+from core.invalidation import invalidate
+
+API_KEY_PREFIX = "stw_"
+API_KEYS_NAMESPACE = "api_keys"
+
+
+def roles_validate(roles: list[str]) -> list[str]:
+    unknown = [r for r in roles if r not in ROLE_VALUES]
+    if unknown:
+        raise ValidationFailed(f"Unknown role(s): {', '.join(map(str, unknown))}", param="roles")
+    return sorted(set(roles))
+
+
+def organisation_create(*, name: str, slug: str, actor: Actor) -> Organisation:
+    with transaction.atomic():
+        org = Organisation.objects.create(name=name, slug=slug)
+        audit_event_record(
+            organisation_id=org.id,
+            actor=actor,
+            action=Action.ORGANISATION_CREATED,
+            target_type="organisation",
+            target_id=org.id,
+            after={"name": name, "slug": slug},
+        )
+    return org
+
+
+def team_create(*, organisation: Organisation, name: str, actor: Actor) -> Team:
+    with transaction.atomic():
+        team = Team.objects.create(organisation=organisation, name=name)
+        audit_event_record(
+            organisation_id=organisation.id,
+            actor=actor,
+            action=Action.TEAM_CREATED,
+            target_type="team",
+            target_id=team.id,
+            after={"name": name},
+        )
+    return team
+
+
+def membership_set(*, organisation: Organisation, user, roles: list[str], actor: Actor) -> Membership:
+    """Add `user` to `organisation` with `roles`, or change the roles of an existing member."""
+    roles = roles_validate(roles)
+    with transaction.atomic():
+        membership = Membership.objects.select_for_update().filter(organisation=organisation, user=user).first()
+        if membership is None:
+            membership = Membership.objects.create(organisation=organisation, user=user, roles=roles)
+            action, before = Action.MEMBER_ADDED, None
+        else:
+            if membership.roles == roles:
+                return membership
+            before = {"roles": membership.roles}
+            membership.roles = roles
+            membership.save(update_fields=["roles", "updated_at"])
+            action = Action.MEMBER_ROLES_CHANGED
+        audit_event_record(
+            organisation_id=organisation.id,
+            actor=actor,
+            action=action,
+            target_type="user",
+            target_id=user.pk,
+            before=before,
+            after={"username": user.get_username(), "roles": roles},
+        )
+    return membership
+
+
+def user_create(*, username: str, password: str, email: str = ""):
+    return get_user_model().objects.create_user(username=username, password=password, email=email)
+
+
+# --- API keys ------------------------------------------------------------------------------
+
+
+def api_key_hash(raw: str) -> str:
+    # Keys carry ~190 bits of randomness, so a fast hash is safe and keeps the proxy's lookup cheap.
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKeyCreated:
+    api_key: ApiKey
+    secret: str  # shown to the creator once, never stored
+
+
+def api_key_create(
+    *,
+    organisation: Organisation,
+    name: str,
+    actor: Actor,
+    team: Team | None = None,
+    expires_at: datetime | None = None,
+    allowed_models: list[str] | None = None,
+    allowed_prompts: list[str] | None = None,
+    roles: list[str] | None = None,
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    max_in_flight: int | None = None,
+    cache_enabled: bool = False,
+    overridable_params: list[str] | None = None,
+    created_by=None,
+) -> ApiKeyCreated:
+    """Create a key and return its secret once. Only the hash and a short prefix are stored."""
+    name = (name or "").strip()
+    if not name:
+        raise ValidationFailed("An API key needs a name.", param="name")
+    if team is not None and team.organisation_id != organisation.id:
+        raise ValidationFailed("The team belongs to another organisation.", param="team")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationFailed("expires_at must be in the future.", param="expires_at")
+    roles = roles_validate(roles or [])
+    prefix = secrets.token_hex(6)
+    secret = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            organisation=organisation,
+            team=team,
+            name=name,
+            prefix=prefix,
+            secret_hash=api_key_hash(secret),
+            created_by=created_by,
+            expires_at=expires_at,
+            allowed_models=sorted(set(allowed_models or [])),
+            allowed_prompts=sorted(set(allowed_prompts or [])),
+            roles=roles,
+            rpm_limit=rpm_limit,
+            tpm_limit=tpm_limit,
+            max_in_flight=max_in_flight,
+            cache_enabled=cache_enabled,
+            overridable_params=sorted(set(overridable_params or [])),
+        )
+        audit_event_record(
+            organisation_id=organisation.id,
+            actor=actor,
+            action=Action.API_KEY_CREATED,
+            target_type="api_key",
+            target_id=key.id,
+            after=api_key_public(key),
+        )
+        # A negative lookup of this secret may be cached; drop it so the key works at once.
+        invalidate(API_KEYS_NAMESPACE)
+    return ApiKeyCreated(api_key=key, secret=secret)
+
+
+def api_key_public(key: ApiKey) -> dict:
+    """What may be shown or audited about a key: everything but the hash."""
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "team_id": key.team_id,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        "allowed_models": key.allowed_models,
+        "allowed_prompts": key.allowed_prompts,
+        "roles": key.roles,
+        "rpm_limit": key.rpm_limit,
+        "tpm_limit": key.tpm_limit,
+        "max_in_flight": key.max_in_flight,
+        "cache_enabled": key.cache_enabled,
+        "overridable_params": key.overridable_params,
+    }
+
+
+def api_key_revoke(*, api_key: ApiKey, actor: Actor) -> ApiKey:
+    """Revoke a key. Every proxy process stops accepting it within the invalidation bound (< 2 s)."""
+    with transaction.atomic():
+        key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+        if key.revoked_at is not None:
+            return key
+        before = api_key_public(key)
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at", "updated_at"])
+        audit_event_record(
+            organisation_id=key.organisation_id,
+            actor=actor,
+            action=Action.API_KEY_REVOKED,
+            target_type="api_key",
+            target_id=key.id,
+            before=before,
+            after=api_key_public(key),
+        )
+        invalidate(API_KEYS_NAMESPACE)
+    return key
+
+
+def api_keys_mark_used(*, last_used: dict[int, datetime]) -> None:
+    """Record last-use times in bulk (called off the hot path by the request-log consumer)."""
+    for key_id, used_at in last_used.items():
+        ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gte=used_at).update(last_used_at=used_at)

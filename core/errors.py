@@ -1,0 +1,63 @@
+"""The project's own errors. Services raise these; views, APIs and the proxy map them to responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApplicationError(Exception):
+    """A failure the caller can act on. `code` is stable and machine-readable; `message` is for people."""
+
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None, extra: Any = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.param = param
+        self.extra = extra or {}
+
+
+class ValidationFailed(ApplicationError):
+    status = 400
+    code = "invalid_request"
+
+
+class NotFound(ApplicationError):
+    status = 404
+    code = "not_found"
+
+
+class Forbidden(ApplicationError):
+    status = 403
+    code = "forbidden"
+
+
+class Conflict(ApplicationError):
+    status = 409
+    code = "conflict"
+
+
+class RateLimited(ApplicationError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class TransientUpstreamError(ApplicationError):
+    """Worth retrying elsewhere: connect errors, timeouts, 429 and 5xx from a provider."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class PermanentUpstreamError(ApplicationError):
+    """Retrying will not help: the provider rejected the request itself."""
+
+    status = 502
+    code = "upstream_rejected"

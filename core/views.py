@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from core.health import readiness_run
+
+
+@login_required
+def home(request):
+    return redirect("registry:prompt_list")
+
+
+@never_cache
+def healthz(request):
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+def readyz(request):
+    results = readiness_run()
+    down = [r.name for r in results if not r.ok and r.critical]
+    body = {
+        "status": "ready" if not down else "unavailable",
+        "down": down,
+        "checks": {r.name: {"ok": r.ok, **r.detail} for r in results},
+    }
+    return JsonResponse(body, status=200 if not down else 503)
+
+
+@never_cache
+def metrics(request):
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+def coming(request, *, title: str):
+    """Placeholder page for sections a later release fills in."""
+    return render(request, "core/coming.html", {"title": title})

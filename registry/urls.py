@@ -1,0 +1,6 @@
+from django.urls import path
+
+from core.views import coming
+
+app_name = "registry"
+urlpatterns = [path("", coming, {"title": "Prompts"}, name="prompt_list")]

@@ -1,0 +1,280 @@
+"""Shared fixtures: personas, a clean Redis, the development upstream and an in-process Steward server.
+
+Tests talk to real PostgreSQL and Redis (`make test` points DATABASE_URL / REDIS_URL at the local
+servers). App-specific fixtures live in tests/<app>/conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import requests
+from django.conf import settings
+
+from accounts.roles import Role
+from audit.services import Actor
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+# --- Redis isolation -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_per_worker():
+    """Each xdist worker gets its own Redis database number, so flushes never cross tests running in parallel."""
+    from core.redis import redis_reset_clients
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = 1 + int(worker[2:] or 0) if worker.startswith("gw") else 1
+    base = settings.REDIS_URL.rsplit("/", 1)[0] if settings.REDIS_URL.startswith("redis") else settings.REDIS_URL
+    if settings.REDIS_URL.startswith("redis"):
+        settings.REDIS_URL = f"{base}/{index}"
+        os.environ["REDIS_URL"] = settings.REDIS_URL
+    redis_reset_clients()
+    yield
+
+
+@pytest.fixture
+def redis_clean():
+    """A flushed Redis database for this test (also the generation counters of in-process caches)."""
+    from core.invalidation import _registry
+    from core.redis import redis_client
+
+    client = redis_client()
+    client.flushdb()
+    _registry.poll_once()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis_for_db_tests(request):
+    # Caches keyed by database ids must not outlive the rows of a previous test.
+    from core.invalidation import _registry
+    from core.redis import redis_client
+
+    redis_client().flushdb()
+    _registry._clear_all()
+    _registry.poll_once()
+    yield
+
+
+# --- personas --------------------------------------------------------------------------------
+
+
+@dataclass
+class Persona:
+    user: object
+    password: str
+    organisation: object
+    roles: list[str]
+
+
+def _make_persona(username: str, organisation, roles: list[str]) -> Persona:
+    from accounts.services import membership_set, user_create
+
+    password = "correct horse battery staple 9"
+    user = user_create(username=username, password=password)
+    membership_set(organisation=organisation, user=user, roles=roles, actor=Actor.system("tests"))
+    return Persona(user=user, password=password, organisation=organisation, roles=roles)
+
+
+@pytest.fixture
+def organisation(db):
+    from accounts.services import organisation_create
+
+    return organisation_create(name="Acme", slug="acme", actor=Actor.system("tests"))
+
+
+@pytest.fixture
+def other_organisation(db):
+    from accounts.services import organisation_create
+
+    return organisation_create(name="Globex", slug="globex", actor=Actor.system("tests"))
+
+
+@pytest.fixture
+def owner(organisation) -> Persona:
+    return _make_persona("owner", organisation, [r.value for r in Role])
+
+
+@pytest.fixture
+def admin(organisation) -> Persona:
+    return _make_persona("alice-admin", organisation, [Role.ADMIN])
+
+
+@pytest.fixture
+def prompt_engineer(organisation) -> Persona:
+    return _make_persona("pat-engineer", organisation, [Role.PROMPT_ENGINEER])
+
+
+@pytest.fixture
+def second_prompt_engineer(organisation) -> Persona:
+    return _make_persona("quinn-engineer", organisation, [Role.PROMPT_ENGINEER])
+
+
+@pytest.fixture
+def reviewer(organisation) -> Persona:
+    return _make_persona("rita-reviewer", organisation, [Role.REVIEWER])
+
+
+@pytest.fixture
+def viewer(organisation) -> Persona:
+    return _make_persona("victor-viewer", organisation, [Role.VIEWER])
+
+
+@pytest.fixture
+def member(viewer) -> Persona:
+    return viewer
+
+
+@pytest.fixture
+def outsider(other_organisation) -> Persona:
+    return _make_persona("oscar-outsider", other_organisation, [r.value for r in Role])
+
+
+def login(client, persona: Persona):
+    client.force_login(persona.user)
+    return client
+
+
+@pytest.fixture
+def api_key_factory(organisation):
+    """Create API keys: `api_key_factory(**scopes) -> (ApiKey, secret)`."""
+    from accounts.services import api_key_create
+
+    def make(org=None, **kwargs):
+        kwargs.setdefault("name", "test key")
+        created = api_key_create(organisation=org or organisation, actor=Actor.system("tests"), **kwargs)
+        return created.api_key, created.secret
+
+    return make
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+
+class _LoopThread:
+    """Runs an asyncio server in a daemon thread with its own loop."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@dataclass
+class UpstreamHandle:
+    url: str  # base URL including /v1
+    port: int
+    upstream: object
+
+    def control(self, **knobs) -> dict:
+        return requests.post(f"http://127.0.0.1:{self.port}/_control", json=knobs, timeout=5).json()
+
+    def stats(self) -> dict:
+        return requests.get(f"http://127.0.0.1:{self.port}/_stats", timeout=5).json()
+
+    def reset(self) -> None:
+        requests.post(f"http://127.0.0.1:{self.port}/_reset", timeout=5)
+
+
+@contextlib.contextmanager
+def dev_upstream_running(name: str = "dev") -> Iterator[UpstreamHandle]:
+    from core.devupstream import DevUpstream, serve
+
+    upstream = DevUpstream(name=name)
+    port = free_port()
+    loop = _LoopThread()
+    runner = loop.run(serve(upstream, port=port))
+    try:
+        yield UpstreamHandle(url=f"http://127.0.0.1:{port}/v1", port=port, upstream=upstream)
+    finally:
+        loop.run(runner.cleanup())
+        loop.stop()
+
+
+@pytest.fixture(scope="session")
+def _dev_upstream_session():
+    with dev_upstream_running("dev-a") as handle:
+        yield handle
+
+
+@pytest.fixture
+def dev_upstream(_dev_upstream_session) -> UpstreamHandle:
+    """The development upstream (real HTTP on 127.0.0.1), reset to defaults for each test."""
+    _dev_upstream_session.reset()
+    return _dev_upstream_session
+
+
+@pytest.fixture(scope="session")
+def _dev_upstream_b_session():
+    with dev_upstream_running("dev-b") as handle:
+        yield handle
+
+
+@pytest.fixture
+def dev_upstream_b(_dev_upstream_b_session) -> UpstreamHandle:
+    """A second, independent development upstream (a second deployment)."""
+    _dev_upstream_b_session.reset()
+    return _dev_upstream_b_session
+
+
+@dataclass
+class ServerHandle:
+    url: str
+    port: int
+
+
+@pytest.fixture
+def steward_server(transactional_db) -> Iterator[ServerHandle]:
+    """Steward's ASGI application (proxy + Django) under uvicorn in a thread, on a free port.
+
+    Uses the transactional database so rows a test creates are visible to the server's threads.
+    """
+    import uvicorn
+
+    from config.asgi import application
+
+    port = free_port()
+    config = uvicorn.Config(
+        application, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio", http="httptools"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port(port)
+    try:
+        yield ServerHandle(url=f"http://127.0.0.1:{port}", port=port)
+    finally:
+        server.should_exit = True
+        thread.join(10)
