@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
@@ -43,15 +44,23 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _redis_per_worker():
-    """Each xdist worker gets its own Redis database number, so flushes never cross tests running in parallel."""
+    """Each xdist worker gets its own Redis database (the URL's number plus the worker's index), and the
+    Celery broker follows it, so flushes and queued tasks never cross tests running in parallel."""
+    from config.celery import app as celery_app
     from core.redis import redis_reset_clients
 
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index = 1 + int(worker[2:] or 0) if worker.startswith("gw") else 1
-    base = settings.REDIS_URL.rsplit("/", 1)[0] if settings.REDIS_URL.startswith("redis") else settings.REDIS_URL
+    offset = int(worker[2:] or 0) if worker.startswith("gw") else 0
     if settings.REDIS_URL.startswith("redis"):
+        base, _, db = settings.REDIS_URL.rpartition("/")
+        index = (int(db) if db.isdigit() else 0) + offset
+        derived_broker = settings.CELERY_BROKER_URL == settings.REDIS_URL
         settings.REDIS_URL = f"{base}/{index}"
         os.environ["REDIS_URL"] = settings.REDIS_URL
+        if derived_broker:
+            settings.CELERY_BROKER_URL = settings.REDIS_URL
+            os.environ["CELERY_BROKER_URL"] = settings.REDIS_URL
+            celery_app.conf.broker_url = settings.REDIS_URL
     redis_reset_clients()
     yield
 
@@ -278,3 +287,80 @@ def steward_server(transactional_db) -> Iterator[ServerHandle]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a child process (worker, server) that must see this test's database and Redis."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
+    return {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{host}:{port}/{db['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+
+
+@dataclass
+class WorkerHandle:
+    process: object
+    log_path: str
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, tmp_path) -> Iterator[WorkerHandle]:
+    """A real Celery worker in a separate process, on this test's database and broker."""
+    import subprocess
+    import sys
+
+    from config.celery import Queue
+
+    env = subprocess_env()
+    log_path = str(tmp_path / "worker.log")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                ",".join(q.value for q in Queue),
+                "--concurrency",
+                "2",
+                "--pool",
+                "prefork",
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=settings.BASE_DIR,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "ready." not in Path(log_path).read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("celery worker did not start:\n" + Path(log_path).read_text()[-3000:])
+            time.sleep(0.2)
+        yield WorkerHandle(process=process, log_path=log_path)
+    finally:
+        import signal as _signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, _signal.SIGTERM)
+        try:
+            process.wait(15)
+        except Exception:
+            os.killpg(process.pid, _signal.SIGKILL)
