@@ -27,6 +27,7 @@ class Action(models.TextChoices):
     PROMOTION_REQUESTED = "promotion.requested"
     PROMOTION_APPROVED = "promotion.approved"
     PROMOTION_REJECTED = "promotion.rejected"
+    PROMOTION_GATE_CHANGED = "promotion.gate_changed"
     # proxy
     ROUTE_CREATED = "route.created"
     ROUTE_UPDATED = "route.updated"
@@ -36,6 +37,7 @@ class Action(models.TextChoices):
     DEPLOYMENT_DELETED = "deployment.deleted"
     DEPLOYMENT_CIRCUIT_OPENED = "deployment.circuit_opened"
     DEPLOYMENT_CIRCUIT_CLOSED = "deployment.circuit_closed"
+    PROXY_SETTINGS_CHANGED = "proxy.settings_changed"
     # billing
     PRICE_CHANGED = "price.changed"
     BUDGET_CREATED = "budget.created"

@@ -1,0 +1,261 @@
+"""Reads from the prompt registry, including the proxy's hot path `aprompt_resolve`.
+
+Resolution (organisation, name, label | version) -> version content is cached in process
+(core.invalidation.LocalCache, namespace "registry"), dropped everywhere within the poll bound
+after any label move, version or import. Rendering binds the variables on every call, with the
+version's templates compiled once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.db.models import Exists, OuterRef, Q, QuerySet
+
+from accounts.models import Organisation
+from core.errors import NotFound, ValidationFailed
+from core.invalidation import LocalCache
+from registry.models import DEFAULT_LABEL, Label, LabelMove, PromotionRequest, PromotionStatus, Prompt, PromptVersion
+from registry.rendering import CompiledVersion, compiled_cache
+from registry.services import REGISTRY_NAMESPACE
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    prompt_id: int
+    prompt_name: str
+    version_id: int
+    version_number: int
+    label: str | None
+    messages: list[dict]
+    model: str | None
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    prompt_id: int
+    prompt_name: str
+    version_id: int
+    version_number: int
+    label: str | None
+    model: str | None
+    params: dict
+    compiled: CompiledVersion
+
+
+@dataclass(frozen=True)
+class _Missing:
+    """A cached miss, so a flood of requests for an unknown prompt does not hit the database."""
+
+    code: str
+    message: str
+    param: str
+
+
+_resolved = LocalCache(REGISTRY_NAMESPACE, max_entries=20_000)
+
+
+def _reference(name: str, label: str | None, version: int | None) -> tuple[str, object]:
+    if not isinstance(name, str) or not name or len(name) > 100:
+        raise ValidationFailed("prompt.name must be a prompt name.", param="prompt.name")
+    if label is not None and version is not None:
+        raise ValidationFailed("Give a prompt label or a version number, not both.", param="prompt.label")
+    if version is not None:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValidationFailed("prompt.version must be a positive integer.", param="prompt.version")
+        return ("version", version)
+    if label is None:
+        label = DEFAULT_LABEL
+    if not isinstance(label, str) or not label:
+        raise ValidationFailed("prompt.label must be a label name.", param="prompt.label")
+    return ("label", label)
+
+
+def _resolve_load(organisation_id: int, name: str, kind: str, ref) -> _Resolved | _Missing:
+    prompt = Prompt.objects.filter(organisation_id=organisation_id, name=name).only("id", "name").first()
+    if prompt is None:
+        return _Missing("prompt_not_found", f"No prompt named {name!r}.", "prompt.name")
+    if kind == "label":
+        label = Label.objects.filter(prompt=prompt, name=ref).select_related("version").first()
+        if label is None:
+            return _Missing("label_not_found", f"Prompt {name!r} has no label {ref!r}.", "prompt.label")
+        version = label.version
+    else:
+        version = PromptVersion.objects.filter(prompt=prompt, number=ref).first()
+        if version is None:
+            return _Missing("version_not_found", f"Prompt {name!r} has no version {ref}.", "prompt.version")
+    compiled = compiled_cache.get_or_compile(
+        version_id=version.id, content_hash=version.content_hash, messages=version.messages, variables=version.variables
+    )
+    return _Resolved(
+        prompt_id=prompt.id,
+        prompt_name=prompt.name,
+        version_id=version.id,
+        version_number=version.number,
+        label=ref if kind == "label" else None,
+        model=version.model or None,
+        params=dict(version.params),
+        compiled=compiled,
+    )
+
+
+def _finish(found: _Resolved | _Missing, variables: dict | None) -> RenderedPrompt:
+    if isinstance(found, _Missing):
+        raise NotFound(found.message, code=found.code, param=found.param)
+    return RenderedPrompt(
+        prompt_id=found.prompt_id,
+        prompt_name=found.prompt_name,
+        version_id=found.version_id,
+        version_number=found.version_number,
+        label=found.label,
+        messages=found.compiled.render(variables),
+        model=found.model,
+        # A copy: callers may merge overrides into it without touching the cache.
+        params=dict(found.params),
+    )
+
+
+def prompt_resolve(
+    *,
+    organisation_id: int,
+    name: str,
+    label: str | None = None,
+    version: int | None = None,
+    variables: dict | None = None,
+) -> RenderedPrompt:
+    """Render prompt `name` at `label` (default "production") or at `version`.
+
+    Raises NotFound (prompt_not_found / label_not_found / version_not_found) or ValidationFailed
+    (prompt_render_error, param prompt.variables, extra["missing"] lists every missing variable).
+    """
+    kind, ref = _reference(name, label, version)
+    key = (organisation_id, name, kind, ref)
+    found = _resolved.get(key)
+    if found is None:
+        epoch = _resolved.epoch()
+        found = _resolve_load(organisation_id, name, kind, ref)
+        _resolved.set(key, found, epoch=epoch)
+    return _finish(found, variables)
+
+
+async def aprompt_resolve(
+    *,
+    organisation_id: int,
+    name: str,
+    label: str | None = None,
+    version: int | None = None,
+    variables: dict | None = None,
+) -> RenderedPrompt:
+    """Async twin of `prompt_resolve`: no thread hop and no query when the version is cached in process."""
+    kind, ref = _reference(name, label, version)
+    key = (organisation_id, name, kind, ref)
+    found = _resolved.get(key)
+    if found is None:
+        epoch = _resolved.epoch()
+        found = await sync_to_async(_resolve_load, thread_sensitive=False)(organisation_id, name, kind, ref)
+        _resolved.set(key, found, epoch=epoch)
+    return _finish(found, variables)
+
+
+# --- pages and the management API ------------------------------------------------------------
+
+
+def prompts_list(*, organisation: Organisation, search: str = "", tag: str = "", label: str = "") -> QuerySet[Prompt]:
+    qs = Prompt.objects.filter(organisation=organisation).prefetch_related("labels__version")
+    if search:
+        qs = qs.filter(Q(name__icontains=search) | Q(description__icontains=search))
+    if tag:
+        qs = qs.filter(tags__contains=[tag.strip().lower()])
+    if label:
+        qs = qs.filter(Exists(Label.objects.filter(prompt=OuterRef("pk"), name=label)))
+    return qs.order_by("name")
+
+
+def prompt_tags(*, organisation: Organisation) -> list[str]:
+    tags: set[str] = set()
+    for row in Prompt.objects.filter(organisation=organisation).values_list("tags", flat=True):
+        tags.update(row or [])
+    return sorted(tags)
+
+
+def prompt_label_names(*, organisation: Organisation) -> list[str]:
+    return sorted(set(Label.objects.filter(prompt__organisation=organisation).values_list("name", flat=True)))
+
+
+def prompt_get(*, organisation: Organisation, name: str) -> Prompt:
+    prompt = Prompt.objects.filter(organisation=organisation, name=name).first()
+    if prompt is None:
+        raise NotFound(f"No prompt named {name!r}.", code="prompt_not_found")
+    return prompt
+
+
+def prompt_versions(*, prompt: Prompt) -> QuerySet[PromptVersion]:
+    return PromptVersion.objects.filter(prompt=prompt).select_related("author").order_by("-number")
+
+
+def prompt_version_get(*, prompt: Prompt, number: int) -> PromptVersion:
+    version = PromptVersion.objects.filter(prompt=prompt, number=number).first()
+    if version is None:
+        raise NotFound(f"Prompt {prompt.name!r} has no version {number}.", code="version_not_found")
+    return version
+
+
+def prompt_version_latest(*, prompt: Prompt) -> PromptVersion | None:
+    return PromptVersion.objects.filter(prompt=prompt).order_by("-number").first()
+
+
+def prompt_labels(*, prompt: Prompt) -> QuerySet[Label]:
+    return Label.objects.filter(prompt=prompt).select_related("version").order_by("name")
+
+
+def label_history(*, prompt: Prompt, label: str | None = None) -> QuerySet[LabelMove]:
+    qs = LabelMove.objects.filter(prompt=prompt).select_related("from_version", "to_version")
+    if label:
+        qs = qs.filter(label=label)
+    return qs.order_by("-created_at", "-id")
+
+
+def promotion_requests(
+    *, organisation: Organisation, prompt: Prompt | None = None, status: str | None = None
+) -> QuerySet[PromotionRequest]:
+    qs = PromotionRequest.objects.filter(prompt__organisation=organisation).select_related(
+        "prompt", "from_version", "to_version"
+    )
+    if prompt is not None:
+        qs = qs.filter(prompt=prompt)
+    if status:
+        qs = qs.filter(status=status)
+    return qs.order_by("-created_at")
+
+
+def promotion_request_get(*, organisation: Organisation, request_id: int) -> PromotionRequest:
+    found = promotion_requests(organisation=organisation).filter(pk=request_id).first()
+    if found is None:
+        raise NotFound("No such promotion request.", code="promotion_not_found")
+    return found
+
+
+def pending_promotions(*, prompt: Prompt) -> QuerySet[PromotionRequest]:
+    return promotion_requests(organisation=prompt.organisation, prompt=prompt, status=PromotionStatus.PENDING)
+
+
+def prompt_version_render(*, version: PromptVersion, variables: dict | None) -> list[dict]:
+    """Dry run: the rendered messages of `version` (no model call). Raises ValidationFailed like resolve."""
+    compiled = compiled_cache.get_or_compile(
+        version_id=version.id, content_hash=version.content_hash, messages=version.messages, variables=version.variables
+    )
+    return compiled.render(variables)
+
+
+def version_as_dict(version: PromptVersion) -> dict:
+    return {
+        "messages": version.messages,
+        "model": version.model,
+        "params": version.params,
+        "variables": version.variables,
+    }
+
+
+__all__ = ["RenderedPrompt", "aprompt_resolve", "prompt_resolve"]
