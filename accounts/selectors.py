@@ -5,10 +5,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from asgiref.sync import sync_to_async
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from accounts.models import ApiKey, Membership, Organisation
+from accounts.models import ApiKey, Membership, Organisation, Team
 from accounts.services import API_KEY_PREFIX, API_KEYS_NAMESPACE, api_key_hash
 from core.invalidation import LocalCache
 
@@ -137,3 +137,15 @@ async def aapi_key_authenticate(raw: str | None) -> ApiKeyPrincipal | None:
         found = await sync_to_async(_principal_load, thread_sensitive=False)(secret_hash)
         _principals.set(secret_hash, found, epoch=epoch)
     return _principal_check(raw, secret_hash, found)
+
+
+def membership_get(*, organisation: Organisation, membership_id: int) -> Membership:
+    return Membership.objects.select_related("user", "organisation").get(organisation=organisation, pk=membership_id)
+
+
+def teams_list(*, organisation: Organisation) -> QuerySet[Team]:
+    return (
+        Team.objects.filter(organisation=organisation)
+        .annotate(member_count=Count("memberships", distinct=True), api_key_count=Count("api_keys", distinct=True))
+        .order_by("name")
+    )

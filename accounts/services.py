@@ -10,14 +10,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Organisation, Team
-from accounts.roles import ROLE_VALUES
+from accounts.roles import ROLE_VALUES, Role
 from audit.actions import Action
 from audit.services import Actor, audit_event_record
-from core.errors import ValidationFailed
+from core.errors import Conflict, NotFound, ValidationFailed
 from core.invalidation import invalidate
 
 API_KEY_PREFIX = "stw_"
 API_KEYS_NAMESPACE = "api_keys"
+ROLE_ADMIN = Role.ADMIN.value
 
 
 def roles_validate(roles: list[str]) -> list[str]:
@@ -42,7 +43,13 @@ def organisation_create(*, name: str, slug: str, actor: Actor) -> Organisation:
 
 
 def team_create(*, organisation: Organisation, name: str, actor: Actor) -> Team:
+    """Create a team; names are unique within an organisation (Conflict otherwise)."""
+    name = (name or "").strip()
+    if not name:
+        raise ValidationFailed("A team needs a name.", param="name")
     with transaction.atomic():
+        if Team.objects.filter(organisation=organisation, name__iexact=name).exists():
+            raise Conflict(f"A team named {name!r} already exists.", param="name")
         team = Team.objects.create(organisation=organisation, name=name)
         audit_event_record(
             organisation_id=organisation.id,
@@ -80,6 +87,56 @@ def membership_set(*, organisation: Organisation, user, roles: list[str], actor:
             after={"username": user.get_username(), "roles": roles},
         )
     return membership
+
+
+def member_add(*, organisation: Organisation, username: str, roles: list[str], actor: Actor) -> Membership:
+    """Add an existing user (by user name) to `organisation`. NotFound if there is no such user,
+    Conflict if they are a member already (change their roles instead)."""
+    user = get_user_model().objects.filter(username=(username or "").strip()).first()
+    if user is None:
+        raise NotFound(f"No user named {username!r}.", param="username")
+    if not roles:
+        raise ValidationFailed("Give the new member at least one role.", param="roles")
+    with transaction.atomic():
+        if Membership.objects.filter(organisation=organisation, user=user).exists():
+            raise Conflict(f"{user.get_username()} is already a member.", param="username")
+        return membership_set(organisation=organisation, user=user, roles=roles, actor=actor)
+
+
+def membership_roles_change(*, membership: Membership, roles: list[str], actor: Actor) -> Membership:
+    """Change a member's roles, refusing to leave the organisation without any admin."""
+    roles = roles_validate(roles)
+    with transaction.atomic():
+        # Lock every admin membership of the organisation so two demotions cannot both pass the check.
+        # (Filtered in Python: SQLite, the dev default, has no JSON containment lookup.)
+        admins = [
+            m.id
+            for m in Membership.objects.select_for_update().filter(organisation_id=membership.organisation_id)
+            if ROLE_ADMIN in m.roles
+        ]
+        if membership.id in admins and ROLE_ADMIN not in roles and len(admins) == 1:
+            raise Conflict("This is the organisation's last admin; make someone else admin first.", param="roles")
+        return membership_set(organisation=membership.organisation, user=membership.user, roles=roles, actor=actor)
+
+
+def user_login_record(*, user, ip_address: str | None = None) -> int:
+    """Audit a successful sign-in in every organisation the user belongs to; returns how many.
+
+    Failed attempts are not audited here (django-axes counts them and locks the account), so a
+    stranger cannot grow an organisation's trail by guessing passwords.
+    """
+    organisation_ids = list(Membership.objects.filter(user=user).values_list("organisation_id", flat=True))
+    with transaction.atomic():
+        for organisation_id in organisation_ids:
+            audit_event_record(
+                organisation_id=organisation_id,
+                actor=Actor.for_user(user),
+                action=Action.USER_LOGGED_IN,
+                target_type="user",
+                target_id=user.pk,
+                after={"ip_address": ip_address} if ip_address else None,
+            )
+    return len(organisation_ids)
 
 
 def user_create(*, username: str, password: str, email: str = ""):

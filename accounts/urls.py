@@ -1,12 +1,16 @@
 from django.urls import path
 
 from accounts import views
-from core.views import coming
 
 app_name = "accounts"
 urlpatterns = [
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", views.logout_view, name="logout"),
     path("organisation/switch/", views.organisation_switch, name="organisation_switch"),
-    path("api-keys/", coming, {"title": "API keys"}, name="api_key_list"),
+    path("api-keys/", views.api_key_list, name="api_key_list"),
+    path("api-keys/new/", views.api_key_create_view, name="api_key_create"),
+    path("api-keys/<int:key_id>/revoke/", views.api_key_revoke_view, name="api_key_revoke"),
+    path("members/", views.member_list, name="member_list"),
+    path("members/<int:membership_id>/", views.member_edit, name="member_edit"),
+    path("teams/", views.team_list, name="team_list"),
 ]

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
-
-from audit.actions import Action
 
 
 class ActorType(models.TextChoices):
@@ -26,7 +25,9 @@ class AuditEvent(models.Model):
     actor_type = models.CharField(max_length=16, choices=ActorType.choices)
     actor_id = models.CharField(max_length=64, blank=True)
     actor_label = models.CharField(max_length=200, blank=True)
-    action = models.CharField(max_length=64, choices=Action.choices, db_index=True)
+    # Validated against audit.actions.Action by the service; no `choices` here so that adding an action
+    # (which other apps do) never needs an audit migration.
+    action = models.CharField(max_length=64, db_index=True)
     target_type = models.CharField(max_length=64, db_index=True)
     target_id = models.CharField(max_length=64, db_index=True)
     before = models.JSONField(null=True, blank=True)
@@ -54,3 +55,39 @@ class AuditChainHead(models.Model):
 
     def __str__(self) -> str:
         return f"chain head of organisation {self.organisation_id} at #{self.last_seq}"
+
+
+class VerificationStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    OK = "ok"
+    BROKEN = "broken"
+    FAILED = "failed"
+
+
+class AuditVerification(models.Model):
+    """One requested walk of an organisation's chain and its outcome (written by `audit.chain_verify`)."""
+
+    organisation = models.ForeignKey("accounts.Organisation", on_delete=models.CASCADE, related_name="+")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=16, choices=VerificationStatus.choices, default=VerificationStatus.PENDING)
+    events_checked = models.PositiveBigIntegerField(default=0)
+    # {"seq", "event_id", "problem"} of the first broken event; null while unknown or when the chain is intact.
+    first_broken = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["organisation", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"verification {self.pk} of organisation {self.organisation_id}: {self.status}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {VerificationStatus.OK, VerificationStatus.BROKEN, VerificationStatus.FAILED}

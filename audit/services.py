@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.actions import Action
-from audit.models import ActorType, AuditChainHead, AuditEvent
+from audit.models import ActorType, AuditChainHead, AuditEvent, AuditVerification, VerificationStatus
 from core.logging import request_id_var
+
+logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 
@@ -113,3 +118,188 @@ def audit_event_record(
         head.last_hash = event.hash
         head.save(update_fields=["last_seq", "last_hash"])
     return event
+
+
+# --- chain verification --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    """The first event (in seq order) at which an organisation's chain stops being trustworthy."""
+
+    organisation_id: int
+    seq: int | None
+    event_id: int | None
+    problem: str
+
+    def as_dict(self) -> dict:
+        return {
+            "organisation_id": self.organisation_id,
+            "seq": self.seq,
+            "event_id": self.event_id,
+            "problem": self.problem,
+        }
+
+
+@dataclass(frozen=True)
+class ChainVerification:
+    events_checked: int
+    organisations_checked: int
+    first_broken: ChainBreak | None = None
+    broken: list[ChainBreak] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.first_broken is None
+
+
+def _event_problem(event: AuditEvent, *, expected_seq: int, prev_hash: str) -> str | None:
+    if event.seq != expected_seq:
+        if event.seq > expected_seq:
+            gap = f"seq {expected_seq}" if event.seq == expected_seq + 1 else f"seq {expected_seq}..{event.seq - 1}"
+            return f"{gap} missing before this event (row removed?)"
+        return f"seq {event.seq} found where {expected_seq} was expected"
+    if event.prev_hash != prev_hash:
+        return "prev_hash does not match the previous event's hash (row inserted or reordered?)"
+    if event_hash(event) != event.hash:
+        return "hash does not match the event's content (row altered?)"
+    return None
+
+
+def _organisation_chain_verify(organisation_id: int) -> tuple[int, ChainBreak | None]:
+    """Walk one chain; returns (events checked, first break or None)."""
+    head = AuditChainHead.objects.filter(organisation_id=organisation_id).first()
+    expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
+    last_id = None
+    events = AuditEvent.objects.filter(organisation_id=organisation_id).order_by("seq").iterator(chunk_size=2000)
+    for event in events:
+        problem = _event_problem(event, expected_seq=expected_seq, prev_hash=prev_hash)
+        if problem:
+            return checked, ChainBreak(organisation_id, event.seq, event.id, problem)
+        checked += 1
+        expected_seq, prev_hash, last_id = event.seq + 1, event.hash, event.id
+    last_seq = expected_seq - 1
+    if head is None:
+        if last_seq:
+            return checked, ChainBreak(organisation_id, last_seq, last_id, "events exist but the chain head is missing")
+        return checked, None
+    if head.last_seq != last_seq or head.last_hash != prev_hash:
+        problem = (
+            f"chain head says #{head.last_seq} but the last event is #{last_seq}"
+            if head.last_seq != last_seq
+            else "chain head hash does not match the last event's hash"
+        )
+        if head.last_seq > last_seq:
+            problem += " (rows removed from the end?)"
+        return checked, ChainBreak(organisation_id, last_seq or None, last_id, problem)
+    return checked, None
+
+
+@contextlib.contextmanager
+def _consistent_snapshot():
+    """A transaction whose reads all see one snapshot, so writers appending meanwhile cannot make
+    the head and the events disagree. On PostgreSQL that needs REPEATABLE READ, set before any
+    query; inside an outer transaction (tests) the outer snapshot rules, which is fine. On SQLite
+    (the dev default) transactions are IMMEDIATE, so writers wait for the walk: fine at dev sizes."""
+    outer = connection.in_atomic_block
+    with transaction.atomic():
+        if not outer and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
+
+
+def audit_chain_verify(*, organisation_ids: list[int] | None = None) -> ChainVerification:
+    """Walk the hash chains of `organisation_ids` (all organisations with events or a head if None).
+
+    Pure read: checks that seq runs 1..N without gaps, that each prev_hash is the previous event's
+    hash, that each hash recomputes from the row (audit.services.event_hash), and that the chain
+    head agrees with the last event. Memory stays flat: events are streamed.
+    """
+    if organisation_ids is None:
+        ids = set(AuditChainHead.objects.values_list("organisation_id", flat=True))
+        ids |= set(AuditEvent.objects.order_by().values_list("organisation_id", flat=True).distinct())
+        organisation_ids = sorted(ids)
+    total, breaks = 0, []
+    for organisation_id in organisation_ids:
+        with _consistent_snapshot():
+            checked, chain_break = _organisation_chain_verify(organisation_id)
+        total += checked
+        if chain_break is not None:
+            breaks.append(chain_break)
+    return ChainVerification(
+        events_checked=total,
+        organisations_checked=len(organisation_ids),
+        first_broken=breaks[0] if breaks else None,
+        broken=breaks,
+    )
+
+
+def audit_verification_request(*, organisation, requested_by=None) -> AuditVerification:
+    """Create a pending verification of `organisation`'s chain and enqueue `audit.chain_verify` once
+    the current transaction commits. Side effect: one task message."""
+    from audit.tasks import chain_verify
+
+    with transaction.atomic():
+        verification = AuditVerification.objects.create(organisation=organisation, requested_by=requested_by)
+        transaction.on_commit(lambda: chain_verify.delay(verification.id))
+    return verification
+
+
+def audit_verification_run(*, verification_id: int) -> AuditVerification | None:
+    """Run a pending verification and store its outcome on the row.
+
+    Idempotent: the row is claimed with a conditional update (pending -> running); a second
+    delivery of the same task finds nothing to claim and returns None. Unexpected errors mark the
+    row failed rather than leaving it running.
+    """
+    claimed = AuditVerification.objects.filter(pk=verification_id, status=VerificationStatus.PENDING).update(
+        status=VerificationStatus.RUNNING, started_at=timezone.now()
+    )
+    if claimed != 1:
+        return None
+    verification = AuditVerification.objects.get(pk=verification_id)
+    try:
+        result = audit_chain_verify(organisation_ids=[verification.organisation_id])
+    except Exception as exc:
+        logger.exception("audit chain verification %s failed", verification_id)
+        verification.status = VerificationStatus.FAILED
+        verification.error = f"{type(exc).__name__}: {exc}"[:2000]
+    else:
+        verification.status = VerificationStatus.OK if result.ok else VerificationStatus.BROKEN
+        verification.events_checked = result.events_checked
+        verification.first_broken = result.first_broken.as_dict() if result.first_broken else None
+    verification.finished_at = timezone.now()
+    verification.save(update_fields=["status", "events_checked", "first_broken", "error", "finished_at"])
+    logger.info(
+        "audit chain verification finished",
+        extra={
+            "verification_id": verification.id,
+            "organisation_id": verification.organisation_id,
+            "status": verification.status,
+            "events_checked": verification.events_checked,
+        },
+    )
+    return verification
+
+
+def audit_verifications_recover(*, stuck_after_seconds: int = 900) -> int:
+    """Re-enqueue verifications whose task was lost: RUNNING too long (the worker died) goes back to
+    PENDING; PENDING too long (the message never arrived) is enqueued again.
+
+    Safe to run at any time and repeatedly (beat calls it): each row is claimed by one task only.
+    """
+    from audit.tasks import chain_verify
+
+    cutoff = timezone.now() - timedelta(seconds=stuck_after_seconds)
+    AuditVerification.objects.filter(status=VerificationStatus.RUNNING, started_at__lt=cutoff).update(
+        status=VerificationStatus.PENDING, started_at=None
+    )
+    stale = list(
+        AuditVerification.objects.filter(status=VerificationStatus.PENDING, created_at__lt=cutoff).values_list(
+            "id", flat=True
+        )
+    )
+    for verification_id in stale:
+        transaction.on_commit(lambda vid=verification_id: chain_verify.delay(vid))
+    return len(stale)

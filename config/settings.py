@@ -192,6 +192,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our static files, not a CDN
     "django_filters",
     "django_htmx",
     "axes",
@@ -290,7 +291,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
     "EXCEPTION_HANDLER": "core.api.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "core.api.Pagination",
     "PAGE_SIZE": 50,
@@ -301,6 +302,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Prompts, keys, routes, budgets, moderation and audit. The OpenAI-compatible proxy lives at /v1/.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SECURITY": [{"ApiKeyAuth": []}, {"cookieAuth": []}],
     "APPEND_COMPONENTS": {
@@ -318,7 +322,21 @@ STEWARD_INVALIDATION_POLL_SECONDS = _env_float("STEWARD_INVALIDATION_POLL_SECOND
 STEWARD_MAX_TEMPLATE_CHARS = _env_int("STEWARD_MAX_TEMPLATE_CHARS", 100_000, minimum=100)
 STEWARD_PROXY_MAX_BODY_BYTES = _env_int("STEWARD_PROXY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 STEWARD_PROXY_MAX_IN_FLIGHT = _env_int("STEWARD_PROXY_MAX_IN_FLIGHT", 512, minimum=1)
+# Proxy hot path (proxy/): streaming keep-alive, circuit breaker, retries, request-log stream.
+STEWARD_PROXY_KEEPALIVE_SECONDS = _env_float("STEWARD_PROXY_KEEPALIVE_SECONDS", 5.0, minimum=0.05)
+STEWARD_PROXY_CIRCUIT_FAILURES = _env_int("STEWARD_PROXY_CIRCUIT_FAILURES", 3, minimum=1)
+STEWARD_PROXY_CIRCUIT_COOLDOWN_SECONDS = _env_float("STEWARD_PROXY_CIRCUIT_COOLDOWN_SECONDS", 30.0, minimum=0.1)
+STEWARD_PROXY_MAX_ATTEMPTS = _env_int("STEWARD_PROXY_MAX_ATTEMPTS", 4, minimum=1, maximum=20)
+STEWARD_PROXY_HEALTH_CHECK_SECONDS = _env_float("STEWARD_PROXY_HEALTH_CHECK_SECONDS", 30.0, minimum=1.0)
+STEWARD_PROXY_HOLD_TIMEOUT_SECONDS = _env_float("STEWARD_PROXY_HOLD_TIMEOUT_SECONDS", 300.0, minimum=1.0)
+STEWARD_PROXY_LOG_STREAM_MAXLEN = _env_int("STEWARD_PROXY_LOG_STREAM_MAXLEN", 2_000_000, minimum=10_000)
+STEWARD_PROXY_LOG_DRAIN_SECONDS = _env_float("STEWARD_PROXY_LOG_DRAIN_SECONDS", 1.0, minimum=0.2)
 STEWARD_AUDIT_ACTOR_SYSTEM = "system"
+# Billing: a budget reservation of a process that died is given back after this many seconds
+# (longer than the proxy's longest request); output tokens assumed when neither the request nor
+# the price table gives a maximum.
+STEWARD_BILLING_RESERVATION_TTL_SECONDS = _env_float("STEWARD_BILLING_RESERVATION_TTL_SECONDS", 900, minimum=1)
+STEWARD_BILLING_DEFAULT_MAX_OUTPUT_TOKENS = _env_int("STEWARD_BILLING_DEFAULT_MAX_OUTPUT_TOKENS", 16384, minimum=1)
 
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

@@ -24,4 +24,12 @@ def navigation(request) -> dict:
         for label, url_name, allowed in NAVIGATION
         if not allowed or roles & {r.value for r in allowed}
     ]
-    return {"nav_items": items, "current_membership": membership}
+    from accounts.selectors import memberships_for_user
+
+    user = request.user
+    # A callable, so the query only runs on pages that render the organisation switcher.
+    return {
+        "nav_items": items,
+        "current_membership": membership,
+        "user_memberships": lambda: list(memberships_for_user(user=user)),
+    }

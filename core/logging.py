@@ -32,7 +32,11 @@ def request_id_from_header(value: str | None) -> str:
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        request_id = request_id_var.get()
+        if request_id is None:
+            # django.request logs 4xx/5xx after the middleware has left the request's context.
+            request_id = getattr(getattr(record, "request", None), "request_id", None)
+        record.request_id = request_id
         return True
 
 

@@ -37,5 +37,11 @@ def metrics(request):
 
 
 def coming(request, *, title: str):
-    """Placeholder page for sections a later release fills in."""
+    """Placeholder page for sections a later release fills in (members only, like the real pages)."""
+    from accounts.permissions import role_required
+
+    return role_required()(_coming)(request, title=title)
+
+
+def _coming(request, *, title: str):
     return render(request, "core/coming.html", {"title": title})

@@ -1,0 +1,269 @@
+"""Management API for API keys, members and teams (admins only)."""
+
+from __future__ import annotations
+
+from django.http import Http404
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.forms import INT_MAX
+from accounts.models import ApiKey, Membership, Team
+from accounts.permissions import RoleRequired
+from accounts.roles import Role
+from accounts.selectors import api_key_get, api_keys_list, members_list, membership_get, teams_list
+from accounts.services import api_key_create, api_key_revoke, member_add, membership_roles_change, team_create
+from core.api import Pagination
+from core.errors import ValidationFailed
+from core.schema import PAGE_PARAMETERS, paginated
+
+
+class ApiKeyOutputSerializer(serializers.ModelSerializer):
+    """Everything about a key except its hash (and its secret, which is never stored)."""
+
+    team_name = serializers.CharField(source="team.name", default=None, allow_null=True)
+    is_active = serializers.BooleanField()
+
+    class Meta:
+        model = ApiKey
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "team_id",
+            "team_name",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+            "is_active",
+            "allowed_models",
+            "allowed_prompts",
+            "roles",
+            "rpm_limit",
+            "tpm_limit",
+            "max_in_flight",
+            "cache_enabled",
+            "overridable_params",
+        ]
+
+
+def _api_key_or_404(request, key_id: int) -> ApiKey:
+    try:
+        return api_key_get(organisation=request.org.organisation, key_id=key_id)
+    except ApiKey.DoesNotExist:
+        raise Http404 from None
+
+
+class ApiKeyListCreateApi(APIView):
+    """GET lists the organisation's keys; POST creates one and returns its secret, once."""
+
+    permission_classes = [IsAuthenticated, RoleRequired]
+    required_roles = (Role.ADMIN,)
+
+    class OutputSerializer(ApiKeyOutputSerializer):
+        pass
+
+    class CreateInputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+        team_id = serializers.IntegerField(required=False, allow_null=True)
+        expires_at = serializers.DateTimeField(required=False, allow_null=True)
+        allowed_models = serializers.ListField(
+            child=serializers.CharField(max_length=200), required=False, max_length=500
+        )
+        allowed_prompts = serializers.ListField(
+            child=serializers.CharField(max_length=200), required=False, max_length=500
+        )
+        roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices), required=False)
+        rpm_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
+        tpm_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
+        max_in_flight = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
+        cache_enabled = serializers.BooleanField(required=False, default=False)
+        overridable_params = serializers.ListField(
+            child=serializers.CharField(max_length=64), required=False, max_length=100
+        )
+
+    class CreateOutputSerializer(ApiKeyOutputSerializer):
+        secret = serializers.SerializerMethodField(
+            help_text="The key itself. Shown in this response only; store it now."
+        )
+
+        class Meta(ApiKeyOutputSerializer.Meta):
+            fields = [*ApiKeyOutputSerializer.Meta.fields, "secret"]
+
+        def get_secret(self, key) -> str:
+            return self.context["secret"]
+
+    @extend_schema(
+        operation_id="api_keys_list",
+        parameters=PAGE_PARAMETERS,
+        responses=paginated(OutputSerializer),
+        tags=["api keys"],
+    )
+    def get(self, request):
+        paginator = Pagination()
+        page = paginator.paginate_queryset(api_keys_list(organisation=request.org.organisation), request, view=self)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="api_keys_create",
+        request=CreateInputSerializer,
+        responses={201: CreateOutputSerializer},
+        tags=["api keys"],
+    )
+    def post(self, request):
+        serializer = self.CreateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        organisation = request.org.organisation
+        team_id = data.pop("team_id", None)
+        team = None
+        if team_id is not None:
+            team = Team.objects.filter(organisation=organisation, pk=team_id).first()
+            if team is None:
+                raise ValidationFailed("No such team in this organisation.", param="team_id")
+        created = api_key_create(
+            organisation=organisation,
+            actor=request.org.actor,
+            team=team,
+            created_by=request.org.user,
+            **data,
+        )
+        body = self.CreateOutputSerializer(created.api_key, context={"secret": created.secret}).data
+        response = Response(body, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class ApiKeyDetailApi(APIView):
+    permission_classes = [IsAuthenticated, RoleRequired]
+    required_roles = (Role.ADMIN,)
+
+    class OutputSerializer(ApiKeyOutputSerializer):
+        pass
+
+    @extend_schema(operation_id="api_keys_retrieve", responses=OutputSerializer, tags=["api keys"])
+    def get(self, request, key_id: int):
+        return Response(self.OutputSerializer(_api_key_or_404(request, key_id)).data)
+
+
+class ApiKeyRevokeApi(APIView):
+    """Revoke a key (idempotent). The proxy refuses it everywhere within 2 seconds."""
+
+    permission_classes = [IsAuthenticated, RoleRequired]
+    required_roles = (Role.ADMIN,)
+
+    class OutputSerializer(ApiKeyOutputSerializer):
+        pass
+
+    @extend_schema(operation_id="api_keys_revoke", request=None, responses=OutputSerializer, tags=["api keys"])
+    def post(self, request, key_id: int):
+        key = api_key_revoke(api_key=_api_key_or_404(request, key_id), actor=request.org.actor)
+        return Response(self.OutputSerializer(key).data)
+
+
+# --- members and teams ---------------------------------------------------------------------
+
+
+class MemberOutputSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.get_username")
+    user_id = serializers.IntegerField()
+
+    class Meta:
+        model = Membership
+        fields = ["id", "user_id", "username", "roles", "created_at"]
+
+
+class MemberListCreateApi(APIView):
+    """GET lists members with their roles; POST adds an existing user by user name."""
+
+    permission_classes = [IsAuthenticated, RoleRequired]
+    required_roles = (Role.ADMIN,)
+
+    class OutputSerializer(MemberOutputSerializer):
+        pass
+
+    class CreateInputSerializer(serializers.Serializer):
+        username = serializers.CharField(max_length=150)
+        roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices), min_length=1)
+
+    @extend_schema(
+        operation_id="members_list", parameters=PAGE_PARAMETERS, responses=paginated(OutputSerializer), tags=["members"]
+    )
+    def get(self, request):
+        paginator = Pagination()
+        page = paginator.paginate_queryset(members_list(organisation=request.org.organisation), request, view=self)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="members_add", request=CreateInputSerializer, responses={201: OutputSerializer}, tags=["members"]
+    )
+    def post(self, request):
+        serializer = self.CreateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        membership = member_add(
+            organisation=request.org.organisation, actor=request.org.actor, **serializer.validated_data
+        )
+        return Response(self.OutputSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+class MemberRolesApi(APIView):
+    """PUT replaces a member's roles (the last admin cannot lose the admin role)."""
+
+    permission_classes = [IsAuthenticated, RoleRequired]
+    required_roles = (Role.ADMIN,)
+
+    class InputSerializer(serializers.Serializer):
+        roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices))
+
+    class OutputSerializer(MemberOutputSerializer):
+        pass
+
+    @extend_schema(
+        operation_id="members_roles_set", request=InputSerializer, responses=OutputSerializer, tags=["members"]
+    )
+    def put(self, request, membership_id: int):
+        try:
+            membership = membership_get(organisation=request.org.organisation, membership_id=membership_id)
+        except Membership.DoesNotExist:
+            raise Http404 from None
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        membership = membership_roles_change(
+            membership=membership, roles=serializer.validated_data["roles"], actor=request.org.actor
+        )
+        return Response(self.OutputSerializer(membership).data)
+
+
+class TeamListCreateApi(APIView):
+    permission_classes = [IsAuthenticated, RoleRequired]
+    required_roles = (Role.ADMIN,)
+
+    class OutputSerializer(serializers.ModelSerializer):
+        class Meta:
+            model = Team
+            fields = ["id", "name", "created_at"]
+
+    class CreateInputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+
+    @extend_schema(
+        operation_id="teams_list", parameters=PAGE_PARAMETERS, responses=paginated(OutputSerializer), tags=["members"]
+    )
+    def get(self, request):
+        paginator = Pagination()
+        page = paginator.paginate_queryset(teams_list(organisation=request.org.organisation), request, view=self)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="teams_create", request=CreateInputSerializer, responses={201: OutputSerializer}, tags=["members"]
+    )
+    def post(self, request):
+        serializer = self.CreateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        team = team_create(
+            organisation=request.org.organisation, name=serializer.validated_data["name"], actor=request.org.actor
+        )
+        return Response(self.OutputSerializer(team).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import pytest
+
+from accounts.models import ApiKey, Membership
+from accounts.selectors import api_key_authenticate
+from accounts.services import user_create
+from tests.conftest import login
+
+pytestmark = pytest.mark.django_db
+
+LIST = "/api/v1/api-keys/"
+
+
+def _bearer(secret: str) -> dict:
+    return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+
+
+def test_create_returns_the_secret_once_and_never_the_hash(client, admin):
+    login(client, admin)
+    team = client.post("/api/v1/teams/", {"name": "Platform"}, content_type="application/json").json()
+    response = client.post(
+        LIST,
+        {
+            "name": "search",
+            "team_id": team["id"],
+            "allowed_models": ["dev-small"],
+            "roles": ["admin"],
+            "rpm_limit": 100,
+            "expires_at": "2099-01-01T00:00:00Z",
+        },
+        content_type="application/json",
+    )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert response["Cache-Control"] == "no-store"
+    secret = body["secret"]
+    key = ApiKey.objects.get(pk=body["id"])
+    assert secret.startswith(f"stw_{key.prefix}_")
+    assert "secret_hash" not in body and key.secret_hash not in response.content.decode()
+    assert body["team_name"] == "Platform" and body["allowed_models"] == ["dev-small"]
+    # The key works for the API (it holds the admin role) and its later views show no secret.
+    listing = client.get(LIST, **_bearer(secret))
+    assert listing.status_code == 200
+    for url in (LIST, f"{LIST}{key.id}/"):
+        text = client.get(url).content.decode()
+        assert secret not in text and key.secret_hash not in text and "secret" not in text
+
+
+def test_create_validates_input_with_the_error_shape(client, admin, other_organisation):
+    from accounts.services import team_create
+    from audit.services import Actor
+
+    foreign = team_create(organisation=other_organisation, name="Theirs", actor=Actor.system())
+    login(client, admin)
+    bad = client.post(
+        LIST, {"name": "", "roles": ["owner"], "rpm_limit": 0, "tpm_limit": 10**10}, content_type="application/json"
+    )
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert set(error["details"]) == {"name", "roles", "rpm_limit", "tpm_limit"}
+    past = client.post(LIST, {"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, content_type="application/json")
+    assert past.status_code == 400 and past.json()["error"]["details"] == {"param": "expires_at"}
+    assert error["request_id"]
+    team = client.post(LIST, {"name": "x", "team_id": foreign.id}, content_type="application/json")
+    assert team.status_code == 400
+    assert team.json()["error"]["details"] == {"param": "team_id"}
+    assert not ApiKey.objects.filter(organisation=admin.organisation).exists()
+
+
+def test_retrieve_and_revoke(client, admin, api_key_factory):
+    key, secret = api_key_factory(name="old")
+    login(client, admin)
+    detail = client.get(f"{LIST}{key.id}/").json()
+    assert detail["name"] == "old" and detail["is_active"] is True and detail["revoked_at"] is None
+    revoked = client.post(f"{LIST}{key.id}/revoke/")
+    assert revoked.status_code == 200
+    assert revoked.json()["revoked_at"] is not None and revoked.json()["is_active"] is False
+    assert api_key_authenticate(secret) is None
+    # Idempotent.
+    assert client.post(f"{LIST}{key.id}/revoke/").status_code == 200
+
+
+def test_api_key_without_admin_role_is_refused_and_revoked_key_is_401(
+    client, api_key_factory, django_capture_on_commit_callbacks
+):
+    _, viewer_secret = api_key_factory(roles=["viewer"])
+    assert client.get(LIST, **_bearer(viewer_secret)).status_code == 403
+    key, admin_secret = api_key_factory(roles=["admin"])
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post(f"{LIST}{key.id}/revoke/", **_bearer(admin_secret)).status_code == 200
+    response = client.get(LIST, **_bearer(admin_secret))
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "authentication_failed"
+
+
+def test_member_without_role_403_outsider_404_anonymous_401(client, viewer, outsider, api_key_factory):
+    key, _ = api_key_factory()
+    login(client, viewer)
+    assert client.get(LIST).status_code == 403
+    assert client.post(f"{LIST}{key.id}/revoke/").status_code == 403
+    client.logout()
+    login(client, outsider)
+    assert client.get(f"{LIST}{key.id}/").status_code == 404
+    assert client.post(f"{LIST}{key.id}/revoke/").status_code == 404
+    assert client.get(LIST).json()["results"] == []
+    client.logout()
+    assert client.get(LIST).status_code in (401, 403)
+    key.refresh_from_db()
+    assert key.revoked_at is None
+
+
+def test_members_api(client, admin, viewer):
+    user_create(username="nina", password="x" * 20)
+    login(client, admin)
+    names = [m["username"] for m in client.get("/api/v1/members/").json()["results"]]
+    assert names == ["alice-admin", "victor-viewer"]
+    added = client.post(
+        "/api/v1/members/", {"username": "nina", "roles": ["reviewer"]}, content_type="application/json"
+    )
+    assert added.status_code == 201 and added.json()["roles"] == ["reviewer"]
+    again = client.post(
+        "/api/v1/members/", {"username": "nina", "roles": ["reviewer"]}, content_type="application/json"
+    )
+    assert again.status_code == 409
+    missing = client.post("/api/v1/members/", {"username": "zed", "roles": ["viewer"]}, content_type="application/json")
+    assert missing.status_code == 404 and missing.json()["error"]["details"] == {"param": "username"}
+    membership = Membership.objects.get(user=viewer.user)
+    changed = client.put(
+        f"/api/v1/members/{membership.id}/roles/", {"roles": ["admin"]}, content_type="application/json"
+    )
+    assert changed.status_code == 200 and changed.json()["roles"] == ["admin"]

@@ -1,0 +1,380 @@
+"""Walk every URL of the web UI and the management API (/api/v1/) as every kind of caller.
+
+For each named URL pattern in the URLconf, each persona (anonymous, outsider = member of another
+organisation only, and one member per role) and each method listed in the URL's row, the test
+requests the URL and checks the status:
+
+- anonymous: web pages redirect to the login page, /api/v1/ answers 401 or 403 (DRF);
+- outsider: URLs with path parameters answer 404 (the objects belong to another organisation);
+  URLs without parameters behave as for a member holding every role (they see their own organisation);
+- a member whose roles meet `allowed_roles` gets one of the `ok` statuses, any other member 403.
+
+/v1/ (the proxy, tested on its own), /admin/, /api/schema/ and /api/docs/ are not walked; /healthz,
+/readyz and /metrics are checked separately to answer anonymous callers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from urllib.parse import urlencode
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from accounts.roles import Role
+
+# HOW TO ADD YOUR ROWS (every engineer adding a URL):
+# 1. Key: the URL name as `reverse()` takes it: "app:name" for web pages, the bare name for /api/v1/
+#    (api_urls.py has no namespace). An unnamed pattern fails the walk; every named one needs a row.
+# 2. "allowed_roles": the roles that may use it (ANY_MEMBER = every role). "methods": the methods to
+#    exercise (the walk sends them with "data" if given, else an empty body, so write endpoints see
+#    invalid input: list 400 among the "ok" statuses, which is the default for writes).
+#    "ok" (optional): {method: (statuses...)} an allowed caller may get; defaults in OK_DEFAULT.
+#    "public": True for pages that need no login (every caller gets an "ok" status).
+# 3. Path parameters are filled from PARAM_FACTORIES by converter name (`<int:key_id>` -> "key_id"):
+#    add a factory `lambda org: <id of a fresh object in org>` for new parameter names. Objects are
+#    always created in the persona's organisation ("acme"), so the outsider must get 404.
+ANY_MEMBER = [r.value for r in Role]
+ADMIN = [Role.ADMIN.value]
+PROMPT_WRITERS = [Role.PROMPT_ENGINEER.value, Role.ADMIN.value]
+PROMPT_ENGINEER = [Role.PROMPT_ENGINEER.value]
+READ = ("GET",)
+WRITE_OK = (200, 201, 202, 204, 302, 400)
+
+EXPECTATIONS: dict[str, dict] = {
+    # core
+    "core:home": {"allowed_roles": ANY_MEMBER, "methods": READ, "ok": {"GET": (302,)}},
+    # accounts (web)
+    "accounts:login": {"public": True, "methods": ("GET", "POST"), "ok": {"GET": (200, 302), "POST": (200, 302)}},
+    "accounts:logout": {"public": True, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "accounts:organisation_switch": {"allowed_roles": ANY_MEMBER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "accounts:api_key_list": {"allowed_roles": ADMIN, "methods": READ},
+    "accounts:api_key_create": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "accounts:api_key_revoke": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (302,)}},
+    "accounts:member_list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "accounts:member_edit": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (302,)}},
+    "accounts:team_list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    # accounts (API)
+    "api-api-key-list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
+    "api-api-key-detail": {"allowed_roles": ADMIN, "methods": READ},
+    "api-api-key-revoke": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (200,)}},
+    "api-member-list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
+    "api-member-roles": {"allowed_roles": ADMIN, "methods": ("PUT",), "ok": {"PUT": (400,)}},
+    "api-team-list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
+    # audit
+    "audit:event_list": {"allowed_roles": ADMIN, "methods": READ},
+    "audit:event_export": {"allowed_roles": ADMIN, "methods": READ},
+    "audit:verification_list": {"allowed_roles": ADMIN, "methods": READ},
+    "audit:verification_create": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "api-audit-event-list": {"allowed_roles": ADMIN, "methods": READ},
+    "api-audit-verification-create": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (202,)}},
+    "api-audit-verification-detail": {"allowed_roles": ADMIN, "methods": READ},
+    # Placeholders of sections other engineers are building: replace these rows with yours.
+    # registry: every member reads and renders; prompt engineers and admins write; only prompt engineers
+    # decide promotions; only admins change label protection
+    "registry:prompt_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "registry:prompt_create": {"allowed_roles": PROMPT_WRITERS, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "registry:prompt_import": {"allowed_roles": PROMPT_WRITERS, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "registry:prompt_detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "registry:prompt_export": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "registry:version_edit": {"allowed_roles": PROMPT_WRITERS, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
+    "registry:version_detail": {"allowed_roles": ANY_MEMBER, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "registry:version_diff": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "registry:label_move": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "registry:label_protection": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "registry:promotion_approve": {"allowed_roles": PROMPT_ENGINEER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "registry:promotion_reject": {"allowed_roles": PROMPT_ENGINEER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    # POST on these two lists needs prompt_engineer or admin (checked in tests/registry/test_apis.py)
+    "api-prompt-list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-prompt-import": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "api-prompt-detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-prompt-export": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-prompt-diff": {"allowed_roles": ANY_MEMBER, "methods": READ, "ok": {"GET": (400,)}},
+    "api-prompt-version-list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    # versions are immutable: PUT/PATCH/DELETE answer 405 (tests/registry/test_apis.py)
+    "api-prompt-version-detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-prompt-version-render": {"allowed_roles": ANY_MEMBER, "methods": ("POST",), "ok": {"POST": (200, 400)}},
+    "api-prompt-label-move": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "api-prompt-label-history": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-prompt-label-protection": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "api-promotion-request-list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-promotion-request-approve": {"allowed_roles": PROMPT_ENGINEER, "methods": ("POST",), "ok": {"POST": (200,)}},
+    "api-promotion-request-reject": {"allowed_roles": PROMPT_ENGINEER, "methods": ("POST",), "ok": {"POST": (200,)}},
+    # proxy (web): every member reads; admins change routes and deployments
+    "proxy:route_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "proxy:route_create": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "proxy:route_detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "proxy:route_edit": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "proxy:route_delete": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (302,)}},
+    "proxy:deployment_create": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "proxy:deployment_edit": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "proxy:deployment_delete": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "proxy:settings": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "proxy:request_log_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "proxy:request_log_detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    # proxy (API): admins only
+    "api-model-route-list": {"allowed_roles": ADMIN, "methods": READ},
+    "api-model-route-create": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "api-model-route-detail": {"allowed_roles": ADMIN, "methods": READ},
+    "api-model-route-update": {"allowed_roles": ADMIN, "methods": ("PATCH",), "ok": {"PATCH": (200,)}},
+    "api-model-route-delete": {"allowed_roles": ADMIN, "methods": ("DELETE",), "ok": {"DELETE": (204,)}},
+    "api-deployment-list": {"allowed_roles": ADMIN, "methods": READ},
+    "api-deployment-create": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "api-deployment-detail": {"allowed_roles": ADMIN, "methods": READ},
+    "api-deployment-update": {"allowed_roles": ADMIN, "methods": ("PATCH",), "ok": {"PATCH": (200,)}},
+    "api-deployment-delete": {"allowed_roles": ADMIN, "methods": ("DELETE",), "ok": {"DELETE": (204,)}},
+    "api-proxy-settings-detail": {"allowed_roles": ADMIN, "methods": READ},
+    "api-proxy-settings-update": {"allowed_roles": ADMIN, "methods": ("PATCH",), "ok": {"PATCH": (200,)}},
+    "api-request-log-list": {"allowed_roles": ADMIN, "methods": READ},
+    "api-request-log-detail": {"allowed_roles": ADMIN, "methods": READ},
+    "safety:home": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    # billing: every member reads usage, budgets and prices; admins change them (POST on the list
+    # pages is admin-only too, checked in tests/billing/test_views.py)
+    "billing:home": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "billing:export": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "billing:budget_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "billing:budget_edit": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "billing:budget_delete": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "billing:price_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "billing:settings": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (302,)}},
+    "api-billing-usage": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-billing-spend": {"allowed_roles": ANY_MEMBER, "methods": READ, "ok": {"GET": (400,)}},
+    "api-billing-prices": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-billing-budgets": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-billing-budget-detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-billing-settings": {"allowed_roles": ADMIN, "methods": ("GET", "PUT"), "ok": {"PUT": (200,)}},
+    "api-billing-key-cost-ceiling": {"allowed_roles": ADMIN, "methods": ("PUT",), "ok": {"PUT": (400,)}},
+    "evals:home": {"allowed_roles": ANY_MEMBER, "methods": READ},
+}
+
+OK_DEFAULT = {"GET": (200,), "POST": WRITE_OK, "PUT": WRITE_OK, "PATCH": WRITE_OK, "DELETE": WRITE_OK}
+
+
+def _api_key(org) -> int:
+    from accounts.services import api_key_create
+    from audit.services import Actor
+
+    return api_key_create(organisation=org, name="walk key", actor=Actor.system("walk")).api_key.id
+
+
+def _membership(org) -> int:
+    from accounts.services import membership_set, user_create
+    from audit.services import Actor
+
+    user = user_create(username="paula-param", password="p" * 20)
+    return membership_set(organisation=org, user=user, roles=["viewer"], actor=Actor.system("walk")).id
+
+
+def _verification(org) -> int:
+    from audit.models import AuditVerification
+
+    return AuditVerification.objects.create(organisation=org).id
+
+
+def _model_route(org) -> int:
+    import secrets
+
+    from audit.services import Actor
+    from proxy.services import route_create
+
+    return route_create(organisation=org, name=f"walk-{secrets.token_hex(4)}", actor=Actor.system("walk")).id
+
+
+def _deployment(org) -> int:
+    from audit.services import Actor
+    from proxy.models import ModelRoute
+    from proxy.services import deployment_create
+
+    route = ModelRoute.objects.get(pk=_model_route(org))
+    return deployment_create(
+        route=route, name="walk", model="dev-small", api_base="http://127.0.0.1:9/v1", actor=Actor.system("walk")
+    ).id
+
+
+def _request_log(org) -> str:
+    import secrets
+
+    from django.utils import timezone
+
+    from proxy.models import RequestLog
+
+    request_id = f"req-walk-{secrets.token_hex(6)}"
+    RequestLog.objects.create(
+        organisation=org, request_id=request_id, endpoint="chat.completions", status="ok", http_status=200,
+        started_at=timezone.now(),
+    )  # fmt: skip
+    return request_id
+
+
+def _budget(org) -> int:
+    import secrets
+    from decimal import Decimal
+
+    from audit.services import Actor
+    from billing.services import budget_create
+
+    return budget_create(
+        organisation=org, actor=Actor.system("walk"), name=f"walk-{secrets.token_hex(4)}", scope="organisation",
+        amount=Decimal("1"),
+    ).id  # fmt: skip
+
+
+def _prompt_name(org) -> str:
+    import secrets
+
+    from audit.services import Actor
+    from registry.services import prompt_create, prompt_version_create
+
+    actor = Actor.system("walk")
+    prompt = prompt_create(organisation=org, name=f"walk-{secrets.token_hex(4)}", actor=actor)
+    prompt_version_create(
+        prompt=prompt, messages=[{"role": "user", "content": "Hi {{ who }}"}], model="dev-small", params={},
+        variables=[], commit_message="walk", actor=actor,
+    )  # fmt: skip
+    return prompt.name
+
+
+def _promotion(org) -> int:
+    from audit.services import Actor
+    from registry.models import Prompt
+    from registry.services import (
+        label_move,
+        promotion_request_create,
+        prompt_label_protection_set,
+        prompt_version_create,
+    )
+
+    actor = Actor.system("walk")
+    prompt = Prompt.objects.get(organisation=org, name=_prompt_name(org))
+    label_move(prompt=prompt, label="production", version=1, reason="walk", actor=actor)
+    prompt_label_protection_set(prompt=prompt, label="production", protected=True, actor=actor)
+    prompt_version_create(
+        prompt=prompt, messages=[{"role": "user", "content": "v2"}], model="", params={}, variables=[],
+        commit_message="walk", actor=actor,
+    )  # fmt: skip
+    return promotion_request_create(prompt=prompt, label="production", version=2, reason="walk", actor=actor).id
+
+
+PARAM_FACTORIES = {
+    "prompt_name": _prompt_name,
+    "version_number": lambda org: 1,
+    "label_name": lambda org: "staging",
+    "promotion_id": _promotion,
+    "budget_id": _budget,
+    "api_key_id": _api_key,
+    "route_id": _model_route,
+    "deployment_id": _deployment,
+    "request_id": _request_log,
+    "key_id": _api_key,
+    "membership_id": _membership,
+    "verification_id": _verification,
+}
+
+# Not walked here: public or superuser-only, or tested elsewhere. /v1/ is not in the URLconf at all
+# (config/asgi.py hands it to the proxy application).
+EXCLUDED_PREFIXES = ("admin/", "api/schema/", "api/docs/")
+PUBLIC_ENDPOINTS = {"core:healthz": "/healthz", "core:readyz": "/readyz", "core:metrics": "/metrics"}
+PERSONAS = ("anonymous", "outsider", "admin", "prompt_engineer", "reviewer", "viewer")
+_PARAM = re.compile(r"<(?:(?P<converter>[^>:]+):)?(?P<name>\w+)>")
+
+
+def _walk(patterns, prefix: str = "", namespace: str | None = None):
+    for entry in patterns:
+        route = prefix + str(entry.pattern)
+        if isinstance(entry, URLResolver):
+            ns = entry.namespace
+            full_ns = f"{namespace}:{ns}" if namespace and ns else (ns or namespace)
+            yield from _walk(entry.url_patterns, route, full_ns)
+        elif isinstance(entry, URLPattern):
+            name = f"{namespace}:{entry.name}" if namespace and entry.name else entry.name
+            yield name, route
+
+
+def project_urls() -> list[tuple[str | None, str]]:
+    """(URL name, route) of every walked pattern."""
+    return [
+        (name, route)
+        for name, route in _walk(get_resolver().url_patterns)
+        if not route.startswith(EXCLUDED_PREFIXES) and name not in PUBLIC_ENDPOINTS
+    ]
+
+
+def _cases():
+    for name, route in project_urls():
+        row = EXPECTATIONS.get(name or "")
+        if row is None:
+            # One failing case per URL without a row (rather than one per persona).
+            yield pytest.param(name, route, "GET", "admin", id=f"{name or route}-NO-ROW")
+            continue
+        for method in row["methods"]:
+            for persona in PERSONAS:
+                yield pytest.param(name, route, method, persona, id=f"{name or route}-{method}-{persona}")
+
+
+def test_every_url_has_a_row():
+    urls = project_urls()
+    unnamed = [route for name, route in urls if not name]
+    assert not unnamed, f"URL patterns without a name cannot be walked; name them: {unnamed}"
+    missing = sorted(name for name, _ in urls if name not in EXPECTATIONS)
+    assert not missing, f"add rows to EXPECTATIONS in {__file__} for: {missing}"
+    stale = sorted(set(EXPECTATIONS) - {name for name, _ in urls})
+    assert not stale, f"EXPECTATIONS rows for URLs that no longer exist: {stale}"
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    # Several users per case; the real hasher would spend most of the walk hashing.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("name", "route", "method", "persona"), list(_cases()))
+def test_walk(request, client, organisation, other_organisation, name, route, method, persona):
+    assert name, f"unnamed URL pattern {route}"
+    row = EXPECTATIONS.get(name)
+    assert row is not None, f"no EXPECTATIONS row for {name} ({route}); see the comment above EXPECTATIONS"
+    kwargs = {}
+    for match in _PARAM.finditer(route):
+        factory = PARAM_FACTORIES.get(match["name"])
+        assert factory is not None, f"no PARAM_FACTORIES entry for path parameter {match['name']!r} of {name}"
+        kwargs[match["name"]] = factory(organisation)
+    url = reverse(name, kwargs=kwargs)
+    is_api = url.startswith("/api/v1/")
+    roles: list[str] = []
+    if persona != "anonymous":
+        who = request.getfixturevalue(persona)
+        client.force_login(who.user)
+        roles = list(who.roles)
+    data = row.get("data", {}).get(method)
+    if is_api:
+        response = client.generic(method, url, data=json.dumps(data or {}), content_type="application/json")
+    elif method == "GET":
+        response = client.get(url)
+    else:
+        response = client.generic(method, url, data=urlencode(data or {}),
+                                  content_type="application/x-www-form-urlencoded")  # fmt: skip
+    ok = row.get("ok", {}).get(method, OK_DEFAULT[method])
+    status = response.status_code
+    where = f"{method} {url} as {persona}"
+    if row.get("public"):
+        assert status in ok, f"{where}: {status}, expected one of {ok}"
+    elif persona == "anonymous":
+        if is_api:
+            assert status in (401, 403), f"{where}: {status}, expected 401/403"
+        else:
+            assert status == 302, f"{where}: {status}, expected a redirect to the login page"
+            assert response["Location"].startswith(reverse("accounts:login")), response["Location"]
+    elif persona == "outsider" and kwargs:
+        assert status == 404, f"{where}: {status}, expected 404 for another organisation's object"
+    elif set(roles) & set(row["allowed_roles"]):
+        assert status in ok, f"{where}: {status}, expected one of {ok}"
+    else:
+        assert status == 403, f"{where}: {status}, expected 403 (roles {roles} not in {row['allowed_roles']})"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", sorted(PUBLIC_ENDPOINTS.values()))
+def test_public_endpoints_answer_anonymous(client, path):
+    response = client.get(path)
+    assert response.status_code == 200, response.content[:500]
