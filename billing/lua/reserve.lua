@@ -1,0 +1,63 @@
+-- Reserve one amount against every budget that applies to a request, all or nothing.
+-- KEYS: per budget 4 keys: spent, reserved-sum, reservations hash, reservation-expiry zset.
+-- ARGV: now_ms, reservation_expiry_ms, reservation_id, n, then per budget: limit, amount, keys_expire_at_ms (0 = never).
+-- Amounts are integer nano-dollars. Returns {1} admitted, {2} already held (idempotent repeat),
+-- {0, i} budget i would be exceeded, {-1, i...} budgets whose spent counter is missing (rebuild, then retry).
+local now = tonumber(ARGV[1])
+local rid = ARGV[3]
+local n = tonumber(ARGV[4])
+
+-- Reservations of processes that died are dropped before anything is counted.
+for i = 1, n do
+  local rsv_k, res_k, exp_k = KEYS[(i - 1) * 4 + 2], KEYS[(i - 1) * 4 + 3], KEYS[(i - 1) * 4 + 4]
+  local dead = redis.call('ZRANGEBYSCORE', exp_k, '-inf', now)
+  for _, d in ipairs(dead) do
+    local amount = redis.call('HGET', res_k, d)
+    if amount then
+      redis.call('HDEL', res_k, d)
+      redis.call('DECRBY', rsv_k, amount)
+    end
+    redis.call('ZREM', exp_k, d)
+  end
+end
+
+if n > 0 and redis.call('HEXISTS', KEYS[3], rid) == 1 then
+  return {2}
+end
+
+local missing = {}
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[(i - 1) * 4 + 1]) == 0 then
+    table.insert(missing, i)
+  end
+end
+if #missing > 0 then
+  return {-1, unpack(missing)}
+end
+
+for i = 1, n do
+  local base = 4 + (i - 1) * 3
+  local limit = tonumber(ARGV[base + 1])
+  local amount = tonumber(ARGV[base + 2])
+  local spent = tonumber(redis.call('GET', KEYS[(i - 1) * 4 + 1]))
+  local reserved = tonumber(redis.call('GET', KEYS[(i - 1) * 4 + 2]) or '0')
+  if spent + reserved + amount > limit or (amount == 0 and spent + reserved >= limit) then
+    return {0, i}
+  end
+end
+
+for i = 1, n do
+  local base = 4 + (i - 1) * 3
+  local amount = ARGV[base + 2]
+  local expire_at = tonumber(ARGV[base + 3])
+  local k = (i - 1) * 4
+  redis.call('HSET', KEYS[k + 3], rid, amount)
+  redis.call('ZADD', KEYS[k + 4], ARGV[2], rid)
+  redis.call('INCRBY', KEYS[k + 2], amount)
+  if expire_at > 0 then
+    for j = 1, 4 do
+      redis.call('PEXPIREAT', KEYS[k + j], ARGV[base + 3])
+    end
+  end
+end
+return {1}

@@ -1,0 +1,354 @@
+"""Reads for the usage page, its CSV export and the API (the same numbers everywhere).
+
+Reports read the daily rollups, plus the ledger for days whose rollup is still queued, so
+numbers are current to the last recorded request. Budget consumption reads the ledger for the
+current period (the source of truth) and Redis for reservations in flight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db.models import Count, F, Q, QuerySet, Sum
+from django.utils import timezone
+
+from billing import models as m
+from billing.money import ZERO, local_day, period_bounds
+from billing.services import (
+    ROLLUP_DIMENSIONS,
+    billing_config_load,
+    budget_counters_read,
+    budget_spent_from_ledger,
+    rollup_rows_compute,
+)
+
+logger = logging.getLogger(__name__)
+
+BREAKDOWNS = {
+    "model": "model",
+    "team": "team_id",
+    "api_key": "api_key_id",
+    "prompt": "prompt_id",
+    "prompt_version": "prompt_version_id",
+}
+
+
+@dataclass(frozen=True)
+class UsageFilters:
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    team_id: int | None = None
+    api_key_id: int | None = None
+    model: str = ""
+    prompt_id: int | None = None
+    prompt_version_id: int | None = None
+
+
+@dataclass
+class UsageRow:
+    key: object
+    label: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = ZERO
+
+
+@dataclass
+class UsageReport:
+    date_from: dt.date
+    date_to: dt.date
+    series: list[UsageRow] = field(default_factory=list)  # one per day, oldest first
+    breakdown: list[UsageRow] = field(default_factory=list)
+    total: UsageRow = field(default_factory=lambda: UsageRow(key=None, label="Total"))
+
+
+def _range(*, organisation, filters: UsageFilters) -> tuple[dt.date, dt.date]:
+    today = local_day(timezone.now(), organisation.time_zone)
+    date_to = filters.date_to or today
+    date_from = filters.date_from or (date_to - dt.timedelta(days=29))
+    return date_from, date_to
+
+
+def _filtered(qs: QuerySet, filters: UsageFilters) -> QuerySet:
+    if filters.team_id is not None:
+        qs = qs.filter(team_id=filters.team_id)
+    if filters.api_key_id is not None:
+        qs = qs.filter(api_key_id=filters.api_key_id)
+    if filters.model:
+        qs = qs.filter(model=filters.model)
+    if filters.prompt_id is not None:
+        qs = qs.filter(prompt_id=filters.prompt_id)
+    if filters.prompt_version_id is not None:
+        qs = qs.filter(prompt_version_id=filters.prompt_version_id)
+    return qs
+
+
+def _daily_rows(*, organisation, filters: UsageFilters, date_from: dt.date, date_to: dt.date) -> list[m.UsageDaily]:
+    """Rollup rows in range, with queued days computed from the ledger on the fly."""
+    pending = set(
+        m.RollupPending.objects.filter(
+            organisation_id=organisation.pk, day__gte=date_from, day__lte=date_to
+        ).values_list("day", flat=True)
+    )
+    today = local_day(timezone.now(), organisation.time_zone)
+    if date_from <= today <= date_to:
+        pending.add(today)  # the current day is always read live
+    rows = list(
+        _filtered(
+            m.UsageDaily.objects.filter(organisation_id=organisation.pk, day__gte=date_from, day__lte=date_to).exclude(
+                day__in=pending
+            ),
+            filters,
+        )
+    )
+    for day in sorted(pending):
+        live = rollup_rows_compute(organisation_id=organisation.pk, day=day, time_zone=organisation.time_zone)
+        rows.extend(r for r in live if _matches(r, filters))
+    return rows
+
+
+def _matches(row: m.UsageDaily, filters: UsageFilters) -> bool:
+    return (
+        (filters.team_id is None or row.team_id == filters.team_id)
+        and (filters.api_key_id is None or row.api_key_id == filters.api_key_id)
+        and (not filters.model or row.model == filters.model)
+        and (filters.prompt_id is None or row.prompt_id == filters.prompt_id)
+        and (filters.prompt_version_id is None or row.prompt_version_id == filters.prompt_version_id)
+    )
+
+
+def _labels(*, organisation, dimension: str, keys) -> dict:
+    from accounts.models import ApiKey, Team
+
+    keys = [k for k in keys if k is not None]
+    if dimension == "team_id":
+        return {t.pk: t.name for t in Team.objects.filter(organisation=organisation, pk__in=keys)}
+    if dimension == "api_key_id":
+        return {k.pk: f"{k.name} ({k.prefix}…)" for k in ApiKey.objects.filter(organisation=organisation, pk__in=keys)}
+    # Prompts are referenced by plain ids (the ledger outlives them); name them when they still exist.
+    if dimension == "prompt_id":
+        from registry.models import Prompt
+
+        return {p.pk: p.name for p in Prompt.objects.filter(organisation=organisation, pk__in=keys)}
+    if dimension == "prompt_version_id":
+        from registry.models import PromptVersion
+
+        versions = PromptVersion.objects.filter(prompt__organisation=organisation, pk__in=keys).select_related("prompt")
+        return {v.pk: f"{v.prompt.name} v{v.number}" for v in versions}
+    return {}
+
+
+def usage_report(*, organisation, filters: UsageFilters, breakdown: str = "model") -> UsageReport:
+    """Cost and tokens per day, a breakdown by one dimension (largest cost first) and the total."""
+    if breakdown not in BREAKDOWNS:
+        breakdown = "model"
+    dimension = BREAKDOWNS[breakdown]
+    date_from, date_to = _range(organisation=organisation, filters=filters)
+    report = UsageReport(date_from=date_from, date_to=date_to)
+    rows = _daily_rows(organisation=organisation, filters=filters, date_from=date_from, date_to=date_to)
+    days: dict[dt.date, UsageRow] = {}
+    day = date_from
+    while day <= date_to:
+        days[day] = UsageRow(key=day, label=day.isoformat())
+        day += dt.timedelta(days=1)
+    groups: dict[object, UsageRow] = {}
+    for row in rows:
+        for target in (
+            days.setdefault(row.day, UsageRow(key=row.day, label=row.day.isoformat())),
+            groups.setdefault(getattr(row, dimension), UsageRow(key=getattr(row, dimension), label="")),
+            report.total,
+        ):
+            target.requests += row.requests
+            target.prompt_tokens += row.prompt_tokens
+            target.completion_tokens += row.completion_tokens
+            target.cost += row.cost
+    labels = _labels(organisation=organisation, dimension=dimension, keys=groups.keys())
+    for key, group in groups.items():
+        if key is None:
+            group.label = "(none)"
+        else:
+            group.label = labels.get(key, str(key))
+    report.series = [days[d] for d in sorted(days)]
+    report.breakdown = sorted(groups.values(), key=lambda r: (-r.cost, r.label))
+    return report
+
+
+def top_spenders(*, organisation, filters: UsageFilters, limit: int = 5) -> dict[str, list[UsageRow]]:
+    """The API keys and teams that spent most in the range."""
+    report_keys = usage_report(organisation=organisation, filters=filters, breakdown="api_key")
+    report_teams = usage_report(organisation=organisation, filters=filters, breakdown="team")
+    return {
+        "api_keys": [r for r in report_keys.breakdown if r.key is not None][:limit],
+        "teams": [r for r in report_teams.breakdown if r.key is not None][:limit],
+    }
+
+
+@dataclass
+class BudgetStatus:
+    budget: m.Budget
+    spent: Decimal
+    reserved: Decimal
+    period_start: dt.datetime
+    resets_at: dt.datetime | None
+    alerted: bool
+
+    @property
+    def percent(self) -> int:
+        if self.budget.amount <= 0:
+            return 100
+        return min(100, int(self.spent * 100 / self.budget.amount))
+
+    @property
+    def over_threshold(self) -> bool:
+        pct = self.budget.soft_threshold_percent
+        return pct is not None and self.spent * 100 >= self.budget.amount * pct
+
+
+def budgets_status(*, organisation, api_key_id: int | None = None) -> list[BudgetStatus]:
+    """Every budget of the organisation (or those applying to one key) with its consumption in the
+    current period: the larger of the ledger and Redis' settled counter (the ledger lags the proxy
+    by the log consumer's batch), plus reservations in flight."""
+    from billing.services import BudgetScope
+
+    config = billing_config_load(organisation.pk)
+    budgets = {b.pk: b for b in m.Budget.objects.filter(organisation=organisation).select_related("team", "api_key")}
+    now = timezone.now()
+    out = []
+    key_scope = None
+    if api_key_id is not None:
+        from accounts.models import ApiKey
+
+        key = ApiKey.objects.filter(organisation=organisation, pk=api_key_id).first()
+        key_scope = BudgetScope(organisation.pk, api_key_id, key.team_id if key else None)
+    for rule in config.rules:
+        budget = budgets.get(rule.id)
+        if budget is None or (
+            key_scope is not None and rule.scope != m.BudgetScope.PROMPT and not rule.applies(key_scope)
+        ):
+            continue
+        if key_scope is not None and rule.scope == m.BudgetScope.PROMPT:
+            continue
+        start, end = period_bounds(rule.period, at=now, time_zone=config.time_zone)
+        spent = budget_spent_from_ledger(rule=rule, organisation_id=organisation.pk, start=start, end=end)
+        reserved = ZERO
+        try:
+            counted, reserved = budget_counters_read(rule=rule, period_start=start)
+            if counted is not None and counted > spent:
+                spent = counted
+        except Exception:
+            logger.warning("billing: Redis counters unavailable; budget status from the ledger only")
+        alerted = m.BudgetAlert.objects.filter(budget_id=rule.id, period_start=start).exists()
+        out.append(
+            BudgetStatus(
+                budget=budget, spent=spent, reserved=reserved, period_start=start, resets_at=end, alerted=alerted
+            )
+        )
+    return out
+
+
+def budget_alerts_current(*, organisation) -> list[BudgetStatus]:
+    """Budgets past their soft threshold in the current period (the banner)."""
+    return [s for s in budgets_status(organisation=organisation) if s.alerted or s.over_threshold]
+
+
+def budget_get(*, organisation, budget_id: int) -> m.Budget:
+    return m.Budget.objects.get(organisation=organisation, pk=budget_id)
+
+
+def budgets_list(*, organisation) -> QuerySet[m.Budget]:
+    return m.Budget.objects.filter(organisation=organisation).select_related("team", "api_key").order_by("name")
+
+
+def prices_list(*, organisation, model: str = "", include_global: bool = True, limit: int = 200) -> list[m.Price]:
+    """The organisation's own prices (all, newest first) and, when searched, global ones."""
+    qs = m.Price.objects.filter(
+        Q(organisation=organisation) | Q(organisation__isnull=True) if include_global else Q(organisation=organisation)
+    )
+    if model:
+        qs = qs.filter(model__icontains=model)
+    elif include_global:
+        qs = qs.filter(Q(organisation=organisation) | Q(source=m.PriceSource.DEMO))
+    return list(qs.order_by(F("organisation_id").desc(nulls_last=True), "model", "-effective_from")[:limit])
+
+
+def billing_settings_get(*, organisation) -> m.BillingSettings:
+    return m.BillingSettings.objects.filter(organisation=organisation).first() or m.BillingSettings(
+        organisation=organisation
+    )
+
+
+@dataclass
+class ReconcileDifference:
+    organisation_id: int
+    day: dt.date
+    dims: tuple
+    expected: tuple | None
+    found: tuple | None
+
+
+def rollups_compare(*, organisation_ids: list[int] | None = None) -> list[ReconcileDifference]:
+    """Recompute every rollup from the ledger and list where the stored rollups differ."""
+    differences = []
+    orgs = organisation_ids
+    if orgs is None:
+        orgs = sorted(
+            set(m.UsageLine.objects.values_list("organisation_id", flat=True).distinct())
+            | set(m.UsageDaily.objects.values_list("organisation_id", flat=True).distinct())
+        )
+    for org_id in orgs:
+        tz = billing_config_load(org_id).time_zone
+        first = m.UsageLine.objects.filter(organisation_id=org_id).order_by("started_at").first()
+        last = m.UsageLine.objects.filter(organisation_id=org_id).order_by("-started_at").first()
+        days = set(m.UsageDaily.objects.filter(organisation_id=org_id).values_list("day", flat=True))
+        if first and last:
+            day = local_day(first.started_at, tz)
+            while day <= local_day(last.started_at, tz):
+                days.add(day)
+                day += dt.timedelta(days=1)
+        for day in sorted(days):
+            expected = {
+                _dims(r): _measures(r) for r in rollup_rows_compute(organisation_id=org_id, day=day, time_zone=tz)
+            }
+            found = {_dims(r): _measures(r) for r in m.UsageDaily.objects.filter(organisation_id=org_id, day=day)}
+            for dims in sorted(set(expected) | set(found), key=repr):
+                if expected.get(dims) != found.get(dims):
+                    differences.append(ReconcileDifference(org_id, day, dims, expected.get(dims), found.get(dims)))
+    return differences
+
+
+def _dims(row: m.UsageDaily) -> tuple:
+    return tuple(getattr(row, d) for d in ROLLUP_DIMENSIONS)
+
+
+def _measures(row: m.UsageDaily) -> tuple:
+    return (
+        row.requests,
+        row.lines,
+        row.prompt_tokens,
+        row.completion_tokens,
+        row.cached_tokens,
+        row.reasoning_tokens,
+        row.cost,
+    )
+
+
+def key_spend(*, organisation, api_key_id: int, since: dt.datetime) -> dict:
+    """A key's own spend since `since`, straight from the ledger (real time)."""
+    agg = m.UsageLine.objects.filter(
+        organisation_id=organisation.pk, api_key_id=api_key_id, started_at__gte=since
+    ).aggregate(
+        cost=Sum("cost"),
+        requests=Count("request_id", distinct=True),
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+    )
+    return {
+        "cost": agg["cost"] or ZERO,
+        "requests": agg["requests"] or 0,
+        "prompt_tokens": agg["prompt_tokens"] or 0,
+        "completion_tokens": agg["completion_tokens"] or 0,
+    }

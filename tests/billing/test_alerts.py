@@ -1,0 +1,180 @@
+"""Soft thresholds: audit event, banner data and a signed webhook delivered by a Celery task."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from audit.models import AuditEvent
+from billing.models import BudgetAlert
+from billing.selectors import budget_alerts_current
+from billing.services import (
+    WebhookTransientError,
+    billing_settings_update,
+    budget_alert_webhook_send,
+    budget_create,
+    usage_lines_record,
+)
+from billing.tasks import budget_alert_webhook_deliver
+from tests.conftest import free_port
+
+SECRET = "s3cret-signing-key-0123456789"
+
+
+class Receiver:
+    """A tiny HTTP receiver on 127.0.0.1 that records what it gets and answers with `status`."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.statuses: list[int] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append({"headers": dict(self.headers), "body": body})
+                status = receiver.statuses.pop(0) if receiver.statuses else 204
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.port = free_port()
+        self.server = HTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.port}/hooks/steward"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def verify(request: dict, secret: str, *, max_age: int = 300) -> dict:
+    """What a receiver does: check the timestamp is fresh and the HMAC matches, then trust the body."""
+    timestamp = request["headers"]["X-Steward-Timestamp"]
+    assert abs(time.time() - int(timestamp)) < max_age
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(request["headers"]["X-Steward-Signature"], "sha256=" + expected)
+    return json.loads(request["body"])
+
+
+def cross_threshold(organisation, record_factory, system_actor):
+    budget = budget_create(
+        organisation=organisation,
+        actor=system_actor,
+        name="Team soft",
+        scope="organisation",
+        amount=Decimal("0.0001"),
+        soft_threshold_percent=50,
+        hard_limit=False,
+    )
+    # 10 + 5 tokens of dev-small cost 0.0000125; five of them pass 50 % of 0.0001.
+    usage_lines_record(records=[record_factory(model="dev-small") for _ in range(3)])
+    assert not BudgetAlert.objects.exists()
+    usage_lines_record(records=[record_factory(model="dev-small") for _ in range(2)])
+    return budget
+
+
+def test_crossing_a_soft_threshold_audits_once_and_signs_a_webhook(
+    organisation, record_factory, system_actor, receiver, django_capture_on_commit_callbacks
+):
+    billing_settings_update(
+        organisation=organisation, actor=system_actor, webhook_url=receiver.url, webhook_secret=SECRET
+    )
+    with django_capture_on_commit_callbacks() as callbacks:
+        budget = cross_threshold(organisation, record_factory, system_actor)
+        usage_lines_record(records=[record_factory(model="dev-small")])  # still over: no second alert
+    alert = BudgetAlert.objects.get()
+    assert alert.budget == budget and alert.spent == Decimal("0.0000625") and alert.webhook_status == "pending"
+    event = AuditEvent.objects.get(organisation_id=organisation.pk, action="budget.threshold_crossed")
+    assert event.after["budget"] == "Team soft" and event.after["threshold_percent"] == 50
+    deliveries = [c for c in callbacks if "budget_alert_raise" in c.__qualname__]
+    assert len(deliveries) == 1  # one delivery enqueued after commit
+
+    assert budget_alert_webhook_deliver.run(alert.pk) == "sent"
+    [delivered] = receiver.requests
+    payload = verify(delivered, SECRET)
+    assert payload["type"] == "budget.threshold_crossed" and payload["budget"]["name"] == "Team soft"
+    assert payload["spent"] == "0.000062500000" and payload["id"] == f"budget-alert-{alert.pk}"
+    # A forged body fails verification.
+    with pytest.raises(AssertionError):
+        verify({**delivered, "body": delivered["body"].replace(b"Team soft", b"Team SOFT")}, SECRET)
+    # Idempotent: a redelivered task does not send twice.
+    assert budget_alert_webhook_send(alert_id=alert.pk) == "skipped"
+    assert len(receiver.requests) == 1
+    assert [s.budget.name for s in budget_alerts_current(organisation=organisation)] == ["Team soft"]
+
+
+def test_webhook_server_errors_are_transient_and_retried(organisation, record_factory, system_actor, receiver):
+    billing_settings_update(
+        organisation=organisation, actor=system_actor, webhook_url=receiver.url, webhook_secret=SECRET
+    )
+    cross_threshold(organisation, record_factory, system_actor)
+    alert = BudgetAlert.objects.get()
+    receiver.statuses = [503]
+    with pytest.raises(WebhookTransientError):
+        budget_alert_webhook_send(alert_id=alert.pk)
+    assert budget_alert_webhook_send(alert_id=alert.pk) == "sent"
+    alert.refresh_from_db()
+    assert alert.webhook_attempts == 2 and len(receiver.requests) == 2
+
+
+def test_webhook_configuration_is_validated_and_audited_without_the_secret(organisation, system_actor):
+    from core.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed) as err:
+        billing_settings_update(
+            organisation=organisation, actor=system_actor, webhook_url="ftp://x", webhook_secret=SECRET
+        )
+    assert err.value.param == "webhook_url"
+    with pytest.raises(ValidationFailed):
+        billing_settings_update(
+            organisation=organisation, actor=system_actor, webhook_url="https://example.com/h", webhook_secret="short"
+        )
+    billing_settings_update(
+        organisation=organisation, actor=system_actor, webhook_url="https://example.com/h", webhook_secret=SECRET
+    )
+    event = AuditEvent.objects.get(organisation_id=organisation.pk, action="webhook.configured")
+    assert SECRET not in json.dumps(event.after) and event.after["secret_set"] is True
+
+
+def test_without_a_webhook_the_alert_is_only_audited(organisation, record_factory, system_actor):
+    cross_threshold(organisation, record_factory, system_actor)
+    assert BudgetAlert.objects.get().webhook_status == "none"
+    assert AuditEvent.objects.filter(action="budget.threshold_crossed").count() == 1
+
+
+def test_webhook_is_delivered_by_a_real_worker(
+    transactional_db, organisation, record_factory, system_actor, receiver, celery_worker_process
+):
+    billing_settings_update(
+        organisation=organisation, actor=system_actor, webhook_url=receiver.url, webhook_secret=SECRET
+    )
+    cross_threshold(organisation, record_factory, system_actor)
+    deadline = time.monotonic() + 20
+    while not receiver.requests and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert receiver.requests, Path(celery_worker_process.log_path).read_text()[-3000:]
+    verify(receiver.requests[0], SECRET)
+    deadline = time.monotonic() + 5
+    while BudgetAlert.objects.get().webhook_status != "sent" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert BudgetAlert.objects.get().webhook_status == "sent"

@@ -1,0 +1,186 @@
+"""Budgets and costs through Steward's proxy (/v1/chat/completions) against the development upstream."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import pytest
+import requests
+from django.conf import settings
+from django.db.models import Sum
+
+from billing.models import UsageLine
+from billing.services import budget_create
+from tests.conftest import subprocess_env
+
+
+@pytest.fixture
+def gateway(steward_server, organisation, dev_upstream, api_key_factory):
+    from tests.proxy.conftest import route_with_deployments
+
+    route_with_deployments(organisation, "dev-small", [dev_upstream])
+    key, secret = api_key_factory()
+    return {"url": f"{steward_server.url}/v1", "key": key, "headers": {"Authorization": f"Bearer {secret}"}}
+
+
+def drained_lines(request_id: str, timeout: float = 10.0) -> list[UsageLine]:
+    from proxy.requestlog import request_log_drain
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        request_log_drain()
+        lines = list(UsageLine.objects.filter(request_id=request_id).order_by("attempt"))
+        if lines:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"no ledger line for {request_id}")
+
+
+def chat(gateway, **body):
+    body = {"model": "dev-small", "messages": [{"role": "user", "content": "hello budget"}], "max_tokens": 50, **body}
+    return requests.post(f"{gateway['url']}/chat/completions", json=body, headers=gateway["headers"], timeout=15)
+
+
+def test_budget_exceeded_is_a_429_envelope_before_any_upstream_call(gateway, organisation, system_actor, dev_upstream):
+    budget_create(
+        organisation=organisation,
+        actor=system_actor,
+        name="Frozen",
+        scope="api_key",
+        api_key_id=gateway["key"].pk,
+        amount=Decimal("0"),
+        period="day",
+    )
+    response = chat(gateway)
+    assert response.status_code == 429, response.text
+    error = response.json()["error"]
+    assert error["code"] == "budget_exceeded" and error["type"]
+    assert error["budget"] == "Frozen" and error["resets_at"]
+    assert "Frozen" in error["message"]
+    assert int(response.headers["retry-after"]) >= 1
+    assert dev_upstream.stats()["requests"] == 0
+
+
+def test_non_streamed_and_streamed_calls_are_charged_exactly(gateway, organisation, system_actor):
+    budget_create(
+        organisation=organisation, actor=system_actor, name="Roomy", scope="organisation", amount=Decimal("10")
+    )
+    plain = chat(gateway)
+    assert plain.status_code == 200, plain.text
+    usage = plain.json()["usage"]
+    [line] = drained_lines(plain.headers["x-request-id"])
+    assert line.cost == usage["prompt_tokens"] * Decimal("0.0000005") + usage["completion_tokens"] * Decimal(
+        "0.0000015"
+    )
+    assert line.cost > 0 and line.basis == "priced"
+
+    streamed = requests.post(
+        f"{gateway['url']}/chat/completions",
+        json={
+            "model": "dev-small",
+            "messages": [{"role": "user", "content": "stream me"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        headers=gateway["headers"],
+        stream=True,
+        timeout=15,
+    )
+    stream_usage = None
+    for raw in streamed.iter_lines():
+        if raw.startswith(b"data: ") and raw != b"data: [DONE]":
+            chunk = json.loads(raw[6:])
+            stream_usage = chunk.get("usage") or stream_usage
+    assert stream_usage and stream_usage["completion_tokens"] > 0
+    [sline] = drained_lines(streamed.headers["x-request-id"])
+    assert sline.cost == stream_usage["prompt_tokens"] * Decimal("0.0000005") + stream_usage[
+        "completion_tokens"
+    ] * Decimal("0.0000015")
+
+
+CLIENT = r"""
+import json, sys, time, concurrent.futures, requests
+url, secret, count, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+body = {"model": "dev-small", "messages": [{"role": "user", "content": "hello budget"}], "max_tokens": 50}
+def one(_):
+    r = requests.post(url, json=body, headers={"Authorization": "Bearer " + secret}, timeout=60)
+    return r.status_code, (r.json().get("error") or {}).get("code")
+time.sleep(max(0, start_at - time.time()))
+with concurrent.futures.ThreadPoolExecutor(count) as pool:
+    print(json.dumps(list(pool.map(one, range(count)))))
+"""
+
+
+def test_200_concurrent_requests_through_the_proxy_never_overspend(gateway, organisation, system_actor, dev_upstream):
+    from django.utils import timezone
+
+    from billing.services import price_resolve, worst_case_cost
+
+    body = {"model": "dev-small", "messages": [{"role": "user", "content": "hello budget"}], "max_tokens": 50}
+    raw_len = len(json.dumps(body).encode())
+    price = price_resolve(organisation_id=organisation.pk, model="dev-small", deployment_id=None, at=timezone.now())
+    # Twenty worst cases (with a few bytes of slack for the client's JSON spacing).
+    worst = worst_case_cost(price=price, input_text_bytes=raw_len + 8, max_output_tokens=50)
+    limit = worst * 20
+    budget_create(
+        organisation=organisation,
+        actor=system_actor,
+        name="Twenty",
+        scope="api_key",
+        api_key_id=gateway["key"].pk,
+        amount=limit,
+        period="day",
+    )
+    dev_upstream.control(delay_ms=50)
+    secret = gateway["headers"]["Authorization"].split()[1]
+    start_at = time.time() + 2
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT, f"{gateway['url']}/chat/completions", secret, "50", str(start_at)],
+            env=subprocess_env(),
+            cwd=settings.BASE_DIR,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        outcomes.extend(tuple(o) for o in json.loads(out))
+    ok = sum(1 for status, _ in outcomes if status == 200)
+    over = sum(1 for status, code in outcomes if status == 429 and code == "budget_exceeded")
+    assert ok + over == 200, set(outcomes)
+    assert ok >= 20  # actual calls cost less than their worst case, so at least 20 fit
+    assert dev_upstream.stats()["requests"] == ok  # nothing rejected reached the upstream
+    from proxy.requestlog import request_log_drain
+
+    deadline = time.monotonic() + 20
+    while UsageLine.objects.filter(api_key_id=gateway["key"].pk).count() < ok and time.monotonic() < deadline:
+        request_log_drain()
+        time.sleep(0.1)
+    total = UsageLine.objects.filter(api_key_id=gateway["key"].pk).aggregate(s=Sum("cost"))["s"]
+    assert UsageLine.objects.filter(api_key_id=gateway["key"].pk).count() == ok
+    assert total <= limit
+    # Admissions never outran the money: even if every admitted call had cost its worst case,
+    # the reservations held at any instant fit the limit, and what was really spent fits too.
+    cheapest = UsageLine.objects.filter(api_key_id=gateway["key"].pk).order_by("cost").first().cost
+    assert ok <= limit // cheapest
+
+
+def test_per_key_ceiling_rejects_an_expensive_request_through_the_proxy(gateway, system_actor, dev_upstream):
+    from billing.services import key_cost_ceiling_set
+
+    key_cost_ceiling_set(api_key=gateway["key"], actor=system_actor, max_request_cost=Decimal("0.001"))
+    assert chat(gateway, max_tokens=50).status_code == 200
+    response = chat(gateway, max_tokens=4000)  # 4000 × 1.5e-6 = 0.006 USD worst case
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "cost_ceiling_exceeded"
+    assert "retry-after" not in response.headers
+    assert dev_upstream.stats()["requests"] == 1
