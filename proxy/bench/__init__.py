@@ -1,0 +1,1 @@
+"""`make bench`: measures Steward's proxy against the development upstream (see runner.py)."""

@@ -1,0 +1,98 @@
+"""The rows a benchmark run needs, created through the services in a throwaway organisation.
+
+Each run gets its own organisation (`bench-<hex>`), an API key with limits far above what the run
+sends (so the rate-limit stage runs but never refuses), a route to the development upstream, and,
+when the registry's services exist, a prompt for the "with prompt" scenario. `bench_teardown`
+revokes the key and deletes the route; the organisation stays because its audit trail is
+append-only by design.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from accounts.services import api_key_create, api_key_revoke, organisation_create
+from audit.services import Actor
+
+ACTOR = Actor.system("bench")
+UNLIMITED = 1_000_000_000
+
+
+@dataclass
+class BenchTarget:
+    organisation: object
+    api_key: object
+    secret: str
+    route: object
+    model: str
+    prompt: dict | None  # the request's "prompt" object for the with-prompt scenario, if available
+    prompt_note: str
+
+
+def bench_setup(*, upstream_url: str, upstream_model: str = "dev-small") -> BenchTarget:
+    from proxy.services import deployment_create, route_create
+
+    suffix = secrets.token_hex(4)
+    organisation = organisation_create(name=f"Benchmark {suffix}", slug=f"bench-{suffix}", actor=ACTOR)
+    created = api_key_create(
+        organisation=organisation,
+        name="bench",
+        actor=ACTOR,
+        rpm_limit=UNLIMITED,
+        tpm_limit=UNLIMITED,
+    )
+    model = "bench-chat"
+    route = route_create(organisation=organisation, name=model, actor=ACTOR)
+    deployment_create(
+        route=route,
+        name="dev-upstream",
+        model=upstream_model,
+        api_base=upstream_url,
+        actor=ACTOR,
+        rpm_limit=UNLIMITED,
+        tpm_limit=UNLIMITED,
+    )
+    prompt, note = _prompt_setup(organisation=organisation, model=model)
+    return BenchTarget(
+        organisation=organisation,
+        api_key=created.api_key,
+        secret=created.secret,
+        route=route,
+        model=model,
+        prompt=prompt,
+        prompt_note=note,
+    )
+
+
+def _prompt_setup(*, organisation, model: str) -> tuple[dict | None, str]:
+    """A prompt whose version 1 (labelled "bench") targets the bench route, for the with-prompt scenario."""
+    try:
+        from registry.services import label_move, prompt_create, prompt_version_create
+    except ImportError as exc:
+        return None, f"registry services not available ({exc})"
+    prompt = prompt_create(organisation=organisation, name="bench-summary", actor=ACTOR)
+    version = prompt_version_create(
+        prompt=prompt,
+        messages=[
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Summarise {{ topic }} in one short sentence."},
+        ],
+        model=model,
+        params={"max_tokens": 16},
+        variables=[{"name": "topic", "type": "string", "required": True}],
+        commit_message="bench",
+        actor=ACTOR,
+    )
+    label_move(prompt=prompt, label="bench", version=version, reason="bench", actor=ACTOR)
+    return {"name": "bench-summary", "label": "bench", "variables": {"topic": "the benchmark"}}, ""
+
+
+def bench_teardown(target: BenchTarget) -> None:
+    from proxy.models import ModelRoute
+    from proxy.services import route_delete
+
+    api_key_revoke(api_key=target.api_key, actor=ACTOR)
+    route = ModelRoute.objects.filter(pk=target.route.pk).first()
+    if route is not None:
+        route_delete(route=route, actor=ACTOR)

@@ -1,0 +1,260 @@
+"""Load generators for `make bench`: wrk for closed loops, small asyncio clients for the rest.
+
+Nothing here imports Django, so the clients measure only HTTP. Every run has a fixed duration and
+a per-request timeout, and returns a `RunResult` of latencies (seconds) and status counts.
+
+- `wrk_run`: closed loop at a fixed concurrency (wrk is C and far faster than the proxy).
+- `open_loop_run`: a fixed arrival schedule, independent of responses. Latency is measured from
+  the *scheduled* send time, so a stalled server is charged for the requests it delayed
+  (no coordinated omission).
+- `stream_run`: closed loop of streamed completions, recording time to first token and total.
+- `closed_loop_run`: the asyncio fallback when wrk is not installed (numbers are then bounded
+  by this client, and the table says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+WRK_SCRIPT = Path(__file__).with_name("post.lua")
+WRK_MARKER = "BENCH_JSON "
+
+
+@dataclass
+class RunResult:
+    """What one load run measured. Latencies are in seconds; `ttft` only for streams."""
+
+    requests: int = 0
+    errors: int = 0
+    duration: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    # wrk reports percentiles itself instead of raw samples.
+    wrk_percentiles: dict[float, float] | None = None
+    generator: str = "asyncio"
+
+    @property
+    def throughput(self) -> float:
+        return (self.requests - self.errors) / self.duration if self.duration else 0.0
+
+    def latency(self, p: float) -> float | None:
+        if self.wrk_percentiles is not None:
+            return self.wrk_percentiles.get(p)
+        return percentile(self.latencies, p)
+
+    def first_token(self, p: float) -> float | None:
+        return percentile(self.ttft, p)
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (p in 0..100); None for no samples."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+# --- wrk -------------------------------------------------------------------------------------
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def wrk_run(
+    *,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    connections: int,
+    duration: float,
+    cpu: int | None = None,
+    timeout: float = 10.0,
+) -> RunResult:
+    """Run wrk for `duration` seconds with `connections` keep-alive connections (one thread)."""
+    env = {
+        **os.environ,
+        "BENCH_BODY": body.decode(),
+        "BENCH_HEADERS": json.dumps(headers),
+    }
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        f"--timeout={max(1, round(timeout))}s",
+        "-s",
+        str(WRK_SCRIPT),
+        url,
+    ]
+    if cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    completed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + timeout + 30)
+    if completed.returncode != 0:
+        raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip() or completed.stdout}")
+    return wrk_parse(completed.stdout)
+
+
+def wrk_parse(output: str) -> RunResult:
+    """Read the JSON line our Lua `done()` prints (see post.lua)."""
+    line = next((x for x in output.splitlines() if x.startswith(WRK_MARKER)), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{output}")
+    data = json.loads(line[len(WRK_MARKER) :])
+    errors = data["connect"] + data["read"] + data["write"] + data["status"] + data["timeout"]
+    statuses = Counter({"non_2xx_3xx": data["status"]}) if data["status"] else Counter()
+    return RunResult(
+        requests=data["requests"],
+        errors=errors,
+        duration=data["duration_us"] / 1e6,
+        statuses=statuses,
+        wrk_percentiles={p: data[f"p{p:g}_us"] / 1e6 for p in (50, 90, 99)},
+        generator="wrk",
+    )
+
+
+# --- asyncio clients -------------------------------------------------------------------------
+
+
+def _session(limit: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, force_close=False, ttl_dns_cache=None)
+    return aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict, timeout: float) -> int:
+    try:
+        async with session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            await r.read()
+            return r.status
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return 0
+
+
+async def open_loop_run(
+    *, url: str, body: bytes, headers: dict[str, str], rate: float, duration: float, timeout: float = 10.0
+) -> RunResult:
+    """Send `rate` requests per second for `duration` seconds on a fixed schedule."""
+    total = max(1, int(rate * duration))
+    result = RunResult()
+    # Generous pool: an open loop must never wait for a free connection (that would close the loop).
+    async with _session(limit=max(64, int(rate * timeout))) as session:
+        # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
+        clock = time.perf_counter
+        start = clock() + 0.05
+
+        async def one(i: int) -> None:
+            scheduled = start + i / rate
+            delay = scheduled - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            status = await _post(session, url, body, headers, timeout)
+            result.latencies.append(clock() - scheduled)
+            result.statuses[status] += 1
+
+        await asyncio.gather(*(one(i) for i in range(total)))
+        result.duration = clock() - start
+    result.requests = total
+    result.errors = sum(n for s, n in result.statuses.items() if not 200 <= s < 300)
+    return result
+
+
+async def closed_loop_run(
+    *, url: str, body: bytes, headers: dict[str, str], concurrency: int, duration: float, timeout: float = 10.0
+) -> RunResult:
+    """`concurrency` clients each sending the next request when the last one finished."""
+    loop = asyncio.get_running_loop()
+    result = RunResult()
+    async with _session(limit=concurrency) as session:
+        start = loop.time()
+        end = start + duration
+
+        async def client() -> None:
+            while loop.time() < end:
+                sent = time.perf_counter()
+                status = await _post(session, url, body, headers, timeout)
+                result.latencies.append(time.perf_counter() - sent)
+                result.statuses[status] += 1
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        result.duration = loop.time() - start
+    result.requests = len(result.latencies)
+    result.errors = sum(n for s, n in result.statuses.items() if not 200 <= s < 300)
+    return result
+
+
+_CONTENT = re.compile(rb'"content":\s*"[^"]')
+
+
+async def _stream_one(session, url, body, headers, timeout) -> tuple[int, float | None, float]:
+    """One streamed completion: (status, seconds to first content token, total seconds)."""
+    sent = time.perf_counter()
+    first = None
+    try:
+        async with session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            if r.status != 200:
+                await r.read()
+                return r.status, None, time.perf_counter() - sent
+            done = False
+            async for line in r.content:
+                if not line.startswith(b"data: "):
+                    continue  # blank separators and keep-alive comments
+                if line.startswith(b"data: [DONE]"):
+                    done = True
+                    break
+                if first is None and _CONTENT.search(line):
+                    first = time.perf_counter() - sent
+            return (200 if done else 0), first, time.perf_counter() - sent
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return 0, first, time.perf_counter() - sent
+
+
+async def stream_run(
+    *, url: str, body: bytes, headers: dict[str, str], concurrency: int, duration: float, timeout: float = 10.0
+) -> RunResult:
+    """Closed loop of streamed chat completions; a stream without `[DONE]` counts as an error."""
+    loop = asyncio.get_running_loop()
+    result = RunResult()
+    async with _session(limit=concurrency) as session:
+        start = loop.time()
+        end = start + duration
+
+        async def client() -> None:
+            while loop.time() < end:
+                status, first, total = await _stream_one(session, url, body, headers, timeout)
+                result.statuses[status] += 1
+                result.latencies.append(total)
+                if status == 200 and first is not None:
+                    result.ttft.append(first)
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        result.duration = loop.time() - start
+    result.requests = len(result.latencies)
+    result.errors = sum(n for s, n in result.statuses.items() if s != 200)
+    return result
+
+
+def chat_body(*, model: str, stream: bool = False, prompt: dict | None = None, max_tokens: int = 16) -> bytes:
+    """The request every scenario sends: a short chat completion (optionally a prompt invocation)."""
+    body: dict = {"model": model, "max_tokens": max_tokens}
+    if prompt is not None:
+        body["prompt"] = prompt
+    else:
+        body["messages"] = [{"role": "user", "content": "Summarise the benchmark in one short sentence please."}]
+    if stream:
+        body["stream"] = True
+    return orjson.dumps(body)

@@ -1,0 +1,83 @@
+"""Prometheus metrics of the proxy (served by /metrics of the same process).
+
+The pipeline records ten timings per request; prometheus_client's Histogram takes a lock and
+walks its buckets in Python for each, which costs more than some of the stages it measures.
+So timings land in plain per-process arrays (the event loop is single-threaded; a lost update
+from another thread would only skew a counter) and a collector turns them into histograms when
+/metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import HistogramMetricFamily
+
+STAGES = (
+    "authenticate",
+    "resolve_prompt",
+    "pre_filters",
+    "admit",
+    "reserve_budget",
+    "call_upstream",
+    "post_filters",
+    "settle_cost",
+    "log",
+)
+BUCKETS_MS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+
+class _Histogram:
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS_MS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BUCKETS_MS, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, count in zip((*map(str, BUCKETS_MS), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+_stages = {name: _Histogram() for name in STAGES}
+_overhead = _Histogram()
+
+
+class _Collector:
+    def collect(self):
+        stage = HistogramMetricFamily(
+            "steward_proxy_stage_milliseconds", "Time spent in each pipeline stage", labels=["stage"]
+        )
+        for name, hist in _stages.items():
+            stage.add_metric([name], hist.cumulative(), hist.sum)
+        yield stage
+        overhead = HistogramMetricFamily(
+            "steward_proxy_overhead_milliseconds", "Time spent in Steward per request, upstream excluded"
+        )
+        overhead.add_metric([], _overhead.cumulative(), _overhead.sum)
+        yield overhead
+
+
+REGISTRY.register(_Collector())
+requests_total = Counter("steward_proxy_requests_total", "Proxied requests by outcome", ["endpoint", "status"])
+_counters: dict[tuple[str, str], object] = {}
+
+
+def observe(timings: dict[str, float], overhead: float, endpoint: str, status: str) -> None:
+    for name, value in timings.items():
+        hist = _stages.get(name)
+        if hist is not None:
+            hist.observe(value)
+    _overhead.observe(overhead)
+    counter = _counters.get((endpoint, status))
+    if counter is None:
+        counter = _counters[(endpoint, status)] = requests_total.labels(endpoint, status)
+    counter.inc()

@@ -1,0 +1,1160 @@
+"""One proxied request, in explicit stages.
+
+    authenticate -> resolve prompt -> pre-filters -> admit (limits, cache, deployment)
+    -> reserve budget -> call upstream (retries, fallbacks) -> post-filters -> settle cost -> log
+
+Each stage is timed; the timings go into the request-log record and a Prometheus histogram, and
+`x-steward-overhead-ms` is the total minus the time spent waiting on upstreams. Nothing here
+touches the database while the in-process caches (keys, prompts, routes) are warm; the only
+network work besides the upstream call is one Redis round trip before it (`admission.admit`) and
+one after (the FINISH script, the cache write and the request-log XADD in one pipeline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import orjson
+import redis.exceptions
+from django.conf import settings
+
+from accounts.selectors import aapi_key_authenticate
+from billing import services as billing
+from core import llm
+from core.errors import ApplicationError, PermanentUpstreamError, TransientUpstreamError
+from core.logging import request_id_var
+from core.redis import aredis_client
+from proxy import admission, metrics, upstream
+from proxy.errors import ProxyError, internal_error, proxy_error_from
+from proxy.requestlog import log_buffer
+from proxy.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, body_validate
+from proxy.selectors import DeploymentTarget, RouteTarget, RoutingTable, arouting_table
+from safety import services as safety
+from safety.policies import FilterAction, FilterContext
+
+logger = logging.getLogger("steward.proxy")
+
+CHAT, COMPLETIONS, EMBEDDINGS, MODELS = "chat.completions", "completions", "embeddings", "models"
+SCHEMAS = {CHAT: ChatCompletionRequest, COMPLETIONS: CompletionRequest, EMBEDDINGS: EmbeddingRequest}
+UPSTREAM_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions", EMBEDDINGS: "/embeddings"}
+# Parameters a prompt version may fix; a request changes them only if its key may override them.
+PROMPT_PARAMS = frozenset(
+    {
+        "model",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "frequency_penalty",
+        "presence_penalty",
+        "stop",
+        "seed",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "n",
+        "logit_bias",
+        "reasoning_effort",
+    }
+)
+CIRCUIT_PROBE_MS = 30_000
+
+_state = {"in_flight": 0}
+
+_JSON = (b"content-type", b"application/json")
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+KEEPALIVE = b": keep-alive\n\n"
+DONE = b"data: [DONE]\n\n"
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was complete."""
+
+
+def in_flight() -> int:
+    return _state["in_flight"]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def weighted_order(deployments: list[DeploymentTarget]) -> list[DeploymentTarget]:
+    """A random order in which each deployment comes first in proportion to its weight (Efraimidis-Spirakis)."""
+    if len(deployments) < 2:
+        return deployments
+    return sorted(deployments, key=lambda d: random.random() ** (1.0 / d.weight), reverse=True)
+
+
+def _usage_from(data: dict | None) -> dict | None:
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return {
+        "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+        "completion_tokens": int(usage.get("completion_tokens") or 0),
+        "cached_tokens": int((prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else 0) or 0),
+        "reasoning_tokens": int(
+            (completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else 0) or 0
+        ),
+        "estimated": False,
+    }
+
+
+def _response_text(endpoint: str, data: dict) -> str:
+    parts = []
+    for choice in data.get("choices") or []:
+        if endpoint == CHAT:
+            parts.append(str(((choice.get("message") or {}).get("content")) or ""))
+        else:
+            parts.append(str(choice.get("text") or ""))
+    return "".join(parts)
+
+
+class ProxyRequest:
+    __slots__ = (
+        "attempts",
+        "body",
+        "cache_hit",
+        "cache_key",
+        "cache_value",
+        "client_body",
+        "client_usage",
+        "dep_clean",
+        "dep_tracked",
+        "deployment",
+        "disconnected",
+        "endpoint",
+        "error",
+        "filter_context",
+        "final",
+        "http_status",
+        "key_admitted",
+        "model",
+        "no_cache",
+        "overhead_header_ms",
+        "pending_finish",
+        "principal",
+        "prompt",
+        "raw_body",
+        "receive",
+        "released",
+        "request_id",
+        "reservation",
+        "response_data",
+        "response_done",
+        "response_started",
+        "route",
+        "scope",
+        "send",
+        "settled",
+        "slot",
+        "started_at",
+        "status",
+        "stream",
+        "stream_chunks",
+        "stream_text",
+        "t0",
+        "table",
+        "task",
+        "timings",
+        "upstream_s",
+        "usage",
+    )
+
+    def __init__(self, scope, receive, send, endpoint: str):
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.endpoint = endpoint
+        self.request_id = "req_" + uuid.uuid4().hex
+        self.t0 = time.perf_counter()
+        self.started_at = time.time()
+        self.timings: dict[str, float] = {}
+        self.principal = None
+        self.table: RoutingTable | None = None
+        self.route: RouteTarget | None = None
+        self.model = ""
+        self.raw_body = b""
+        self.client_body: dict | None = None
+        self.body: dict | None = None
+        self.stream = False
+        self.client_usage = False
+        self.prompt = None
+        self.attempts: list[dict] = []
+        self.usage: dict | None = None
+        self.upstream_s = 0.0
+        self.status = "ok"
+        self.http_status = 200
+        self.error: ProxyError | None = None
+        self.deployment: DeploymentTarget | None = None
+        self.cache_key = ""
+        self.cache_hit = False
+        self.reservation = None
+        self.settled = False
+        self.key_admitted = False
+        self.pending_finish: tuple | None = None
+        self.response_started = False
+        self.response_done = False
+        self.response_data: dict | None = None
+        self.stream_text: list[str] = []
+        self.stream_chunks = 0
+        self.disconnected = False
+        self.task = None
+        self.slot = False
+        self.no_cache = False
+        self.overhead_header_ms = 0.0
+        self.filter_context: FilterContext | None = None
+        self.cache_value: bytes | None = None
+        self.dep_clean = False
+        self.dep_tracked = False
+        self.released = False
+        # (payload, x-steward-cache) of a non-streaming success, sent once the request is settled and logged
+        self.final: tuple[bytes, str | None] | None = None
+
+    # --- driver ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        request_id_var.set(self.request_id)
+        watcher = None
+        try:
+            await self.authenticate()
+            if _state["in_flight"] >= settings.STEWARD_PROXY_MAX_IN_FLIGHT:
+                raise ProxyError(
+                    503, "Steward is at capacity; retry shortly.", code="overloaded", retry_after=1, outcome="rejected"
+                )
+            _state["in_flight"] += 1
+            self.slot = True
+            if self.endpoint == MODELS:
+                await self.list_models()
+                return
+            await self.read_body()
+            if self.stream:
+                # Only streams watch for the client going away (a task per request is not free);
+                # a non-streaming request learns of it when its answer cannot be sent.
+                self.task = asyncio.current_task()
+                watcher = asyncio.ensure_future(self._watch_disconnect())
+            await self.resolve_prompt()
+            await self.pre_filters()
+            if self.stream:
+                await self.call_streaming()
+            else:
+                await self.call()
+        except ProxyError as exc:
+            self.fail(exc)
+        except ApplicationError as exc:
+            self.fail(proxy_error_from(exc))
+        except asyncio.CancelledError:
+            if not self.disconnected:
+                raise
+            self.task.uncancel()
+            self.status = "cancelled"
+            self.http_status = 499
+        except ClientGone:
+            self.disconnected = True
+            self.status = "cancelled"
+            self.http_status = 499
+        except Exception:
+            logger.exception("unexpected error in the proxy pipeline")
+            self.fail(internal_error(self.request_id))
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if self.slot:
+                _state["in_flight"] -= 1
+        # Limits released, cost settled and the record handed over *before* the last bytes go out:
+        # a client's next request then finds its slot free and its spend settled, and a reader of
+        # the request log finds the record as soon as the caller has its answer.
+        await self.release()
+        await self.settle()
+        await self.log()
+        if self.disconnected:
+            return
+        if self.error is not None:
+            if not self.response_started:
+                await self.send_error(self.error)
+            elif not self.response_done:
+                await self.send_stream_error(self.error)
+        elif self.final is not None:
+            await self.send_json(200, self.final[0], cache=self.final[1])
+        elif self.stream and self.response_started and not self.response_done:
+            self.response_done = True
+            await self.send({"type": "http.response.body", "body": DONE, "more_body": False})
+
+    def fail(self, exc: ProxyError) -> None:
+        self.error = exc
+        self.status = exc.outcome
+        self.http_status = exc.status
+
+    async def _watch_disconnect(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                if not self.response_done:
+                    self.disconnected = True
+                    if self.task is not None:
+                        self.task.cancel()
+                return
+
+    def _lap(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[stage] = round((now - since) * 1000, 3)
+        return now
+
+    # --- stage: authenticate --------------------------------------------------------------------
+
+    async def authenticate(self) -> None:
+        t = time.perf_counter()
+        raw = None
+        for name, value in self.scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    raw = token.strip().decode("latin-1")
+            elif name == b"cache-control":
+                self.no_cache = b"no-cache" in value or b"no-store" in value
+        if raw is None:
+            self._lap("authenticate", t)
+            raise ProxyError(
+                401,
+                "Missing API key: send it as 'Authorization: Bearer <key>'.",
+                code="missing_api_key",
+            )
+        principal = await aapi_key_authenticate(raw)
+        self._lap("authenticate", t)
+        if principal is None:
+            raise ProxyError(401, "Incorrect, revoked or expired API key.", code="invalid_api_key")
+        self.principal = principal
+
+    async def read_body(self) -> None:
+        limit = settings.STEWARD_PROXY_MAX_BODY_BYTES
+        for name, value in self.scope["headers"]:
+            if name == b"content-length":
+                with contextlib.suppress(ValueError):
+                    if int(value) > limit:
+                        raise ProxyError(413, f"Request body larger than {limit} bytes.", code="request_too_large")
+        chunks = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ProxyError(413, f"Request body larger than {limit} bytes.", code="request_too_large")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        self.raw_body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            body = orjson.loads(self.raw_body)
+        except orjson.JSONDecodeError:
+            raise ProxyError(400, "The request body is not valid JSON.", code="invalid_json") from None
+        body_validate(SCHEMAS[self.endpoint], body)
+        self.client_body = body
+        self.stream = bool(body.get("stream")) and self.endpoint != EMBEDDINGS
+        if self.stream:
+            options = body.get("stream_options") or {}
+            self.client_usage = bool(options.get("include_usage"))
+
+    # --- stage: resolve prompt ------------------------------------------------------------------
+
+    async def resolve_prompt(self) -> None:
+        t = time.perf_counter()
+        body = dict(self.client_body)
+        reference = body.pop("prompt", None) if self.endpoint == CHAT else None
+        if reference is not None:
+            from registry.selectors import aprompt_resolve  # the registry may load later than the proxy
+
+            principal = self.principal
+            if not principal.prompt_allowed(reference["name"]):
+                raise ProxyError(
+                    403,
+                    f"This API key may not use prompt {reference['name']!r}.",
+                    code="prompt_not_allowed",
+                    param="prompt.name",
+                )
+            rendered = await aprompt_resolve(
+                organisation_id=principal.organisation_id,
+                name=reference["name"],
+                label=reference.get("label"),
+                version=reference.get("version"),
+                variables=reference.get("variables"),
+            )
+            fixed = dict(rendered.params)
+            if rendered.model:
+                fixed["model"] = rendered.model
+            for param, value in fixed.items():
+                if param in body and body[param] != value and param not in principal.overridable_params:
+                    raise ProxyError(
+                        403,
+                        f"Prompt {rendered.prompt_name!r} fixes {param!r}; this API key may not override it.",
+                        code="param_not_overridable",
+                        param=param,
+                    )
+            merged = {**fixed, **body}
+            merged["messages"] = list(rendered.messages) + list(body.get("messages") or [])
+            body = merged
+            self.prompt = rendered
+        if self.endpoint == CHAT:
+            if not body.get("model"):
+                raise ProxyError(
+                    400, "Missing required parameter: 'model'.", code="missing_required_parameter", param="model"
+                )
+            if not body.get("messages"):
+                raise ProxyError(
+                    400, "Missing required parameter: 'messages'.", code="missing_required_parameter", param="messages"
+                )
+        self.body = body
+        self.model = body["model"]
+        self.table = await arouting_table(organisation_id=self.principal.organisation_id)
+        route = self.table.routes.get(self.model)
+        self._lap("resolve_prompt", t)
+        if route is None:
+            raise ProxyError(404, f"The model {self.model!r} does not exist.", code="model_not_found", param="model")
+        if not self.principal.model_allowed(self.model):
+            raise ProxyError(
+                403, f"This API key may not use model {self.model!r}.", code="model_not_allowed", param="model"
+            )
+        self.route = route
+
+    # --- stage: pre-filters ---------------------------------------------------------------------
+
+    async def pre_filters(self) -> None:
+        t = time.perf_counter()
+        principal = self.principal
+        self.filter_context = FilterContext(
+            request_id=self.request_id,
+            organisation_id=principal.organisation_id,
+            api_key_id=principal.id,
+            team_id=principal.team_id,
+            endpoint=self.endpoint,
+            model=self.model,
+            prompt_version_id=self.prompt.version_id if self.prompt else None,
+        )
+        decision = await safety.apre_filter(context=self.filter_context, body=self.body)
+        if decision.action == FilterAction.HOLD:
+            decision = await safety.ahold_wait(decision=decision, timeout=settings.STEWARD_PROXY_HOLD_TIMEOUT_SECONDS)
+        self._lap("pre_filters", t)
+        if decision.action == FilterAction.BLOCK:
+            raise ProxyError(
+                400,
+                f"The request was blocked by policy {decision.policy}: {decision.reason or 'no reason given'}.",
+                code="content_policy_violation",
+            )
+        if decision.body is not None:
+            self.body = decision.body
+
+    # --- stages: admit, reserve budget, call upstream (with retries and fallbacks) ---------------
+
+    def _cache_key(self) -> str:
+        route = self.route
+        if self.stream or self.no_cache or not (route.cache_enabled or self.principal.cache_enabled):
+            return ""
+        canonical = orjson.dumps([self.endpoint, route.name, self.body], option=orjson.OPT_SORT_KEYS)
+        return f"stw:cache:{self.principal.organisation_id}:{hashlib.sha256(canonical).hexdigest()}"
+
+    async def _attempt_loop(self, run_one):
+        """Try deployments until one answers: other deployments of the route, then its fallbacks.
+
+        `run_one(deployment, timeout)` performs one attempt and returns its result; transient errors
+        move on (with a short backoff), permanent ones end the request. Returns run_one's result, or
+        ("cached", bytes) for a cache hit.
+        """
+        principal = self.principal
+        table = self.table
+        deadline = self.t0 + self.route.deadline_seconds
+        chain = [self.route] + [table.routes[name] for name in self.route.fallbacks if name in table.routes]
+        max_attempts = settings.STEWARD_PROXY_MAX_ATTEMPTS
+        expire_ms = int(self.route.deadline_seconds * 1000) + 5_000
+        last_error: ApplicationError | None = None
+        unavailable: admission.Admission | None = None
+        first = True
+        self.cache_key = self._cache_key()
+        for route in chain:
+            tried: set[int] = set()
+            while len(self.attempts) < max_attempts:
+                candidates = [d for d in route.deployments if d.id not in tried]
+                if not candidates:
+                    break
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    raise ProxyError(
+                        504,
+                        f"No answer within the model's deadline of {self.route.deadline_seconds:g} s.",
+                        code="deadline_exceeded",
+                        outcome="error",
+                    )
+                if route.strategy != "least_in_flight":
+                    candidates = weighted_order(candidates)
+                t = time.perf_counter()
+                try:
+                    decision = await admission.admit(
+                        now_ms=_now_ms(),
+                        request_id=self.request_id,
+                        expire_ms=expire_ms,
+                        key_id=principal.id if first else None,
+                        key_rpm=principal.rpm_limit,
+                        key_tpm=principal.tpm_limit,
+                        key_max_in_flight=principal.max_in_flight,
+                        cache_key=self.cache_key if first else "",
+                        strategy=route.strategy,
+                        probe_ms=CIRCUIT_PROBE_MS,
+                        candidates=candidates,
+                    )
+                except redis.exceptions.RedisError as exc:
+                    # Limits cannot be enforced without Redis: refuse rather than let traffic through unchecked.
+                    logger.error("admission failed: Redis unreachable (%s)", type(exc).__name__)
+                    raise ProxyError(
+                        503,
+                        "Steward cannot check rate limits right now; retry shortly.",
+                        code="limits_unavailable",
+                        retry_after=1,
+                        outcome="error",
+                    ) from exc
+                if first:
+                    self._lap("admit", t)
+                outcome = decision.outcome
+                if outcome.startswith("key_"):
+                    self._reject_key(decision)
+                if outcome == "cached":
+                    return ("cached", decision.cached)
+                if outcome != "ok":
+                    if unavailable is None or outcome == "deployment_limited":
+                        unavailable = decision
+                    break
+                if first:
+                    first = False
+                    self.key_admitted = principal.max_in_flight is not None or principal.tpm_limit is not None
+                deployment = candidates[decision.index]
+                self.dep_clean = decision.clean
+                self.dep_tracked = route.strategy == "least_in_flight"
+                if self.reservation is None:
+                    await self._reserve(deployment)
+                tried.add(deployment.id)
+                result = await self._attempt(run_one, deployment, min(deployment.timeout_seconds, remaining))
+                if isinstance(result, ApplicationError):
+                    last_error = result
+                    if isinstance(result, PermanentUpstreamError):
+                        error = proxy_error_from(result)
+                        error.outcome = "error"
+                        raise error
+                    backoff = min(0.05 * 2 ** (len(self.attempts) - 1), 1.0, max(0.0, deadline - time.perf_counter()))
+                    await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+                    continue
+                return result
+        if last_error is not None:
+            error = proxy_error_from(last_error)
+            error.outcome = "error"
+            raise error
+        if unavailable is not None and unavailable.outcome == "deployment_limited":
+            raise ProxyError(
+                429,
+                f"Every deployment of {self.model!r} is at its rate limit.",
+                code="deployment_rate_limited",
+                retry_after=unavailable.retry_after_ms / 1000,
+            )
+        if unavailable is not None and unavailable.outcome == "unhealthy":
+            raise ProxyError(
+                503,
+                f"Every deployment of {self.model!r} is failing; retry later.",
+                code="model_unavailable",
+                retry_after=max(1.0, unavailable.retry_after_ms / 1000),
+                outcome="error",
+            )
+        raise ProxyError(
+            503,
+            f"The model {self.model!r} has no deployment to serve it.",
+            code="no_deployment",
+            outcome="error",
+            retry_after=5,
+        )
+
+    def _reject_key(self, decision: admission.Admission) -> None:
+        limit = {
+            "key_rpm": "requests per minute",
+            "key_tpm": "tokens per minute",
+            "key_in_flight": "requests in flight",
+        }
+        raise ProxyError(
+            429,
+            f"Rate limit reached for this API key ({limit[decision.outcome]}).",
+            code="rate_limit_exceeded",
+            retry_after=max(1.0, decision.retry_after_ms / 1000),
+            extra={"limit": decision.outcome.removeprefix("key_")},
+        )
+
+    async def _reserve(self, deployment: DeploymentTarget) -> None:
+        t = time.perf_counter()
+        principal = self.principal
+        body = self.body
+        try:
+            self.reservation = await billing.abudget_reserve(
+                request_id=self.request_id,
+                scope=billing.BudgetScope(
+                    organisation_id=principal.organisation_id,
+                    api_key_id=principal.id,
+                    team_id=principal.team_id,
+                    prompt_id=self.prompt.prompt_id if self.prompt else None,
+                ),
+                model=deployment.model,
+                deployment_id=deployment.id,
+                input_text_bytes=len(self.raw_body),
+                max_output_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+            )
+        except BaseException:
+            # The deployment slot taken by admission is given back; the key's is released at the end.
+            self.pending_finish = (deployment, "neutral", 0)
+            raise
+        finally:
+            self._lap("reserve_budget", t)
+
+    async def _attempt(self, run_one, deployment: DeploymentTarget, timeout: float):
+        n = len(self.attempts) + 1
+        attempt = {
+            "n": n,
+            "deployment_id": deployment.id,
+            "deployment": deployment.name,
+            "model": deployment.model,
+            "status": "ok",
+            "http_status": 200,
+            "error_type": "",
+            "latency_ms": 0.0,
+            "usage": None,
+            "circuit": "",
+        }
+        self.attempts.append(attempt)
+        self.deployment = deployment
+        t = time.perf_counter()
+        try:
+            result = await run_one(deployment, timeout)
+        except (TransientUpstreamError, PermanentUpstreamError) as exc:
+            elapsed = time.perf_counter() - t
+            self.upstream_s += elapsed
+            attempt.update(
+                status="error",
+                http_status=getattr(exc, "upstream_status", None) or exc.status,
+                error_type=exc.code,
+                latency_ms=round(elapsed * 1000, 3),
+            )
+            transient = isinstance(exc, TransientUpstreamError)
+            attempt["circuit"] = await self._finish_deployment(deployment, "fail" if transient else "neutral", 0)
+            return exc
+        except BaseException:
+            elapsed = time.perf_counter() - t
+            self.upstream_s += elapsed
+            attempt.update(status="cancelled", http_status=499, latency_ms=round(elapsed * 1000, 3))
+            self.pending_finish = (deployment, "neutral", 0)
+            raise
+        elapsed = time.perf_counter() - t
+        self.upstream_s += elapsed
+        attempt["latency_ms"] = round(elapsed * 1000, 3)
+        return result
+
+    async def _finish_deployment(self, deployment: DeploymentTarget, outcome: str, tokens: int) -> str:
+        try:
+            return await admission.finish(
+                now_ms=_now_ms(),
+                request_id=self.request_id,
+                key_id=None,
+                key_tokens=0,
+                deployment_id=deployment.id,
+                outcome=outcome,
+                deployment_tokens=tokens,
+                threshold=settings.STEWARD_PROXY_CIRCUIT_FAILURES,
+                cooldown_ms=int(settings.STEWARD_PROXY_CIRCUIT_COOLDOWN_SECONDS * 1000),
+                release_key=False,
+            )
+        except redis.exceptions.RedisError:
+            logger.warning("could not record the outcome of deployment %s", deployment.id)
+            return ""
+
+    # --- non-streaming ----------------------------------------------------------------------------
+
+    async def _one_json(self, deployment: DeploymentTarget, timeout: float):
+        body = self.body
+        body["model"] = deployment.model
+        if deployment.direct:
+            return await upstream.call_json(
+                url=deployment.api_base + UPSTREAM_PATHS[self.endpoint],
+                payload=orjson.dumps(body),
+                api_key=deployment.api_key,
+                timeout=timeout,
+                request_id=self.request_id,
+                name=deployment.name,
+            )
+        data = await llm.acall(
+            endpoint=self.endpoint,
+            body=body,
+            model=deployment.model,
+            api_base=deployment.api_base or None,
+            api_key=deployment.api_key,
+            timeout=timeout,
+            name=deployment.name,
+        )
+        return upstream.UpstreamResponse(status=200, body=orjson.dumps(data), data=data)
+
+    async def call(self) -> None:
+        t = time.perf_counter()
+        result = await self._attempt_loop(self._one_json)
+        self.timings["call_upstream"] = round((time.perf_counter() - t) * 1000, 3)
+        if isinstance(result, tuple):
+            payload = result[1]
+            self.cache_hit = True
+            self.status = "cached"
+            with contextlib.suppress(orjson.JSONDecodeError):
+                self.usage = _usage_from(orjson.loads(payload))
+            self.final = (payload, "hit")
+            return
+        data = result.data
+        usage = _usage_from(data)
+        self.attempts[-1]["usage"] = usage
+        self.usage = usage
+        self.response_data = data
+        payload = result.body
+
+        t = time.perf_counter()
+        decision = await safety.apost_filter(context=self.filter_context, response=data, streamed=False)
+        if decision.action == FilterAction.HOLD:
+            decision = await safety.ahold_wait(decision=decision, timeout=settings.STEWARD_PROXY_HOLD_TIMEOUT_SECONDS)
+        self._lap("post_filters", t)
+        self.pending_finish = (
+            self.deployment,
+            "ok",
+            usage["prompt_tokens"] + usage["completion_tokens"] if usage else 0,
+        )
+        if decision.action == FilterAction.BLOCK:
+            self.cache_key = ""
+            raise ProxyError(
+                400,
+                f"The response was withheld by policy {decision.policy}: {decision.reason or 'no reason given'}.",
+                code="content_policy_violation",
+            )
+        if decision.body is not None:
+            self.response_data = decision.body
+            payload = orjson.dumps(decision.body)
+        self.cache_value = payload if self.cache_key else None
+        self.final = (payload, "miss" if self.cache_key else None)
+
+    # --- streaming --------------------------------------------------------------------------------
+
+    async def _one_stream(self, deployment: DeploymentTarget, timeout: float):
+        """Open the stream and wait for its first event, so a failure before any content is retried."""
+        body = self.body
+        body["model"] = deployment.model
+        if deployment.direct:
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body["stream_options"] = options
+            stream = await upstream.open_stream(
+                url=deployment.api_base + UPSTREAM_PATHS[self.endpoint],
+                payload=orjson.dumps(body),
+                api_key=deployment.api_key,
+                timeout=timeout,
+                request_id=self.request_id,
+                name=deployment.name,
+            )
+            events = stream.events()
+            closer = stream.close
+        else:
+            chunks = await llm.astream(
+                endpoint=self.endpoint,
+                body=body,
+                model=deployment.model,
+                api_base=deployment.api_base or None,
+                api_key=deployment.api_key,
+                timeout=timeout,
+                name=deployment.name,
+            )
+
+            async def _events():
+                async for chunk in chunks:
+                    yield b"data: " + orjson.dumps(chunk)
+
+            events = _events()
+
+            async def closer():
+                with contextlib.suppress(Exception):
+                    await chunks.aclose()
+
+        try:
+            first = await asyncio.wait_for(anext(events), timeout)
+        except StopAsyncIteration:
+            await closer()
+            raise TransientUpstreamError(f"Upstream {deployment.name} closed the stream without data") from None
+        except TimeoutError:
+            await closer()
+            raise upstream.UpstreamTimeout(f"Upstream {deployment.name} sent nothing within {timeout:g} s") from None
+        except BaseException:
+            await closer()
+            raise
+        return (first, events, closer)
+
+    async def call_streaming(self) -> None:
+        t = time.perf_counter()
+        opening = asyncio.ensure_future(self._attempt_loop(self._one_stream))
+        interval = settings.STEWARD_PROXY_KEEPALIVE_SECONDS
+        try:
+            while True:
+                done, _ = await asyncio.wait((opening,), timeout=interval)
+                if done:
+                    break
+                # A slow first token: keep the connection (and proxies on the way) from timing out.
+                await self.start_stream()
+                await self.send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+        except BaseException:
+            opening.cancel()
+            with contextlib.suppress(BaseException):
+                await opening
+            raise
+        first, events, closer = opening.result()
+        await self.start_stream()
+        t_stream = time.perf_counter()
+        self.timings["call_upstream"] = round((t_stream - t) * 1000, 3)
+        deployment = self.deployment
+        attempt = self.attempts[-1]
+        try:
+            await self._forward(first)
+            async for event in events:
+                await self._forward(event)
+        except (TransientUpstreamError, PermanentUpstreamError) as exc:
+            attempt.update(status="error", error_type=exc.code, http_status=exc.status)
+            self.pending_finish = (deployment, "fail", self._stream_tokens())
+            self.fail(proxy_error_from(exc))
+            self.error.outcome = "error"
+            return
+        except BaseException:
+            attempt.update(status="cancelled", http_status=499)
+            self.pending_finish = (deployment, "neutral", self._stream_tokens())
+            raise
+        finally:
+            await closer()
+            elapsed = time.perf_counter() - t_stream
+            self.upstream_s += elapsed
+            attempt["latency_ms"] = round(attempt["latency_ms"] + elapsed * 1000, 3)
+            attempt["usage"] = self.usage
+        self.pending_finish = (deployment, "ok", self._stream_tokens())
+        t = time.perf_counter()
+        decision = await safety.apost_filter(context=self.filter_context, response=None, streamed=True)
+        self._lap("post_filters", t)
+        if decision.action == FilterAction.BLOCK:
+            # The chunks already went out; the decision is recorded, and the stream ends with an error event.
+            self.fail(ProxyError(400, "The response was flagged by policy.", code="content_policy_violation"))
+            return
+
+    def _stream_tokens(self) -> int:
+        if self.usage:
+            return self.usage["prompt_tokens"] + self.usage["completion_tokens"]
+        return self.stream_chunks
+
+    async def _forward(self, event: bytes) -> None:
+        if event[:1] == b":":
+            return  # upstream comments (its own keep-alives) are not the client's business
+        data = event[6:] if event.startswith(b"data: ") else event[5:] if event.startswith(b"data:") else None
+        if data is None:
+            await self.send({"type": "http.response.body", "body": event + b"\n\n", "more_body": True})
+            return
+        if data.strip() == b"[DONE]":
+            return
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            await self.send({"type": "http.response.body", "body": event + b"\n\n", "more_body": True})
+            return
+        if isinstance(chunk, dict):
+            if chunk.get("error"):
+                message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else str(chunk["error"])
+                raise TransientUpstreamError(f"Upstream error mid-stream: {message}")
+            usage = chunk.get("usage")
+            if usage:
+                self.usage = _usage_from(chunk)
+                if not self.client_usage:
+                    if not chunk.get("choices"):
+                        return
+                    del chunk["usage"]
+                    event = b"data: " + orjson.dumps(chunk)
+            for choice in chunk.get("choices") or ():
+                piece = (choice.get("delta") or {}).get("content") if self.endpoint == CHAT else choice.get("text")
+                if piece:
+                    self.stream_chunks += 1
+                    self.stream_text.append(piece)
+        await self.send({"type": "http.response.body", "body": event + b"\n\n", "more_body": True})
+
+    async def start_stream(self) -> None:
+        if self.response_started:
+            return
+        self.response_started = True
+        headers = list(_SSE)
+        headers.extend(self._common_headers())
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def send_stream_error(self, error: ProxyError) -> None:
+        self.response_done = True
+        with contextlib.suppress(Exception):
+            await self.send(
+                {"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n", "more_body": True}
+            )
+            await self.send({"type": "http.response.body", "body": DONE, "more_body": False})
+
+    # --- responses ----------------------------------------------------------------------------
+
+    def _common_headers(self, cache: str | None = None) -> list[tuple[bytes, bytes]]:
+        headers = [(b"x-request-id", self.request_id.encode())]
+        if self.deployment is not None:
+            headers.append((b"x-steward-model-deployment", self.deployment.name.encode()))
+        if self.prompt is not None:
+            headers.append(
+                (b"x-steward-prompt-version", f"{self.prompt.prompt_name}:{self.prompt.version_number}".encode())
+            )
+        if cache is not None:
+            headers.append((b"x-steward-cache", cache.encode()))
+        overhead = (time.perf_counter() - self.t0 - self.upstream_s) * 1000
+        self.overhead_header_ms = overhead
+        headers.append((b"x-steward-overhead-ms", f"{overhead:.3f}".encode()))
+        return headers
+
+    async def send_json(self, status: int, payload: bytes, *, cache: str | None = None, extra=()) -> None:
+        headers = [_JSON, (b"content-length", str(len(payload)).encode())]
+        headers.extend(extra)
+        headers.extend(self._common_headers(cache))
+        self.response_started = True
+        self.response_done = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": payload})
+
+    async def send_error(self, error: ProxyError) -> None:
+        with contextlib.suppress(Exception):
+            await self.send_json(error.status, error.body(), extra=error.headers())
+
+    async def list_models(self) -> None:
+        principal = self.principal
+        self.table = await arouting_table(organisation_id=principal.organisation_id)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "steward"}
+            for name in sorted(self.table.routes)
+            if principal.model_allowed(name)
+        ]
+        wanted = self.scope["path"].rstrip("/").removeprefix("/v1/models").lstrip("/")
+        if not wanted:
+            await self.send_json(200, orjson.dumps({"object": "list", "data": data}))
+            return
+        self.model = wanted
+        found = next((m for m in data if m["id"] == wanted), None)
+        if found is None:
+            raise ProxyError(404, f"The model {wanted!r} does not exist.", code="model_not_found", param="model")
+        await self.send_json(200, orjson.dumps(found))
+
+    # --- stages: settle cost, log ------------------------------------------------------------------
+
+    def _needs_estimate(self) -> bool:
+        if self.deployment is None or not self.attempts or self.usage is not None or self.body is None:
+            return False
+        last = self.attempts[-1]["status"]
+        return (
+            (self.status == "ok" and not self.cache_hit)
+            or (self.status == "cancelled" and last == "cancelled")
+            or (self.status == "error" and self.stream_chunks > 0)
+        )
+
+    async def _estimate_usage(self) -> None:
+        """No usage from the upstream (or a cancelled stream): count with the model's tokenizer, off the loop."""
+        attempt = self.attempts[-1]
+        if self.endpoint == CHAT:
+            completion = "".join(self.stream_text) if self.stream else _response_text(CHAT, self.response_data or {})
+            messages = self.body.get("messages") or []
+            prompt_args = {"messages": messages}
+        elif self.endpoint == COMPLETIONS:
+            completion = (
+                "".join(self.stream_text) if self.stream else _response_text(COMPLETIONS, self.response_data or {})
+            )
+            prompt = self.body.get("prompt")
+            prompt_args = {"text": prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()}
+        else:
+            value = self.body.get("input")
+            prompt_args = {"text": value if isinstance(value, str) else orjson.dumps(value).decode()}
+            completion = ""
+        model = self.deployment.model
+
+        def count() -> dict:
+            prompt_tokens = llm.token_count(model=model, **prompt_args)
+            completion_tokens = llm.token_count(model=model, text=completion) if completion else 0
+            return {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "cached_tokens": 0,
+                "reasoning_tokens": 0,
+                "estimated": True,
+            }
+
+        try:
+            usage = await asyncio.to_thread(count)
+        except Exception:
+            logger.exception("token counting failed; usage estimated from chunks")
+            usage = {
+                "prompt_tokens": 0,
+                "completion_tokens": self.stream_chunks,
+                "cached_tokens": 0,
+                "reasoning_tokens": 0,
+                "estimated": True,
+            }
+        attempt["usage"] = usage
+        self.usage = usage
+
+    async def settle(self) -> None:
+        t = time.perf_counter()
+        if self._needs_estimate():
+            await self._estimate_usage()
+        if self.reservation is None:
+            return
+        try:
+            total = Decimal("0")
+            at = datetime.fromtimestamp(self.started_at, UTC)
+            for attempt in self.attempts:
+                usage = attempt.get("usage")
+                if not usage:
+                    continue
+                cost = await billing.acost_compute(
+                    organisation_id=self.principal.organisation_id,
+                    model=attempt["model"],
+                    deployment_id=attempt["deployment_id"],
+                    usage=billing.Usage(
+                        prompt_tokens=usage["prompt_tokens"],
+                        completion_tokens=usage["completion_tokens"],
+                        cached_tokens=usage["cached_tokens"],
+                        reasoning_tokens=usage["reasoning_tokens"],
+                        estimated=usage["estimated"],
+                    ),
+                    at=at,
+                )
+                total += cost.total
+            if total > 0 or any(a.get("usage") for a in self.attempts):
+                await billing.abudget_settle(reservation=self.reservation, actual_cost=total)
+            else:
+                await billing.abudget_release(reservation=self.reservation)
+            self.settled = True
+        except Exception:
+            logger.exception("settling the budget reservation failed; it will expire")
+        finally:
+            self._lap("settle_cost", t)
+
+    def record(self) -> dict:
+        principal = self.principal
+        deployment = self.deployment
+        prompt = self.prompt
+        total_ms = (time.perf_counter() - self.t0) * 1000
+        upstream_ms = self.upstream_s * 1000
+        error = self.error
+        record = {
+            "request_id": self.request_id,
+            "organisation_id": principal.organisation_id,
+            "api_key_id": principal.id,
+            "team_id": principal.team_id,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "stream": self.stream,
+            "deployment_id": deployment.id if deployment else None,
+            "deployment_name": deployment.name if deployment else "",
+            "prompt_id": prompt.prompt_id if prompt else None,
+            "prompt_version_id": prompt.version_id if prompt else None,
+            "prompt_name": prompt.prompt_name if prompt else "",
+            "prompt_version_number": prompt.version_number if prompt else None,
+            "status": self.status,
+            "http_status": self.http_status,
+            "error_type": error.code if error else "",
+            "error_message": error.message[:500] if error else "",
+            "cache_hit": self.cache_hit,
+            "started_at": datetime.fromtimestamp(self.started_at, UTC).isoformat(),
+            "latency_ms": round(total_ms, 3),
+            "overhead_ms": round(total_ms - upstream_ms, 3),
+            "upstream_ms": round(upstream_ms, 3),
+            "timings": self.timings,
+            "usage": self.usage
+            or {
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cached_tokens": 0,
+                "reasoning_tokens": 0,
+                "estimated": False,
+            },
+            "attempts": self.attempts,
+        }
+        if self.table is not None and self.table.store_bodies and self.client_body is not None:
+            response = {"stream": True, "content": "".join(self.stream_text)} if self.stream else self.response_data
+            record["bodies"] = {"request": self.client_body, "response": response}
+        return record
+
+    def _finish_args(self) -> list | None:
+        """FINISH arguments when something in Redis must be given back or updated, else None.
+
+        Nothing is needed for the common case: a key without in-flight or TPM limits, on a weighted
+        route, whose deployment answered with its circuit closed and no TPM limit of its own.
+        """
+        deployment, outcome, tokens = self.pending_finish or (None, "neutral", 0)
+        need_deployment = deployment is not None and (
+            self.dep_tracked
+            or outcome == "fail"
+            or (outcome == "ok" and not self.dep_clean)
+            or (tokens > 0 and deployment.tpm_limit is not None)
+        )
+        if not need_deployment and not self.key_admitted:
+            return None
+        return admission.finish_args(
+            now_ms=_now_ms(),
+            request_id=self.request_id,
+            key_id=self.principal.id if self.key_admitted else None,
+            key_tokens=tokens,
+            deployment_id=deployment.id if need_deployment else None,
+            outcome=outcome,
+            deployment_tokens=tokens,
+            threshold=settings.STEWARD_PROXY_CIRCUIT_FAILURES,
+            cooldown_ms=int(settings.STEWARD_PROXY_CIRCUIT_COOLDOWN_SECONDS * 1000),
+            release_key=self.key_admitted,
+        )
+
+    async def release(self) -> None:
+        """Give back in-flight slots, count tokens, move the circuit and fill the cache, before answering:
+        a client that sends its next request as soon as it has this answer must find its slot free."""
+        if self.released or self.principal is None:
+            return
+        self.released = True
+        finish = self._finish_args()
+        cache_value = self.cache_value if self.cache_key and self.cache_value is not None else None
+        if finish is None and cache_value is None:
+            return
+        client = aredis_client()
+        try:
+            if cache_value is None:
+                await admission.FINISH(client, finish)
+                return
+            pipe = client.pipeline(transaction=False)
+            if finish is not None:
+                admission.FINISH.pipe(pipe, finish)
+            pipe.set(self.cache_key, cache_value, ex=self.route.cache_ttl_seconds)
+            results = await pipe.execute(raise_on_error=False)
+            if finish is not None and isinstance(results[0], redis.exceptions.NoScriptError):
+                await admission.FINISH(client, finish)
+        except redis.exceptions.RedisError:
+            # In-flight entries expire by themselves; the circuit and token counts miss one update.
+            logger.exception("request %s could not release its limits (Redis unreachable)", self.request_id)
+
+    async def log(self) -> None:
+        t = time.perf_counter()
+        if self.principal is None:
+            # No organisation to file it under (missing or bad key): metrics only.
+            metrics.requests_total.labels(self.endpoint, self.status).inc()
+            return
+        record = self.record()
+        self.timings["log"] = round((time.perf_counter() - t) * 1000, 3)  # the record shares this dict
+        log_buffer().add(orjson.dumps(record))
+        metrics.observe(self.timings, record["overhead_ms"], self.endpoint, self.status)

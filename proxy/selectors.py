@@ -1,0 +1,206 @@
+"""Reads for routes, deployments, settings and the request log, plus the hot path's routing table.
+
+`arouting_table(organisation_id=)` is what the proxy uses per request: an immutable snapshot of the
+organisation's routes, enabled deployments (credentials resolved) and settings, served from an
+in-process cache that every write invalidates (proxy.services.ROUTES_NAMESPACE).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
+from django.db.models import QuerySet
+
+from accounts.models import Organisation
+from core.invalidation import LocalCache
+from proxy.crypto import secret_decrypt
+from proxy.models import Deployment, DeploymentKind, ModelRoute, ProxySettings, RequestBody, RequestLog
+from proxy.services import ROUTES_NAMESPACE
+
+# --- management reads ---------------------------------------------------------------------------
+
+
+def routes_list(*, organisation: Organisation) -> QuerySet[ModelRoute]:
+    return ModelRoute.objects.filter(organisation=organisation).prefetch_related("deployments").order_by("name")
+
+
+def route_get(*, organisation: Organisation, route_id: int) -> ModelRoute:
+    """Raises ModelRoute.DoesNotExist for another organisation's route."""
+    return ModelRoute.objects.get(organisation=organisation, pk=route_id)
+
+
+def route_get_by_name(*, organisation: Organisation, name: str) -> ModelRoute:
+    return ModelRoute.objects.get(organisation=organisation, name=name)
+
+
+def deployments_list(*, route: ModelRoute) -> QuerySet[Deployment]:
+    return Deployment.objects.filter(route=route).order_by("name")
+
+
+def deployment_get(*, organisation: Organisation, deployment_id: int) -> Deployment:
+    """Raises Deployment.DoesNotExist for another organisation's deployment."""
+    return Deployment.objects.select_related("route").get(route__organisation=organisation, pk=deployment_id)
+
+
+def proxy_settings_get(*, organisation: Organisation) -> ProxySettings:
+    """The organisation's settings (an unsaved default row when never changed)."""
+    return ProxySettings.objects.filter(organisation=organisation).first() or ProxySettings(organisation=organisation)
+
+
+def request_logs_list(
+    *,
+    organisation: Organisation,
+    status: str | None = None,
+    model: str | None = None,
+    api_key_id: int | None = None,
+) -> QuerySet[RequestLog]:
+    qs = RequestLog.objects.filter(organisation=organisation)
+    if status:
+        qs = qs.filter(status=status)
+    if model:
+        qs = qs.filter(model=model)
+    if api_key_id:
+        qs = qs.filter(api_key_id=api_key_id)
+    return qs.order_by("-started_at", "-id")
+
+
+def request_log_get(*, organisation: Organisation, request_id: str) -> RequestLog:
+    return RequestLog.objects.get(organisation=organisation, request_id=request_id)
+
+
+def request_body_get(*, organisation: Organisation, request_id: str) -> RequestBody | None:
+    return RequestBody.objects.filter(organisation=organisation, request_id=request_id).first()
+
+
+# --- hot path: the routing table ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentTarget:
+    id: int
+    route_id: int
+    route_name: str
+    name: str
+    kind: str
+    model: str  # what is sent upstream
+    api_base: str
+    api_key: str | None
+    weight: int
+    rpm_limit: int | None
+    tpm_limit: int | None
+    timeout_seconds: float
+
+    @property
+    def direct(self) -> bool:
+        return self.kind == DeploymentKind.OPENAI_COMPATIBLE
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTarget:
+    id: int
+    name: str
+    strategy: str
+    fallbacks: tuple[str, ...]
+    cache_enabled: bool
+    cache_ttl_seconds: int
+    deadline_seconds: float
+    deployments: tuple[DeploymentTarget, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    organisation_id: int
+    routes: dict[str, RouteTarget]
+    store_bodies: bool
+
+
+_tables = LocalCache(ROUTES_NAMESPACE, max_entries=10_000)
+
+
+def _credential_resolve(deployment: Deployment) -> str | None:
+    if deployment.credential_encrypted:
+        return secret_decrypt(deployment.credential_encrypted)
+    if deployment.credential_env:
+        return os.environ.get(deployment.credential_env) or None
+    return None
+
+
+def _upstream_model(deployment: Deployment) -> str:
+    if deployment.kind == DeploymentKind.OPENAI_COMPATIBLE and deployment.model.startswith("openai/"):
+        return deployment.model[len("openai/") :]
+    return deployment.model
+
+
+def routing_table_load(*, organisation_id: int) -> RoutingTable:
+    routes: dict[str, RouteTarget] = {}
+    deployments_by_route: dict[int, list[DeploymentTarget]] = {}
+    route_rows = list(ModelRoute.objects.filter(organisation_id=organisation_id))
+    names = {r.id: r.name for r in route_rows}
+    for d in Deployment.objects.filter(route__organisation_id=organisation_id, enabled=True).order_by("id"):
+        deployments_by_route.setdefault(d.route_id, []).append(
+            DeploymentTarget(
+                id=d.id,
+                route_id=d.route_id,
+                route_name=names.get(d.route_id, ""),
+                name=d.name,
+                kind=d.kind,
+                model=_upstream_model(d),
+                api_base=d.api_base.rstrip("/"),
+                api_key=_credential_resolve(d),
+                weight=d.weight,
+                rpm_limit=d.rpm_limit,
+                tpm_limit=d.tpm_limit,
+                timeout_seconds=d.timeout_seconds,
+            )
+        )
+    for r in route_rows:
+        routes[r.name] = RouteTarget(
+            id=r.id,
+            name=r.name,
+            strategy=r.strategy,
+            fallbacks=tuple(r.fallbacks or ()),
+            cache_enabled=r.cache_enabled,
+            cache_ttl_seconds=r.cache_ttl_seconds,
+            deadline_seconds=r.deadline_seconds,
+            deployments=tuple(deployments_by_route.get(r.id, ())),
+        )
+    settings_row = ProxySettings.objects.filter(organisation_id=organisation_id).first()
+    return RoutingTable(
+        organisation_id=organisation_id,
+        routes=routes,
+        store_bodies=bool(settings_row and settings_row.store_bodies),
+    )
+
+
+def routing_table(*, organisation_id: int) -> RoutingTable:
+    table = _tables.get(organisation_id)
+    if table is None:
+        epoch = _tables.epoch()
+        table = routing_table_load(organisation_id=organisation_id)
+        _tables.set(organisation_id, table, epoch=epoch)
+    return table
+
+
+def _routing_table_load_in_thread(organisation_id: int) -> RoutingTable:
+    # Worker threads live outside Django's request cycle, which is what normally retires broken or
+    # expired connections (after a database restart, say); do it here so a miss never reuses one.
+    close_old_connections()
+    return routing_table_load(organisation_id=organisation_id)
+
+
+async def arouting_table(*, organisation_id: int) -> RoutingTable:
+    """The organisation's routing snapshot; no database access while the cache is warm."""
+    table = _tables.get(organisation_id)
+    if table is None:
+        epoch = _tables.epoch()
+        table = await sync_to_async(_routing_table_load_in_thread, thread_sensitive=False)(organisation_id)
+        _tables.set(organisation_id, table, epoch=epoch)
+    return table
+
+
+def deployments_all() -> list[Deployment]:
+    """Every enabled deployment of every organisation (the active health check walks these)."""
+    return list(Deployment.objects.filter(enabled=True).select_related("route").order_by("id"))

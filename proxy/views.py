@@ -1,0 +1,337 @@
+"""The models pages: routes with their deployments and health, their forms, and the request log.
+
+Every member may look; only admins change routes and deployments (and see stored bodies).
+Writes go through proxy.services; full pages use POST-redirect-GET.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.permissions import role_required
+from accounts.roles import Role
+from core.errors import ApplicationError
+from proxy.forms import DeploymentForm, ProxySettingsForm, RequestLogFilterForm, RouteForm
+from proxy.models import Deployment, ModelRoute, RequestLog
+from proxy.selectors import (
+    deployment_get,
+    deployments_list,
+    proxy_settings_get,
+    request_body_get,
+    request_log_get,
+    route_get,
+    routes_list,
+)
+from proxy.services import (
+    deployment_create,
+    deployment_delete,
+    deployment_update,
+    proxy_settings_update,
+    route_create,
+    route_delete,
+    route_update,
+)
+from proxy.ui_selectors import (
+    RequestLogFilters,
+    api_key_labels,
+    deployments_health,
+    request_log_counts,
+    request_logs_filtered,
+    route_fallback_referrers,
+    route_names,
+    route_request_summary,
+)
+
+PAGE_SIZE = 50
+STAGE_ORDER = ("admit", "authenticate", "resolve_prompt", "pre_filters", "reserve_budget", "call_upstream",
+               "post_filters", "settle_cost", "log")  # fmt: skip
+RECENT = timedelta(hours=24)
+
+
+def _route_or_404(request, route_id: int) -> ModelRoute:
+    try:
+        return route_get(organisation=request.org.organisation, route_id=route_id)
+    except ModelRoute.DoesNotExist:
+        raise Http404 from None
+
+
+def _deployment_or_404(request, deployment_id: int) -> Deployment:
+    try:
+        return deployment_get(organisation=request.org.organisation, deployment_id=deployment_id)
+    except Deployment.DoesNotExist:
+        raise Http404 from None
+
+
+def _service_error_to_form(form, exc: ApplicationError) -> None:
+    field = exc.param if exc.param in form.fields else None
+    form.add_error(field, exc.message)
+
+
+def _labelled(logs, key_labels: dict[int, str]) -> list[RequestLog]:
+    logs = list(logs)
+    for log in logs:
+        log.key_label = key_labels.get(log.api_key_id, "")
+    return logs
+
+
+def _is_admin(request) -> bool:
+    return request.org.has_role(Role.ADMIN)
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+@require_GET
+@role_required()
+def route_list(request):
+    """Every route with its deployments and their circuit state. htmx polls the health partial."""
+    routes = list(routes_list(organisation=request.org.organisation))
+    deployment_ids = [d.id for r in routes for d in r.deployments.all()]
+    health, health_available = deployments_health(deployment_ids=deployment_ids)
+    rows = [
+        {"route": r, "deployments": [(d, health[d.id]) for d in sorted(r.deployments.all(), key=lambda d: d.name)]}
+        for r in routes
+    ]
+    context = {
+        "rows": rows,
+        "health_available": health_available,
+        "can_edit": _is_admin(request),
+        "settings": proxy_settings_get(organisation=request.org.organisation),
+    }
+    if request.htmx and request.htmx.target == "route-table":
+        return render(request, "proxy/partials/_route_table.html", context)
+    return render(request, "proxy/route_list.html", context)
+
+
+@require_GET
+@role_required()
+def route_detail(request, route_id: int):
+    route = _route_or_404(request, route_id)
+    deployments = list(deployments_list(route=route))
+    health, health_available = deployments_health(deployment_ids=[d.id for d in deployments])
+    organisation = request.org.organisation
+    key_labels = api_key_labels(organisation=organisation)
+    recent = request_logs_filtered(organisation=organisation, filters=RequestLogFilters(model=route.name))[:20]
+    context = {
+        "route": route,
+        "deployments": [(d, health[d.id]) for d in deployments],
+        "health_available": health_available,
+        "can_edit": _is_admin(request),
+        "recent": _labelled(recent, key_labels),
+        "summary": route_request_summary(organisation=organisation, route=route, since=timezone.now() - RECENT),
+    }
+    if request.htmx and request.htmx.target == "deployment-table":
+        return render(request, "proxy/partials/_deployment_table.html", context)
+    return render(request, "proxy/route_detail.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def route_create_view(request):
+    organisation = request.org.organisation
+    form = RouteForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            route = route_create(organisation=organisation, actor=request.org.actor, **form.cleaned_data)
+        except ApplicationError as exc:
+            _service_error_to_form(form, exc)
+        else:
+            messages.success(request, f"Model {route.name} created. Add a deployment so it can serve requests.")
+            return redirect("proxy:route_detail", route_id=route.id)
+    context = {"form": form, "route": None, "route_names": route_names(organisation=organisation)}
+    return render(request, "proxy/route_form.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def route_edit(request, route_id: int):
+    route = _route_or_404(request, route_id)
+    initial = {
+        "name": route.name,
+        "description": route.description,
+        "fallbacks": "\n".join(route.fallbacks or []),
+        "strategy": route.strategy,
+        "cache_enabled": route.cache_enabled,
+        "cache_ttl_seconds": route.cache_ttl_seconds,
+        "deadline_seconds": route.deadline_seconds,
+    }
+    form = RouteForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            route = route_update(route=route, actor=request.org.actor, **form.cleaned_data)
+        except ApplicationError as exc:
+            _service_error_to_form(form, exc)
+        else:
+            messages.success(request, f"Model {route.name} saved.")
+            return redirect("proxy:route_detail", route_id=route.id)
+    names = [n for n in route_names(organisation=request.org.organisation) if n != route.name]
+    return render(request, "proxy/route_form.html", {"form": form, "route": route, "route_names": names})
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def route_delete_view(request, route_id: int):
+    route = _route_or_404(request, route_id)
+    if request.method == "POST":
+        try:
+            route_delete(route=route, actor=request.org.actor)
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+            return redirect("proxy:route_detail", route_id=route.id)
+        messages.success(request, f"Model {route.name} and its deployments deleted.")
+        return redirect("proxy:route_list")
+    context = {"route": route, "referrers": route_fallback_referrers(route=route)}
+    return render(request, "proxy/route_confirm_delete.html", context)
+
+
+# --- deployments -----------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def deployment_create_view(request, route_id: int):
+    route = _route_or_404(request, route_id)
+    form = DeploymentForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            deployment = deployment_create(route=route, actor=request.org.actor, **form.service_kwargs())
+        except ApplicationError as exc:
+            _service_error_to_form(form, exc)
+        else:
+            messages.success(request, f"Deployment {deployment.name} added to {route.name}.")
+            return redirect("proxy:route_detail", route_id=route.id)
+    return render(request, "proxy/deployment_form.html", {"form": form, "route": route, "deployment": None})
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def deployment_edit(request, deployment_id: int):
+    deployment = _deployment_or_404(request, deployment_id)
+    initial = {
+        "name": deployment.name,
+        "kind": deployment.kind,
+        "model": deployment.model,
+        "api_base": deployment.api_base,
+        "credential_env": deployment.credential_env,
+        "weight": deployment.weight,
+        "rpm_limit": deployment.rpm_limit,
+        "tpm_limit": deployment.tpm_limit,
+        "timeout_seconds": deployment.timeout_seconds,
+        "enabled": deployment.enabled,
+    }
+    form = DeploymentForm(request.POST or None, initial=initial, editing=True)
+    if request.method == "POST" and form.is_valid():
+        kwargs = form.service_kwargs()
+        if kwargs["credential_env"] is None and not kwargs["clear_credential"] and deployment.credential_env:
+            # An emptied variable-name field on a key-from-environment deployment means "no key".
+            kwargs["clear_credential"] = not kwargs["credential_secret"]
+        try:
+            deployment = deployment_update(deployment=deployment, actor=request.org.actor, **kwargs)
+        except ApplicationError as exc:
+            _service_error_to_form(form, exc)
+        else:
+            messages.success(request, f"Deployment {deployment.name} saved.")
+            return redirect("proxy:route_detail", route_id=deployment.route_id)
+    context = {"form": form, "route": deployment.route, "deployment": deployment}
+    return render(request, "proxy/deployment_form.html", context)
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def deployment_delete_view(request, deployment_id: int):
+    deployment = _deployment_or_404(request, deployment_id)
+    route_id = deployment.route_id
+    deployment_delete(deployment=deployment, actor=request.org.actor)
+    messages.success(request, f"Deployment {deployment.name} deleted.")
+    return redirect("proxy:route_detail", route_id=route_id)
+
+
+# --- request log -----------------------------------------------------------------------------
+
+
+@require_GET
+@role_required()
+def request_log_list(request):
+    """The request log with filters by key, model, status and date; htmx gets only the results."""
+    organisation = request.org.organisation
+    key_labels = api_key_labels(organisation=organisation)
+    form = RequestLogFilterForm(request.GET or None, key_labels=key_labels)
+    page = None
+    filter_query = ""
+    if not form.is_bound or form.is_valid():
+        data = form.cleaned_data if form.is_bound else {}
+        filters = RequestLogFilters(
+            api_key_id=data.get("api_key"),
+            model=data.get("model") or "",
+            status=data.get("status") or "",
+            date_from=data.get("date_from"),
+            date_to=data.get("date_to"),
+        )
+        logs = request_logs_filtered(organisation=organisation, filters=filters)
+        page = Paginator(logs, PAGE_SIZE).get_page(request.GET.get("page"))
+        page.object_list = _labelled(page.object_list, key_labels)
+        filter_query = urlencode({k: v for k, v in request.GET.items() if k in form.fields and v})
+    context = {
+        "form": form,
+        "page": page,
+        "filter_query": filter_query,
+        "key_labels": key_labels,
+        "model_names": route_names(organisation=organisation),
+        "counts": request_log_counts(organisation=organisation, since=timezone.now() - RECENT),
+    }
+    if request.htmx and request.htmx.target == "request-results":
+        return render(request, "proxy/partials/_request_log_results.html", context)
+    return render(request, "proxy/request_log_list.html", context)
+
+
+@require_GET
+@role_required()
+def request_log_detail(request, request_id: str):
+    organisation = request.org.organisation
+    try:
+        log: RequestLog = request_log_get(organisation=organisation, request_id=request_id)
+    except RequestLog.DoesNotExist:
+        raise Http404 from None
+    body = request_body_get(organisation=organisation, request_id=request_id) if _is_admin(request) else None
+    raw = log.timings if isinstance(log.timings, dict) else {}
+    # The pipeline's own order first, then any stage a later release adds.
+    order = {stage: n for n, stage in enumerate(STAGE_ORDER)}
+    timings = sorted(raw.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    context = {
+        "log": log,
+        "key_label": api_key_labels(organisation=organisation).get(log.api_key_id, ""),
+        "timings": timings,
+        "body": body,
+        "can_see_bodies": _is_admin(request),
+    }
+    return render(request, "proxy/request_log_detail.html", context)
+
+
+# --- organisation settings -------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def proxy_settings_edit(request):
+    """Whether bodies are stored, and for how long (audited; the proxy sees the change within seconds)."""
+    organisation = request.org.organisation
+    current = proxy_settings_get(organisation=organisation)
+    initial = {"store_bodies": current.store_bodies, "body_retention_days": current.body_retention_days}
+    form = ProxySettingsForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            proxy_settings_update(organisation=organisation, actor=request.org.actor, **form.cleaned_data)
+        except ApplicationError as exc:
+            _service_error_to_form(form, exc)
+        else:
+            messages.success(request, "Proxy settings saved.")
+            return redirect("proxy:route_list")
+    return render(request, "proxy/settings_form.html", {"form": form})

@@ -1,0 +1,148 @@
+"""The benchmark's load generators and report, against the development upstream over real HTTP.
+
+These check that the harness measures what it says (counts, errors, time to first token, open-loop
+latency from the schedule); they assert no speed targets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+from proxy.bench import loadgen
+from proxy.bench.loadgen import RunResult, chat_body, percentile, wrk_parse
+from proxy.bench.runner import Measured, soak_summary, table_format, table_rows
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) is None
+
+
+def test_wrk_summary_line_is_parsed_with_every_error_kind():
+    line = (
+        'BENCH_JSON {"requests":1000,"duration_us":2000000,"connect":1,"read":2,"write":0,"status":3,"timeout":4,'
+        '"p50_us":850,"p90_us":1200,"p99_us":4100,"max_us":9000}'
+    )
+    result = wrk_parse("Running 2s test\n" + line + "\n")
+    assert result.requests == 1000 and result.errors == 10
+    assert result.latency(50) == pytest.approx(0.00085)
+    assert result.latency(99) == pytest.approx(0.0041)
+    assert result.throughput == pytest.approx(495.0)
+
+
+def test_open_loop_keeps_its_schedule_and_charges_delay_from_it(dev_upstream):
+    dev_upstream.control(delay_ms=20)
+    result = asyncio.run(
+        loadgen.open_loop_run(
+            url=f"{dev_upstream.url}/chat/completions",
+            body=chat_body(model="dev-small"),
+            headers={},
+            rate=50,
+            duration=1,
+        )
+    )
+    assert result.requests == 50 and result.errors == 0
+    assert dev_upstream.stats()["completed"] == 50
+    assert result.latency(50) >= 0.020
+    assert 0.9 <= result.duration <= 2.0
+
+
+def test_open_loop_counts_failures(dev_upstream):
+    dev_upstream.control(fail_status=503, fail_count=5)
+    result = asyncio.run(
+        loadgen.open_loop_run(
+            url=f"{dev_upstream.url}/chat/completions",
+            body=chat_body(model="dev-small"),
+            headers={},
+            rate=20,
+            duration=1,
+        )
+    )
+    assert result.errors == 5 and result.statuses[503] == 5 and result.statuses[200] == 15
+
+
+def test_stream_run_records_time_to_first_token_before_total(dev_upstream):
+    dev_upstream.control(delay_ms=30, chunk_delay_ms=5)
+    result = asyncio.run(
+        loadgen.stream_run(
+            url=f"{dev_upstream.url}/chat/completions",
+            body=chat_body(model="dev-small", stream=True),
+            headers={},
+            concurrency=2,
+            duration=0.5,
+        )
+    )
+    assert result.requests >= 2 and result.errors == 0
+    assert len(result.ttft) == result.requests
+    assert result.first_token(50) >= 0.030
+    assert result.latency(50) > result.first_token(50)
+
+
+def test_stream_without_done_is_an_error(dev_upstream):
+    dev_upstream.control(fail_status=500)
+    result = asyncio.run(
+        loadgen.stream_run(
+            url=f"{dev_upstream.url}/chat/completions",
+            body=chat_body(model="dev-small", stream=True),
+            headers={},
+            concurrency=1,
+            duration=0.2,
+        )
+    )
+    assert result.requests >= 1 and result.errors == result.requests and not result.ttft
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+def test_wrk_drives_the_upstream_and_reports_status_errors(dev_upstream):
+    ok = loadgen.wrk_run(
+        url=f"{dev_upstream.url}/chat/completions",
+        body=chat_body(model="dev-small"),
+        headers={"Authorization": "Bearer x"},
+        connections=2,
+        duration=1,
+    )
+    assert ok.requests > 10 and ok.errors == 0
+    stats = dev_upstream.stats()
+    assert stats["last_request"]["model"] == "dev-small"
+    assert stats["last_headers"]["authorization_present"] is True
+
+    dev_upstream.control(fail_status=500)
+    failing = loadgen.wrk_run(
+        url=f"{dev_upstream.url}/chat/completions",
+        body=chat_body(model="dev-small"),
+        headers={},
+        connections=1,
+        duration=1,
+    )
+    assert failing.requests > 0 and failing.errors == failing.requests
+
+
+def test_table_shows_overhead_as_steward_minus_direct():
+    direct = RunResult(requests=100, duration=1.0, latencies=[0.001] * 100)
+    steward = RunResult(requests=100, errors=1, duration=1.0, latencies=[0.002] * 99 + [0.010])
+    rows = table_rows(
+        {"chat c=1 d=0": Measured(direct=direct, steward=steward, cpu_ms_per_request=0.5, peak_rss_mb=80)}
+    )
+    assert rows[1][0] == "chat c=1 d=0"
+    assert rows[1][6] == "1.00 / 1.00"  # p50 and p99 of 100 samples: 2 ms - 1 ms
+    assert rows[1][5] == "0/1"
+    text = table_format(rows)
+    lines = text.splitlines()
+    assert len({len(line) for line in lines[:2]}) == 1  # header and rule line up
+
+
+def test_soak_summary_flags_growth():
+    mb = 1024 * 1024
+    flat = [(t, 100 * mb + (t % 3) * mb) for t in range(0, 600, 5)]
+    growing = [(t, int((100 + t / 10) * mb)) for t in range(0, 600, 5)]
+    assert soak_summary(flat)["flat_within_10pct"] is True
+    summary = soak_summary(growing)
+    assert summary["flat_within_10pct"] is False
+    assert summary["end_mb"] > summary["start_mb"]

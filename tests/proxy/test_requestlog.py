@@ -1,0 +1,113 @@
+"""The request-log consumer: idempotent writes, billing hand-off, reclaiming a dead consumer's entries, bodies."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import orjson
+import requests
+from django.utils import timezone
+
+from proxy.models import RequestBody, RequestLog
+from proxy.requestlog import GROUP, STREAM_KEY, records_write, request_log_drain
+from proxy.services import proxy_settings_update, request_bodies_purge
+from tests.proxy.conftest import ACTOR, log_of
+
+
+def _record(organisation, request_id: str, **extra) -> dict:
+    return {
+        "request_id": request_id,
+        "organisation_id": organisation.id,
+        "api_key_id": None,
+        "team_id": None,
+        "endpoint": "chat.completions",
+        "model": "dev-small",
+        "status": "ok",
+        "http_status": 200,
+        "started_at": timezone.now().isoformat(),
+        "usage": {
+            "prompt_tokens": 3,
+            "completion_tokens": 4,
+            "cached_tokens": 0,
+            "reasoning_tokens": 0,
+            "estimated": False,
+        },
+        "attempts": [
+            {
+                "n": 1,
+                "deployment_id": None,
+                "deployment": "d",
+                "model": "dev-small",
+                "status": "ok",
+                "http_status": 200,
+                "error_type": "",
+                "latency_ms": 1.0,
+                "usage": None,
+            }
+        ],
+        **extra,
+    }
+
+
+def test_records_write_is_idempotent(organisation):
+    records = [_record(organisation, "req_a"), _record(organisation, "req_b"), _record(organisation, "req_a")]
+    assert records_write(records) == 2
+    assert records_write(records) == 0
+    assert RequestLog.objects.filter(organisation=organisation).count() == 2
+    row = RequestLog.objects.get(request_id="req_a")
+    assert row.prompt_tokens == 3 and row.completion_tokens == 4 and row.total_tokens == 7
+
+
+def test_drain_reads_acks_and_reclaims_a_dead_consumers_entries(organisation, redis_clean, monkeypatch):
+    import proxy.requestlog as requestlog
+
+    redis_clean.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
+    for i in range(3):
+        redis_clean.xadd(STREAM_KEY, {"r": orjson.dumps(_record(organisation, f"req_{i}"))})
+    # A consumer takes the entries and dies before acknowledging them.
+    redis_clean.xreadgroup(GROUP, "dead-worker", {STREAM_KEY: ">"}, count=10)
+    assert request_log_drain(consumer="alive")["written"] == 0  # not idle long enough yet
+    monkeypatch.setattr(requestlog, "RECLAIM_IDLE_MS", 0)
+    stats = request_log_drain(consumer="alive")
+    assert stats["written"] == 3
+    assert redis_clean.xpending(STREAM_KEY, GROUP)["pending"] == 0 and redis_clean.xlen(STREAM_KEY) == 0
+
+
+def test_drain_skips_unreadable_and_orphan_entries(organisation, redis_clean):
+    redis_clean.xadd(STREAM_KEY, {"r": b"{broken"})
+    redis_clean.xadd(STREAM_KEY, {"r": orjson.dumps({"request_id": "x", "organisation_id": None})})
+    redis_clean.xadd(STREAM_KEY, {"r": orjson.dumps(_record(organisation, "req_ok"))})
+    assert request_log_drain()["written"] == 1
+    assert redis_clean.xlen(STREAM_KEY) == 0
+
+
+def test_bodies_stored_only_when_enabled_and_purged_after_retention(proxy):
+    body = {"model": "dev-small", "messages": [{"role": "user", "content": "keep me"}]}
+    url = f"{proxy.url}/chat/completions"
+    first = requests.post(url, json=body, headers=proxy.headers(), timeout=10)
+    log_of(first.headers["x-request-id"])
+    assert not RequestBody.objects.exists()
+
+    proxy_settings_update(organisation=proxy.organisation, store_bodies=True, body_retention_days=2, actor=ACTOR)
+    from tests.proxy.conftest import wait_for
+
+    def stored():
+        r = requests.post(url, json=body, headers=proxy.headers(), timeout=10)
+        log_of(r.headers["x-request-id"])
+        return RequestBody.objects.filter(request_id=r.headers["x-request-id"]).first()
+
+    saved = wait_for(stored, timeout=5)
+    assert saved.request["messages"][0]["content"] == "keep me"
+    assert saved.response["choices"][0]["message"]["content"].startswith("Steward dev reply")
+
+    assert request_bodies_purge() == 0
+    assert request_bodies_purge(now=timezone.now() + timedelta(days=3)) >= 1
+    assert not RequestBody.objects.exists()
+    assert RequestLog.objects.filter(request_id=saved.request_id).exists()  # the log row itself stays
+
+
+def test_requests_without_an_organisation_are_not_logged(proxy, redis_clean):
+    r = requests.post(f"{proxy.url}/chat/completions", json={}, headers={"Authorization": "Bearer stw_nope"}, timeout=5)
+    assert r.status_code == 401
+    request_log_drain()
+    assert redis_clean.xlen(STREAM_KEY) == 0 and not RequestLog.objects.exists()

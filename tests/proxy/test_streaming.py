@@ -1,0 +1,121 @@
+"""Streaming: framing, keep-alive, multi-byte characters cut by the network, cancellation on disconnect."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import openai
+
+from tests.proxy.conftest import log_of, wait_for
+
+
+def raw_stream(proxy, body: dict, *, read_until: bytes | None = None, max_seconds: float = 10.0):
+    """POST with a bare socket; returns (socket, bytes read so far). Lets a test hang up mid-stream."""
+    host, port = proxy.url.split("//")[1].split("/")[0].split(":")
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)), timeout=max_seconds)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {proxy.secret}\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    received = b""
+    deadline = time.monotonic() + max_seconds
+    while time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+        if read_until is not None and read_until in received:
+            break
+        if read_until is None and b"data: [DONE]" in received:
+            break
+    return sock, received
+
+
+def test_multibyte_characters_split_across_writes_arrive_intact(proxy, dev_upstream):
+    reply = "naïve café 😀🎉 日本語のテキスト 中文字符 ✓ done"
+    dev_upstream.control(split_multibyte=True, reply=reply)
+    client = openai.OpenAI(base_url=proxy.url, api_key=proxy.secret, max_retries=0)
+    stream = client.chat.completions.create(model="dev-small", messages=[{"role": "user", "content": "x"}], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reply
+
+
+def test_sse_framing_and_done(proxy):
+    sock, received = raw_stream(
+        proxy, {"model": "dev-small", "stream": True, "messages": [{"role": "user", "content": "f"}]}
+    )
+    sock.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"text/event-stream" in head.lower() and b"x-request-id" in head.lower()
+    assert b"data: [DONE]" in body and body.count(b"data: [DONE]") == 1
+
+
+def test_keep_alive_comment_while_waiting_for_a_slow_first_token(proxy, dev_upstream, settings):
+    settings.STEWARD_PROXY_KEEPALIVE_SECONDS = 0.2
+    dev_upstream.control(delay_ms=900)
+    sock, received = raw_stream(
+        proxy, {"model": "dev-small", "stream": True, "messages": [{"role": "user", "content": "slow"}]}
+    )
+    sock.close()
+    body = received.partition(b"\r\n\r\n")[2]
+    assert body.find(b": keep-alive") != -1
+    assert body.find(b": keep-alive") < body.find(b"data: {")
+    assert b"data: [DONE]" in body
+
+
+def test_client_disconnect_cancels_the_upstream_and_is_logged(proxy, dev_upstream):
+    dev_upstream.control(chunk_delay_ms=100, reply=" ".join(f"w{i}" for i in range(200)))
+    sock, received = raw_stream(
+        proxy,
+        {"model": "dev-small", "stream": True, "messages": [{"role": "user", "content": "long"}]},
+        read_until=b"w3",
+    )
+    request_id = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in received.split(b"\r\n")
+        if line.lower().startswith(b"x-request-id")
+    )
+    hung_up = time.monotonic()
+    sock.close()
+    wait_for(lambda: dev_upstream.stats()["cancelled"] == 1, timeout=1.0, interval=0.02)
+    assert time.monotonic() - hung_up < 1.0
+    produced = dev_upstream.stats()["cancelled_tokens"][0]
+    assert 3 <= produced < 200
+    row = log_of(request_id, timeout=30)
+    assert row.status == "cancelled" and row.stream
+    assert row.completion_tokens > 0 and row.usage_estimated
+    assert row.attempts[0]["status"] == "cancelled"
+
+
+def test_slow_reader_gets_the_whole_stream(proxy, dev_upstream):
+    # Backpressure: the proxy waits on the client instead of buffering; a slow reader still gets everything.
+    reply = " ".join(f"token{i}" for i in range(300))
+    dev_upstream.control(reply=reply)
+    client = openai.OpenAI(base_url=proxy.url, api_key=proxy.secret, max_retries=0)
+    pieces = []
+    for chunk in client.chat.completions.create(
+        model="dev-small", messages=[{"role": "user", "content": "x"}], stream=True
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+            if len(pieces) % 50 == 0:
+                time.sleep(0.05)
+    assert "".join(pieces) == reply
+
+
+def test_failure_before_the_first_token_is_retried_on_streams(proxy, organisation, dev_upstream, dev_upstream_b):
+    from tests.proxy.conftest import route_with_deployments
+
+    route_with_deployments(organisation, "spair", [{"api_base": dev_upstream.url, "name": "a", "weight": 10_000},
+                                                   {"api_base": dev_upstream_b.url, "name": "b"}])  # fmt: skip
+    dev_upstream.control(fail_status=502)
+    client = openai.OpenAI(base_url=proxy.url, api_key=proxy.secret, max_retries=0)
+    with client.chat.completions.with_streaming_response.create(
+        model="spair", messages=[{"role": "user", "content": "x"}], stream=True
+    ) as response:
+        assert response.headers["x-steward-model-deployment"] == "b"
+        text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+    assert text.startswith("Steward dev reply")
