@@ -61,7 +61,8 @@ async def sessions_close() -> None:
 
 
 def _headers(api_key: str | None, request_id: str) -> dict[str, str]:
-    headers = {"content-type": "application/json", "x-request-id": request_id}
+    # Not `x-request-id`: some upstreams (llama.cpp's server) insist that one is a UUID and answer 400.
+    headers = {"content-type": "application/json", "x-steward-request-id": request_id}
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
     return headers

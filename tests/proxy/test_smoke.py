@@ -15,6 +15,9 @@ def test_chat_completion_round_trip_metrics_and_stage_timings(proxy, dev_upstrea
     assert r.headers["x-steward-model-deployment"] == "d0"
     row = log_of(r.headers["x-request-id"])
     assert row.status == "ok" and row.prompt_tokens > 0
+    # The id travels to the upstream under Steward's own name: llama.cpp's server rejects a non-UUID x-request-id.
+    sent = dev_upstream.stats()["last_headers"]
+    assert sent["x-steward-request-id"] == r.headers["x-request-id"] and "x-request-id" not in sent
     assert 0 <= row.overhead_ms <= row.latency_ms and row.upstream_ms > 0
     stages = list(row.timings)
     # The stages ran in the documented order.

@@ -322,7 +322,7 @@ def test_a_proxied_request_shows_up_in_the_ui(
 ):
     import openai
 
-    from proxy.requestlog import request_log_drain
+    from tests.proxy.conftest import log_of
 
     route = route_create(organisation=organisation, name="ui-model", actor=ACTOR)
     deployment_create(route=route, name="dev", model="dev-small", api_base=dev_upstream.url, actor=ACTOR)
@@ -333,7 +333,7 @@ def test_a_proxied_request_shows_up_in_the_ui(
     )
     request_id = raw.headers["x-request-id"]
     usage = raw.parse().usage
-    request_log_drain()  # what the request-log task does every second
+    log_of(request_id)  # drains as the request-log task does every second, until the record has landed
 
     login(client, viewer)
     listing = client.get(reverse("proxy:request_log_list"), {"model": "ui-model"}).content.decode()
