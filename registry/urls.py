@@ -16,4 +16,5 @@ urlpatterns = [
     path("<slug:prompt_name>/labels/protection/", views.label_protection, name="label_protection"),
     path("<slug:prompt_name>/export/", views.prompt_export, name="prompt_export"),
     path("<slug:prompt_name>/v/<int:version_number>/", views.version_detail, name="version_detail"),
+    path("<slug:prompt_name>/v/<int:version_number>/run/", views.version_run, name="version_run"),
 ]

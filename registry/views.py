@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.permissions import role_required
 from accounts.roles import Role
 from core.errors import ApplicationError, NotFound
+from proxy.invoke import chat_completion_invoke, playground_key_ensure
 from registry import selectors, services
 from registry.diffing import versions_diff
 from registry.forms import DecisionForm, Draft, ImportForm, LabelMoveForm, PromptCreateForm, playground_values
@@ -201,6 +202,53 @@ def version_detail(request, prompt_name: str, version_number: int):
     }
     if request.htmx:
         return render(request, "registry/partials/_playground_result.html", context)
+    return render(request, "registry/version_detail.html", context)
+
+
+def _run_error(result) -> str:
+    """The pipeline's error as a prompt engineer should read it in the playground."""
+    if result.error_code == "model_not_found":
+        return f"No route for model {result.model}: create one under Models."
+    return result.error_message or f"The request failed (HTTP {result.http_status})."
+
+
+@require_POST
+@role_required(*WRITERS)
+def version_run(request, prompt_name: str, version_number: int):
+    """Run a version through the proxy pipeline as the organisation's playground key.
+
+    Renders the run result partial (htmx) or the whole version page; failures of the request
+    (missing variables, no route, budget, upstream) are shown in the result, never raised.
+    """
+    prompt = _prompt_or_404(request, prompt_name)
+    version = _version_or_404(prompt, version_number)
+    specs = _playground_specs(version)
+    result, run_error = None, None
+    try:
+        values = playground_values(data=request.POST, specs=specs)
+    except ApplicationError as exc:
+        run_error = exc.message
+    else:
+        if not version.model:
+            run_error = "This version names no model: edit it and choose one before running it."
+        else:
+            principal = playground_key_ensure(organisation=request.org.organisation)
+            result = chat_completion_invoke(
+                principal=principal,
+                body={"prompt": {"name": prompt.name, "version": version.number, "variables": values}},
+            )
+            if not result.ok:
+                run_error = _run_error(result)
+    context = {"prompt": prompt, "version": version, "result": result, "run_error": run_error}
+    if request.htmx:
+        return render(request, "registry/partials/_playground_run_result.html", context)
+    for spec in specs:
+        spec["value"] = request.POST.get(f"var_{spec['name']}", "")
+    context.update(
+        labels=[label for label in selectors.prompt_labels(prompt=prompt) if label.version_id == version.id],
+        specs=specs,
+        can_write=True,
+    )
     return render(request, "registry/version_detail.html", context)
 
 

@@ -2,6 +2,8 @@
 
 from django.db import migrations
 
+from core.migration_ops import vendor_sql
+
 PG_FORWARD = """
 CREATE OR REPLACE FUNCTION audit_event_append_only() RETURNS trigger AS $$
 BEGIN
@@ -27,26 +29,13 @@ SQLITE_FORWARD = [
 SQLITE_BACKWARD = ["DROP TRIGGER IF EXISTS audit_event_no_update;", "DROP TRIGGER IF EXISTS audit_event_no_delete;"]
 
 
-def forward(apps, schema_editor):
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(PG_FORWARD)
-    elif vendor == "sqlite":
-        for statement in SQLITE_FORWARD:
-            schema_editor.execute(statement)
-    else:
-        raise RuntimeError(f"Steward supports PostgreSQL and SQLite, not {vendor}")
-
-
-def backward(apps, schema_editor):
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(PG_BACKWARD)
-    elif vendor == "sqlite":
-        for statement in SQLITE_BACKWARD:
-            schema_editor.execute(statement)
-
-
 class Migration(migrations.Migration):
     dependencies = [("audit", "0001_initial")]
-    operations = [migrations.RunPython(forward, backward)]
+    operations = [
+        vendor_sql(
+            pg_forward=PG_FORWARD,
+            pg_backward=PG_BACKWARD,
+            sqlite_forward=SQLITE_FORWARD,
+            sqlite_backward=SQLITE_BACKWARD,
+        )
+    ]

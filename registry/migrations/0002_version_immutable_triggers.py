@@ -9,6 +9,8 @@ main tables cannot see temp tables or settings).
 
 from django.db import migrations
 
+from core.migration_ops import vendor_sql
+
 PG_FORWARD = """
 CREATE OR REPLACE FUNCTION registry_version_immutable() RETURNS trigger AS $$
 BEGIN
@@ -43,26 +45,13 @@ SQLITE_BACKWARD = [
 ]
 
 
-def forward(apps, schema_editor):
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(PG_FORWARD)
-    elif vendor == "sqlite":
-        for statement in SQLITE_FORWARD:
-            schema_editor.execute(statement)
-    else:
-        raise RuntimeError(f"Steward supports PostgreSQL and SQLite, not {vendor}")
-
-
-def backward(apps, schema_editor):
-    vendor = schema_editor.connection.vendor
-    if vendor == "postgresql":
-        schema_editor.execute(PG_BACKWARD)
-    elif vendor == "sqlite":
-        for statement in SQLITE_BACKWARD:
-            schema_editor.execute(statement)
-
-
 class Migration(migrations.Migration):
     dependencies = [("registry", "0001_initial")]
-    operations = [migrations.RunPython(forward, backward)]
+    operations = [
+        vendor_sql(
+            pg_forward=PG_FORWARD,
+            pg_backward=PG_BACKWARD,
+            sqlite_forward=SQLITE_FORWARD,
+            sqlite_backward=SQLITE_BACKWARD,
+        )
+    ]
