@@ -7,6 +7,8 @@ LOCK_HASH := $(shell sha1sum requirements.lock | cut -c1-12)
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/steward
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/steward_bench
+BENCH_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 .PHONY: install run test lint format bench test-real-model clean
 
@@ -37,8 +39,9 @@ format: install
 bench: install
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q wrk; } \
 		|| echo "wrk is not installed (Debian: apt-get install wrk); closed loops fall back to the asyncio client"
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(PY) -m proxy.bench $(BENCH_ARGS)
+	export DATABASE_URL=$${DATABASE_URL:-$(BENCH_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(BENCH_REDIS_URL)}; \
+		$(PY) manage.py db_ensure && $(PY) manage.py migrate --noinput -v0 && \
+		$(PY) -m registry.bench && $(PY) -m proxy.bench $(BENCH_ARGS)
 
 # Optional: builds llama-cpp-python from source the first time (about 8 minutes); kept out of requirements.lock.
 test-real-model: install
