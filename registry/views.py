@@ -209,7 +209,10 @@ def _run_error(result) -> str:
     """The pipeline's error as a prompt engineer should read it in the playground."""
     if result.error_code == "model_not_found":
         return f"No route for model {result.model}: create one under Models."
-    return result.error_message or f"The request failed (HTTP {result.http_status})."
+    message = result.error_message or f"the request failed (HTTP {result.http_status})"
+    if any(attempt["status"] == "error" for attempt in result.attempts):
+        return f"The model's upstream failed: {message}"
+    return message
 
 
 @require_POST
@@ -233,12 +236,16 @@ def version_run(request, prompt_name: str, version_number: int):
             run_error = "This version names no model: edit it and choose one before running it."
         else:
             principal = playground_key_ensure(organisation=request.org.organisation)
-            result = chat_completion_invoke(
-                principal=principal,
-                body={"prompt": {"name": prompt.name, "version": version.number, "variables": values}},
-            )
-            if not result.ok:
-                run_error = _run_error(result)
+            try:
+                result = chat_completion_invoke(
+                    principal=principal,
+                    body={"prompt": {"name": prompt.name, "version": version.number, "variables": values}},
+                )
+            except ApplicationError as exc:
+                run_error = exc.message
+            else:
+                if not result.ok:
+                    run_error = _run_error(result)
     context = {"prompt": prompt, "version": version, "result": result, "run_error": run_error}
     if request.htmx:
         return render(request, "registry/partials/_playground_run_result.html", context)

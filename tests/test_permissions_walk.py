@@ -80,6 +80,8 @@ EXPECTATIONS: dict[str, dict] = {
     "registry:prompt_export": {"allowed_roles": ANY_MEMBER, "methods": READ},
     "registry:version_edit": {"allowed_roles": PROMPT_WRITERS, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
     "registry:version_detail": {"allowed_roles": ANY_MEMBER, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    # runs the version through the proxy pipeline; failures (here: no route) are shown with 200
+    "registry:version_run": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (200,)}},
     "registry:version_diff": {"allowed_roles": ANY_MEMBER, "methods": READ},
     "registry:label_move": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (302,)}},
     "registry:label_protection": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
