@@ -1,0 +1,250 @@
+"""The playground's "Run": a version goes through the proxy pipeline in-process, as the playground key.
+
+The pipeline reads routes and prompts on other threads, so these tests commit their rows
+(transactional_db). The model is the development upstream over real HTTP.
+"""
+
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+
+from accounts.models import ApiKey
+from audit.models import AuditEvent
+from billing.models import UsageLine
+from billing.services import budget_create, price_set
+from proxy.invoke import PLAYGROUND_KEY_NAME
+from proxy.models import RequestLog
+from tests.conftest import login
+from tests.proxy.conftest import ACTOR, log_of, route_with_deployments
+from tests.registry.conftest import version_make
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _run(client, prompt, number: int = 1, htmx: bool = True, **variables):
+    data = {f"var_{name}": value for name, value in variables.items()}
+    extra = {"HTTP_HX_REQUEST": "true"} if htmx else {}
+    return client.post(reverse("registry:version_run", args=[prompt.name, number]), data, **extra)
+
+
+def _request_id(page: str) -> str:
+    start = page.index("req_")
+    return page[start : start + 36]
+
+
+@pytest.fixture
+def routed(organisation, dev_upstream):
+    route, _ = route_with_deployments(organisation, "dev-small", [dev_upstream])
+    return route
+
+
+def test_run_goes_through_the_proxy_and_shows_output_tokens_cost_latency(
+    client, organisation, prompt_engineer, prompt, routed, dev_upstream
+):
+    price_set(
+        organisation=organisation,
+        model="dev-small",
+        actor=ACTOR,
+        input_per_token=Decimal("0.000001"),
+        output_per_token=Decimal("0.000002"),
+    )
+    version = version_make(prompt)
+    login(client, prompt_engineer)
+
+    response = _run(client, prompt, customer_name="Ada {{ 7*7 }}")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    stats = dev_upstream.stats()
+    assert stats["requests"] == 1
+    sent = stats["last_request"]
+    assert sent["model"] == "dev-small" and sent["temperature"] == 0.2
+    # The rendered messages reached the model; the value stayed data, not a template.
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello Ada {{ 7*7 }}"},
+    ]
+    assert "Steward dev reply" in page
+
+    request_id = _request_id(page)
+    log = log_of(request_id)
+    key = ApiKey.objects.get(pk=log.api_key_id)
+    assert key.name == PLAYGROUND_KEY_NAME and key.created_by is None and key.organisation_id == organisation.id
+    assert log.prompt_version_id == version.id and log.status == "ok"
+    assert log.prompt_tokens > 0 and log.completion_tokens > 0
+    assert f'<span data-figure="prompt-tokens">{log.prompt_tokens}</span>' in page
+    assert f'<span data-figure="completion-tokens">{log.completion_tokens}</span>' in page
+    assert '<span data-figure="latency">' in page and " ms</span>" in page
+    assert reverse("proxy:request_log_detail", args=[request_id]) in page
+    # The cost shown is the one the usage ledger recorded for the request.
+    line = UsageLine.objects.get(request_id=request_id)
+    assert line.cost > 0 and line.api_key_id == key.id
+    shown = page.split('data-figure="cost">', 1)[1].split("</td>", 1)[0]
+    amount, currency = shown.split()[:2]
+    assert Decimal(amount) == line.cost and currency == "USD"
+
+
+def test_the_playground_key_is_created_once_by_the_system(client, organisation, prompt_engineer, admin, prompt, routed):
+    version_make(prompt)
+    login(client, prompt_engineer)
+    first = _request_id(_run(client, prompt, customer_name="a").content.decode())
+    login(client, admin)
+    second = _request_id(_run(client, prompt, customer_name="b").content.decode())
+
+    keys = ApiKey.objects.filter(organisation=organisation, name=PLAYGROUND_KEY_NAME)
+    assert keys.count() == 1
+    assert {log_of(first).api_key_id, log_of(second).api_key_id} == {keys.get().id}
+    created = AuditEvent.objects.get(action="api_key.created", target_id=str(keys.get().id))
+    assert created.actor_type == "system"
+
+
+def test_missing_variable_is_shown_and_no_model_is_called(client, prompt_engineer, prompt, routed, dev_upstream):
+    version_make(prompt, text="Hi {{ customer_name }} about {{ topic }}")
+    login(client, prompt_engineer)
+
+    page = _run(client, prompt).content.decode()
+
+    assert 'role="alert"' in page
+    assert "Missing variables: customer_name, topic" in page
+    assert dev_upstream.stats()["requests"] == 0
+
+
+def test_upstream_failure_is_shown_not_raised(client, prompt_engineer, prompt, routed, dev_upstream):
+    version_make(prompt)
+    dev_upstream.control(fail_status=500)
+    login(client, prompt_engineer)
+
+    response = _run(client, prompt, customer_name="Ada")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert (
+        'role="alert"' in page and "The model&#x27;s upstream failed: Upstream d0: injected failure from dev-a" in page
+    )
+    log = log_of(_request_id(page))
+    assert log.status == "error"
+
+
+def test_an_exhausted_budget_is_shown_and_no_model_is_called(
+    client, organisation, prompt_engineer, prompt, routed, dev_upstream
+):
+    price_set(
+        organisation=organisation,
+        model="dev-small",
+        actor=ACTOR,
+        input_per_token=Decimal("0.01"),
+        output_per_token=Decimal("0.01"),
+    )
+    budget_create(organisation=organisation, actor=ACTOR, name="Tiny", scope="organisation", amount=Decimal("0.000001"))
+    version_make(prompt, params={"max_tokens": 50})
+    login(client, prompt_engineer)
+
+    response = _run(client, prompt, customer_name="Ada")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'role="alert"' in page and "budget_exceeded" in page and "Tiny" in page
+    assert dev_upstream.stats()["requests"] == 0
+
+
+def test_a_model_without_route_names_it(client, prompt_engineer, prompt, routed, dev_upstream):
+    version_make(prompt, model="nowhere-model")
+    login(client, prompt_engineer)
+
+    page = _run(client, prompt, customer_name="Ada").content.decode()
+
+    models = reverse("proxy:route_list")
+    assert f'No route for model <code>nowhere-model</code>: create one under <a href="{models}">Models</a>.' in page
+    assert dev_upstream.stats()["requests"] == 0
+
+
+def test_without_htmx_the_page_keeps_the_inputs(client, prompt_engineer, prompt, routed):
+    version_make(prompt)
+    login(client, prompt_engineer)
+
+    page = _run(client, prompt, htmx=False, customer_name="Grace Hopper").content.decode()
+
+    assert "<h1" in page and "Grace Hopper</textarea>" in page and "Steward dev reply" in page
+
+
+def test_viewer_is_forbidden_and_outsider_gets_404(client, viewer, outsider, prompt, routed, dev_upstream):
+    version_make(prompt)
+    login(client, viewer)
+    page = client.get(reverse("registry:version_detail", args=[prompt.name, 1])).content.decode()
+    assert 'id="playground-run"' not in page
+    assert _run(client, prompt, customer_name="Ada").status_code == 403
+    login(client, outsider)
+    assert _run(client, prompt, customer_name="Ada").status_code == 404
+    assert dev_upstream.stats()["requests"] == 0
+    assert not RequestLog.objects.exists()
+
+
+def test_run_under_the_asgi_server(client, steward_server, prompt_engineer, prompt, routed, dev_upstream):
+    """The production path: Django's sync view inside uvicorn, whose request thread waits for the run."""
+    import requests
+
+    version_make(prompt)
+    login(client, prompt_engineer)
+    http = requests.Session()
+    http.cookies.set("sessionid", client.cookies["sessionid"].value)
+    page_url = steward_server.url + reverse("registry:version_detail", args=[prompt.name, 1])
+    assert http.get(page_url, timeout=10).status_code == 200
+    token = http.cookies["csrftoken"]
+
+    response = http.post(
+        steward_server.url + reverse("registry:version_run", args=[prompt.name, 1]),
+        data={"var_customer_name": "Ada", "csrfmiddlewaretoken": token},
+        headers={"HX-Request": "true", "X-CSRFToken": token, "Referer": page_url},
+        timeout=20,
+    )
+
+    assert response.status_code == 200
+    assert "Steward dev reply" in response.text
+    assert dev_upstream.stats()["last_request"]["messages"][-1] == {"role": "user", "content": "Hello Ada"}
+
+
+@pytest.mark.browser
+def test_run_in_the_browser_swaps_the_result_and_keeps_inputs(
+    steward_server, prompt_engineer, prompt, routed, dev_upstream, monkeypatch
+):
+    """Real Chromium on the ASGI server: the Run button posts the playground's variables with htmx."""
+    from playwright.sync_api import sync_playwright
+
+    version_make(prompt)
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls here are plain blocking calls.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", args=["--headless=new", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_context(base_url=steward_server.url).new_page()
+            page.set_default_timeout(15_000)
+            page.goto("/accounts/login/?next=" + reverse("registry:version_detail", args=[prompt.name, 1]))
+            page.fill("#id_username", prompt_engineer.user.username)
+            page.fill("#id_password", prompt_engineer.password)
+            page.click("button[type=submit]")
+            page.wait_for_selector("#playground-run")
+            page.fill("#pg-customer_name", "Lin")
+            page.click("#playground-run button")
+            page.wait_for_selector("#playground-run-result pre.playground-output")
+            assert "Steward dev reply" in page.inner_text("#playground-run-result")
+            assert page.input_value("#pg-customer_name").strip() == "Lin"
+        finally:
+            browser.close()
+    assert dev_upstream.stats()["last_request"]["messages"][-1] == {"role": "user", "content": "Hello Lin"}
+
+
+def test_a_revoked_playground_key_is_replaced(client, organisation, prompt_engineer, prompt, routed):
+    from accounts.services import api_key_revoke
+
+    version_make(prompt)
+    login(client, prompt_engineer)
+    first = log_of(_request_id(_run(client, prompt, customer_name="a").content.decode())).api_key_id
+    api_key_revoke(api_key=ApiKey.objects.get(pk=first), actor=ACTOR)
+
+    second = log_of(_request_id(_run(client, prompt, customer_name="b").content.decode())).api_key_id
+
+    assert second != first
+    assert ApiKey.objects.filter(name=PLAYGROUND_KEY_NAME, revoked_at__isnull=True).get().id == second
