@@ -7,6 +7,8 @@ LOCK_HASH := $(shell sha1sum requirements.lock | cut -c1-12)
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/steward
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+# Two workers: most tests wait on sockets, not CPU. Each worker gets its own test database and Redis db.
+PYTEST_ARGS ?= -n 2
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/steward_bench
 BENCH_REDIS_URL ?= redis://127.0.0.1:6379/15
 
