@@ -541,7 +541,9 @@ class ProxyRequest:
                 self.dep_clean = decision.clean
                 self.dep_tracked = route.strategy == "least_in_flight"
                 if self.reservation is None:
-                    await self._reserve(deployment)
+                    # Retries and fallbacks may land on a dearer model: reserve for the worst of them all.
+                    alternatives = tuple((d.model, d.id) for r in chain for d in r.deployments if d.id != deployment.id)
+                    await self._reserve(deployment, alternatives=alternatives)
                 tried.add(deployment.id)
                 result = await self._attempt(run_one, deployment, min(deployment.timeout_seconds, remaining))
                 if isinstance(result, ApplicationError):
@@ -595,7 +597,7 @@ class ProxyRequest:
             extra={"limit": decision.outcome.removeprefix("key_")},
         )
 
-    async def _reserve(self, deployment: DeploymentTarget) -> None:
+    async def _reserve(self, deployment: DeploymentTarget, *, alternatives: tuple[tuple[str, int], ...] = ()) -> None:
         t = time.perf_counter()
         principal = self.principal
         body = self.body
@@ -612,6 +614,7 @@ class ProxyRequest:
                 deployment_id=deployment.id,
                 input_text_bytes=len(self.raw_body),
                 max_output_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+                alternatives=alternatives,
             )
         except BaseException:
             # The deployment slot taken by admission is given back; the key's is released at the end.

@@ -184,3 +184,35 @@ def test_per_key_ceiling_rejects_an_expensive_request_through_the_proxy(gateway,
     assert response.json()["error"]["code"] == "cost_ceiling_exceeded"
     assert "retry-after" not in response.headers
     assert dev_upstream.stats()["requests"] == 1
+
+
+def test_reservation_covers_the_dearest_fallback_model(steward_server, organisation, dev_upstream, api_key_factory,
+                                                       system_actor):  # fmt: skip
+    """A budget that fits the route's own model but not its dearer fallback admits nothing: a retry could
+    land on the fallback, and the hard limit must hold whichever deployment answers."""
+    from proxy.services import route_update
+    from tests.proxy.conftest import route_with_deployments
+
+    route_with_deployments(organisation, "dear", [{"api_base": dev_upstream.url, "model": "dev-large"}])
+    cheap, _ = route_with_deployments(organisation, "cheap", [dev_upstream])
+    key, secret = api_key_factory()
+    # dev-small: 0.5/1.5 USD per million tokens in/out; dev-large: 3/15. With max_tokens=1000 the worst
+    # case is about 0.0016 USD on dev-small and 0.016 USD on dev-large.
+    budget_create(
+        organisation=organisation, actor=system_actor, name="Tight", scope="api_key", api_key_id=key.pk,
+        amount=Decimal("0.005"), period="day",
+    )  # fmt: skip
+    body = {"model": "cheap", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 1000}
+    headers = {"Authorization": f"Bearer {secret}"}
+    alone = requests.post(f"{steward_server.url}/v1/chat/completions", json=body, headers=headers, timeout=15)
+    assert alone.status_code == 200, alone.text
+
+    route_update(route=cheap, actor=system_actor, fallbacks=["dear"])
+    deadline = time.monotonic() + 5  # the route table reaches the server within the invalidation bound
+    while True:
+        guarded = requests.post(f"{steward_server.url}/v1/chat/completions", json=body, headers=headers, timeout=15)
+        if guarded.status_code != 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert guarded.status_code == 429, guarded.text
+    assert guarded.json()["error"]["code"] == "budget_exceeded"
