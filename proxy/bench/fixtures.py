@@ -1,7 +1,8 @@
 """The rows a benchmark run needs, created through the services in a throwaway organisation.
 
 Each run gets its own organisation (`bench-<hex>`), an API key with limits far above what the run
-sends (so the rate-limit stage runs but never refuses), a route to the development upstream, and,
+sends (so the rate-limit stage runs but never refuses), budgets on the organisation and the key far
+above what it spends (so the reserve and settle stages run), a route to the development upstream, and,
 when the registry's services exist, a prompt for the "with prompt" scenario. `bench_teardown`
 revokes the key and deletes the route; the organisation stays because its audit trail is
 append-only by design.
@@ -53,6 +54,7 @@ def bench_setup(*, upstream_url: str, upstream_model: str = "dev-small") -> Benc
         rpm_limit=UNLIMITED,
         tpm_limit=UNLIMITED,
     )
+    _budgets_setup(organisation=organisation, api_key=created.api_key)
     prompt, note = _prompt_setup(organisation=organisation, model=model)
     return BenchTarget(
         organisation=organisation,
@@ -63,6 +65,20 @@ def bench_setup(*, upstream_url: str, upstream_model: str = "dev-small") -> Benc
         prompt=prompt,
         prompt_note=note,
     )
+
+
+def _budgets_setup(*, organisation, api_key) -> None:
+    """Budgets far above what a run spends, on the organisation and the key: the reserve and settle
+    stages then do their real work (one Lua script each, over two budgets) on every request."""
+    from decimal import Decimal
+
+    from billing.services import budget_create
+
+    for name, scope, extra in [("bench org", "organisation", {}), ("bench key", "api_key", {"api_key_id": api_key.pk})]:
+        budget_create(
+            organisation=organisation, actor=ACTOR, name=name, scope=scope, amount=Decimal("1000000"), period="day",
+            **extra,
+        )  # fmt: skip
 
 
 def _prompt_setup(*, organisation, model: str) -> tuple[dict | None, str]:

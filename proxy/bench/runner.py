@@ -412,11 +412,13 @@ class Bench:
         deadline = time.monotonic() + timeout
         while self.worker_started and request_log_backlog() > 0 and time.monotonic() < deadline:
             time.sleep(0.5)
-        rows = RequestLog.objects.filter(organisation=self.target.organisation).count()
-        return (
+        logs = RequestLog.objects.filter(organisation=self.target.organisation)
+        rows = logs.count()
+        summary = (
             f"request log: {rows} rows in PostgreSQL for this run's organisation (measured requests: "
             f"{self.steward_requests}, plus warm-ups and the smoke request); Redis backlog now {request_log_backlog()}"
         )
+        return summary + "\n" + stage_summary(list(logs.order_by("-id").values_list("timings", flat=True)[:20_000]))
 
     def close(self) -> None:
         self.children.stop_all()
@@ -425,6 +427,21 @@ class Bench:
 
             with contextlib.suppress(Exception):
                 bench_teardown(self.target)
+
+
+def stage_summary(timings: list[dict]) -> str:
+    """Per-stage time inside Steward (ms) over the run's most recent requests, from their log records."""
+    per_stage: dict[str, list[float]] = {}
+    for row in timings:
+        for stage, ms in (row or {}).items():
+            per_stage.setdefault(stage, []).append(float(ms))
+    if not per_stage:
+        return "stage timings: none recorded"
+    lines = [f"stage timings over {len(timings)} requests (ms):", f"  {'stage':<16} {'p50':>8} {'p99':>8}"]
+    for stage, values in per_stage.items():
+        p50, p99 = loadgen.percentile(values, 50), loadgen.percentile(values, 99)
+        lines.append(f"  {stage:<16} {p50:>8.3f} {p99:>8.3f}")
+    return "\n".join(lines)
 
 
 def soak_summary(samples: list[tuple[float, int]], *, result: RunResult | None = None) -> dict:

@@ -146,3 +146,26 @@ def test_soak_summary_flags_growth():
     summary = soak_summary(growing)
     assert summary["flat_within_10pct"] is False
     assert summary["end_mb"] > summary["start_mb"]
+
+
+def test_stage_summary_reports_each_stage_in_pipeline_order():
+    from proxy.bench.runner import stage_summary
+
+    rows = [{"authenticate": 0.01 * i, "reserve_budget": 0.1 * i, "settle_cost": 0.2} for i in range(1, 101)]
+    text = stage_summary(rows)
+    lines = text.splitlines()
+    assert lines[0] == "stage timings over 100 requests (ms):"
+    assert [line.split()[0] for line in lines[2:]] == ["authenticate", "reserve_budget", "settle_cost"]
+    assert lines[3].split()[1:] == ["5.000", "9.900"]  # reserve_budget p50, p99 (nearest rank)
+    assert stage_summary([]) == "stage timings: none recorded"
+
+
+@pytest.mark.django_db
+def test_bench_setup_turns_budgets_on_for_the_key_and_the_organisation():
+    from billing.models import Budget
+    from proxy.bench.fixtures import bench_setup
+
+    target = bench_setup(upstream_url="http://127.0.0.1:9/v1")
+    budgets = Budget.objects.filter(organisation=target.organisation)
+    assert sorted(b.scope for b in budgets) == ["api_key", "organisation"]
+    assert budgets.get(scope="api_key").api_key_id == target.api_key.pk
