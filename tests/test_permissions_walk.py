@@ -70,7 +70,6 @@ EXPECTATIONS: dict[str, dict] = {
     "api-audit-event-list": {"allowed_roles": ADMIN, "methods": READ},
     "api-audit-verification-create": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (202,)}},
     "api-audit-verification-detail": {"allowed_roles": ADMIN, "methods": READ},
-    # Placeholders of sections other engineers are building: replace these rows with yours.
     # registry: every member reads and renders; prompt engineers and admins write; only prompt engineers
     # decide promotions; only admins change label protection
     "registry:prompt_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
