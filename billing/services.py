@@ -54,7 +54,7 @@ from billing.money import (
 )
 from core.errors import ApplicationError, ValidationFailed
 from core.invalidation import LocalCache, invalidate
-from core.redis import aredis_client, redis_client
+from core.redis import Script, ScriptCall, abatch, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -823,6 +823,10 @@ def _lua(name: str) -> str:
     return (_LUA_DIR / f"{name}.lua").read_text()
 
 
+RESERVE = Script(_lua("reserve"))
+SETTLE = Script(_lua("settle"))
+
+
 def _budget_key_prefix(rule: BudgetRule, period_start: datetime) -> str:
     return f"billing:bp:{rule.id}:{int(period_start.timestamp())}"
 
@@ -872,7 +876,20 @@ def _retry_after(resets_at: datetime | None, now: datetime) -> float:
     return max(1.0, min((resets_at - now).total_seconds(), 86400))
 
 
-async def abudget_reserve(
+@dataclass
+class ReservePlan:
+    """A reservation worked out but not yet made: `call` is the one Redis script that makes it (None
+    when no hard budget applies). The proxy sends it together with its admission check, in one round
+    trip, then hands the answer to `abudget_reserve_complete`."""
+
+    reservation: Reservation
+    call: ScriptCall | None = None
+    config: BillingConfig | None = None
+    applicable: list = field(default_factory=list)
+    now: datetime | None = None
+
+
+async def abudget_reserve_plan(
     *,
     request_id: str,
     scope: BudgetScope,
@@ -881,22 +898,15 @@ async def abudget_reserve(
     input_text_bytes: int,
     max_output_tokens: int | None,
     alternatives: tuple[tuple[str, int | None], ...] = (),
-) -> Reservation:
-    """Reserve the worst-case cost of the request against every hard budget that applies, atomically
-    (one Lua script for all of them). Cheap when the organisation has no budget: the configuration
-    comes from the in-process cache and Redis is not touched.
-
-    `alternatives` lists other (model, deployment_id) pairs the request may fall back to; the worst
-    case is taken over all of them, so a fallback to a dearer model stays covered.
-
-    Idempotent per `request_id` while the reservation is held. The reservation expires after
-    STEWARD_BILLING_RESERVATION_TTL_SECONDS if its process dies before settling or releasing.
-    """
+) -> ReservePlan:
+    """Price the request's worst case and name the budgets it must be reserved against (see
+    `abudget_reserve`). No Redis access; raises `CostCeilingExceeded` at once when the worst case is
+    above the key's per-request ceiling."""
     rid = request_id or uuid.uuid4().hex
     config = await abilling_config_get(scope.organisation_id)
     reservation = Reservation(id=rid, scope=scope)
     if config.idle:
-        return reservation
+        return ReservePlan(reservation)
     now = timezone.now()
     worst = ZERO
     for candidate_model, candidate_deployment in ((model, deployment_id), *alternatives):
@@ -923,26 +933,40 @@ async def abudget_reserve(
             start, end = period_bounds(rule.period, at=now, time_zone=config.time_zone)
             applicable.append((rule, start, end, _budget_key_prefix(rule, start)))
     if not applicable:
-        return reservation
+        return ReservePlan(reservation)
     amount_nano = nano_ceil(worst)
+    now_ms = int(now.timestamp() * 1000)
     ttl_ms = int(settings.STEWARD_BILLING_RESERVATION_TTL_SECONDS * 1000)
     keys: list[str] = []
-    args: list = [int(now.timestamp() * 1000), int(now.timestamp() * 1000) + ttl_ms, rid, len(applicable)]
+    args: list = [now_ms, now_ms + ttl_ms, rid, len(applicable)]
     for rule, _start, end, prefix in applicable:
         keys.extend(_period_keys(prefix))
         args.extend([nano_ceil(rule.amount) if rule.amount > 0 else 0, amount_nano, _keys_expire_at_ms(end)])
+    for rule, _start, _end, prefix in applicable:
+        reservation.amounts[str(rule.id)] = nano_to_decimal(amount_nano)
+        reservation.keys[str(rule.id)] = prefix
+    return ReservePlan(reservation, RESERVE.call(keys, args), config, applicable, now)
+
+
+async def abudget_reserve_complete(plan: ReservePlan, result) -> Reservation:
+    """Read the answer to `plan.call` (or the exception met sending it) and return the reservation,
+    or raise `BudgetExceeded` / `BudgetUnavailable` as `abudget_reserve` does."""
+    reservation, config, applicable = plan.reservation, plan.config, plan.applicable
+    if plan.call is None:
+        return reservation
     try:
-        client = aredis_client()
-        script = client.register_script(_lua("reserve"))
-        result = await script(keys=keys, args=args)
+        if isinstance(result, Exception):
+            raise result
         if int(result[0]) == -1:
             missing = [applicable[int(i) - 1] for i in result[1:]]
             await _adb_read(_spent_rebuild, config, missing)
-            result = await script(keys=keys, args=args)
+            [result] = await abatch([plan.call])
     except Exception as exc:
         if _is_redis_error(exc):
+            reservation.amounts.clear()
+            reservation.keys.clear()
             if config.fail_open:
-                logger.warning("billing: Redis unreachable, organisation %s fails open", scope.organisation_id)
+                logger.warning("billing: Redis unreachable, organisation %s fails open", config.organisation_id)
                 reservation.failed_open = True
                 return reservation
             raise BudgetUnavailable(
@@ -951,20 +975,41 @@ async def abudget_reserve(
             ) from exc
         raise
     status = int(result[0])
+    if status in (1, 2):
+        return reservation
+    reservation.amounts.clear()
+    reservation.keys.clear()
     if status == 0:
         rule, _start, end, _prefix = applicable[int(result[1]) - 1]
         raise BudgetExceeded(
-            f"Budget '{rule.name}' would be exceeded by this request (worst case {worst} USD).",
+            f"Budget '{rule.name}' would be exceeded by this request (worst case {reservation.worst_case} USD).",
             budget_name=rule.name,
             resets_at=end,
-            retry_after=_retry_after(end, now),
+            retry_after=_retry_after(end, plan.now),
         )
-    if status not in (1, 2):
-        raise BudgetUnavailable("Budget check gave an unexpected answer; the request was not sent.")
-    for rule, _start, _end, prefix in applicable:
-        reservation.amounts[str(rule.id)] = nano_to_decimal(amount_nano)
-        reservation.keys[str(rule.id)] = prefix
-    return reservation
+    raise BudgetUnavailable("Budget check gave an unexpected answer; the request was not sent.")
+
+
+async def abudget_reserve(**kwargs) -> Reservation:
+    """Reserve the worst-case cost of the request against every hard budget that applies, atomically
+    (one Lua script for all of them). Cheap when the organisation has no budget: the configuration
+    comes from the in-process cache and Redis is not touched.
+
+    Arguments as `abudget_reserve_plan`. `alternatives` lists other (model, deployment_id) pairs the
+    request may fall back to; the worst case is taken over all of them, so a fallback to a dearer
+    model stays covered.
+
+    Idempotent per `request_id` while the reservation is held. The reservation expires after
+    STEWARD_BILLING_RESERVATION_TTL_SECONDS if its process dies before settling or releasing.
+    """
+    plan = await abudget_reserve_plan(**kwargs)
+    if plan.call is None:
+        return plan.reservation
+    try:
+        [result] = await abatch([plan.call])
+    except Exception as exc:
+        result = exc
+    return await abudget_reserve_complete(plan, result)
 
 
 def _is_redis_error(exc: BaseException) -> bool:
@@ -974,24 +1019,42 @@ def _is_redis_error(exc: BaseException) -> bool:
     return isinstance(exc, redis.ConnectionError | redis.TimeoutError | ConnectionError | OSError | TimeoutError)
 
 
-async def _afinish(reservation: Reservation, actual_nano: int) -> list[int]:
+def budget_finish_call(*, reservation: Reservation, actual_cost: Decimal | None) -> ScriptCall | None:
+    """The script that settles a reservation at `actual_cost`, or releases it all when None; None when
+    there is nothing to give back. Send it with `abatch` (or through `abudget_settle`/`abudget_release`)
+    and pass the answer to `budget_finish_complete`."""
     if reservation.empty:
-        return []
+        return None
+    if isinstance(actual_cost, float):
+        raise TypeError("actual_cost must be a Decimal")
+    actual_nano = 0 if actual_cost is None else nano_ceil(max(actual_cost, ZERO))
     keys = [f"billing:done:{reservation.id}"]
     for prefix in reservation.keys.values():
         keys.extend(_period_keys(prefix))
     done_ttl_ms = int(settings.STEWARD_BILLING_RESERVATION_TTL_SECONDS * 1000) * 2
-    try:
-        client = aredis_client()
-        script = client.register_script(_lua("settle"))
-        result = await script(keys=keys, args=[reservation.id, actual_nano, done_ttl_ms, len(reservation.keys)])
-    except Exception as exc:
-        if _is_redis_error(exc):
+    return SETTLE.call(keys, [reservation.id, actual_nano, done_ttl_ms, len(reservation.keys)])
+
+
+def budget_finish_complete(*, reservation: Reservation, result) -> list[int]:
+    """Read the settle script's answer: the budgets' spent counters (nano-dollars; -1 where missing)."""
+    if isinstance(result, Exception):
+        if _is_redis_error(result):
             # The call already happened: its cost reaches the ledger anyway and the reservation expires.
-            logger.exception("billing: could not settle reservation %s", reservation.id)
+            logger.error("billing: could not settle reservation %s: %s", reservation.id, result)
             return []
-        raise
+        raise result
     return [int(x) for x in result[1:]]
+
+
+async def _afinish(reservation: Reservation, actual_cost: Decimal | None) -> list[int]:
+    call = budget_finish_call(reservation=reservation, actual_cost=actual_cost)
+    if call is None:
+        return []
+    try:
+        [result] = await abatch([call])
+    except Exception as exc:
+        result = exc
+    return budget_finish_complete(reservation=reservation, result=result)
 
 
 async def abudget_settle(*, reservation: Reservation, actual_cost: Decimal) -> None:
@@ -999,12 +1062,12 @@ async def abudget_settle(*, reservation: Reservation, actual_cost: Decimal) -> N
     Idempotent: a second settle (or a settle after a release) changes nothing."""
     if isinstance(actual_cost, float):
         raise TypeError("actual_cost must be a Decimal")
-    await _afinish(reservation, nano_ceil(max(actual_cost, ZERO)))
+    await _afinish(reservation, actual_cost)
 
 
 async def abudget_release(*, reservation: Reservation) -> None:
     """Give the whole reservation back (failure, cancellation with nothing produced, rejection)."""
-    await _afinish(reservation, 0)
+    await _afinish(reservation, None)
 
 
 def reservations_sweep() -> int:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis.exceptions
-
-from core.redis import aredis_client
+from core.redis import Script, ScriptCall, abatch
 
 PREFIX = "stw:"
 WINDOW_MS = 60_000
@@ -253,38 +251,17 @@ class Admission:
     cached: bytes | None = None
 
 
-class _Script:
-    """EVALSHA with a fallback to loading the script (after a Redis restart or SCRIPT FLUSH)."""
-
-    def __init__(self, source: str):
-        import hashlib
-
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-
-    async def __call__(self, client, args: list) -> object:
-        try:
-            return await client.evalsha(self.sha, 0, *args)
-        except redis.exceptions.NoScriptError:
-            return await client.eval(self.source, 0, *args)
-
-    def pipe(self, pipe, args: list) -> None:
-        # Pipelines cannot recover from NOSCRIPT mid-way; callers load the script first (script_load).
-        pipe.evalsha(self.sha, 0, *args)
-
-
-ADMIT = _Script(ADMIT_LUA)
-FINISH = _Script(FINISH_LUA)
-_loaded: set[int] = set()
+ADMIT = Script(ADMIT_LUA)
+FINISH = Script(FINISH_LUA)
 
 
 async def scripts_load(client) -> None:
-    """Make sure the scripts are in Redis's cache so pipelined EVALSHA never meets NOSCRIPT."""
+    """Put the scripts in Redis's cache at startup, so the first requests send only their SHA1."""
     await client.script_load(ADMIT_LUA)
     await client.script_load(FINISH_LUA)
 
 
-async def admit(
+def admit_call(
     *,
     now_ms: int,
     request_id: str,
@@ -297,7 +274,8 @@ async def admit(
     strategy: str,
     probe_ms: int,
     candidates: list,
-) -> Admission:
+) -> ScriptCall:
+    """The ADMIT script run for one attempt, to send alone (`admit`) or batched with other commands."""
     args: list = [
         now_ms,
         request_id,
@@ -314,13 +292,24 @@ async def admit(
         args.append(d.id)
         args.append(d.rpm_limit or 0)
         args.append(d.tpm_limit or 0)
-    result = await ADMIT(aredis_client(), args)
+    return ADMIT.call(args=args)
+
+
+def admission_from(result) -> Admission:
+    """Read ADMIT's answer; a Redis error in its place is raised."""
+    if isinstance(result, Exception):
+        raise result
     outcome = result[0].decode() if isinstance(result[0], bytes) else result[0]
     if outcome == "ok":
         return Admission("ok", index=int(result[1]) - 1, probe=bool(int(result[2])), clean=bool(int(result[3])))
     if outcome == "cached":
         return Admission("cached", cached=result[2])
     return Admission(outcome, retry_after_ms=max(0, int(result[1])))
+
+
+async def admit(**kwargs) -> Admission:
+    [result] = await abatch([admit_call(**kwargs)])
+    return admission_from(result)
 
 
 def finish_args(
@@ -350,6 +339,12 @@ def finish_args(
     ]
 
 
+def finish_call(**kwargs) -> ScriptCall:
+    return FINISH.call(args=finish_args(**kwargs))
+
+
 async def finish(**kwargs) -> str:
-    result = await FINISH(aredis_client(), finish_args(**kwargs))
+    [result] = await abatch([finish_call(**kwargs)])
+    if isinstance(result, Exception):
+        raise result
     return result.decode() if isinstance(result, bytes) else (result or "")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from core.redis import aredis_client
+from core.redis import aredis_client, bounded
 from proxy import upstream
 from proxy.admission import scripts_load
 from proxy.errors import ProxyError
@@ -50,7 +50,7 @@ async def _lifespan(receive, send) -> None:
         if message["type"] == "lifespan.startup":
             upstream.session()
             try:
-                await scripts_load(aredis_client())
+                await bounded(scripts_load(aredis_client()))
             except Exception:
                 # Redis may come up later; admission loads the scripts on first use (EVALSHA falls back to EVAL).
                 logger.warning("could not preload the proxy's Redis scripts")

@@ -31,7 +31,7 @@ from billing import services as billing
 from core import llm
 from core.errors import ApplicationError, PermanentUpstreamError, TransientUpstreamError
 from core.logging import request_id_var
-from core.redis import aredis_client
+from core.redis import Command, abatch
 from proxy import admission, metrics, upstream
 from proxy.errors import ProxyError, internal_error, proxy_error_from
 from proxy.requestlog import log_buffer
@@ -275,7 +275,6 @@ class ProxyRequest:
         # Limits released, cost settled and the record handed over *before* the last bytes go out:
         # a client's next request then finds its slot free and its spend settled, and a reader of
         # the request log finds the record as soon as the caller has its answer.
-        await self.release()
         await self.settle()
         await self.log()
         if self.disconnected:
@@ -498,21 +497,31 @@ class ProxyRequest:
                     )
                 if route.strategy != "least_in_flight":
                     candidates = weighted_order(candidates)
+                plan = None
+                if first and self.reservation is None and not self.cache_key:
+                    # The budget reservation travels with the admission check: one Redis round trip for
+                    # both. (With the cache on, a hit must not reserve: those requests reserve after it.)
+                    plan = await self._reserve_plan(chain)
                 t = time.perf_counter()
+                call = admission.admit_call(
+                    now_ms=_now_ms(),
+                    request_id=self.request_id,
+                    expire_ms=expire_ms,
+                    key_id=principal.id if first else None,
+                    key_rpm=principal.rpm_limit,
+                    key_tpm=principal.tpm_limit,
+                    key_max_in_flight=principal.max_in_flight,
+                    cache_key=self.cache_key if first else "",
+                    strategy=route.strategy,
+                    probe_ms=CIRCUIT_PROBE_MS,
+                    candidates=candidates,
+                )
                 try:
-                    decision = await admission.admit(
-                        now_ms=_now_ms(),
-                        request_id=self.request_id,
-                        expire_ms=expire_ms,
-                        key_id=principal.id if first else None,
-                        key_rpm=principal.rpm_limit,
-                        key_tpm=principal.tpm_limit,
-                        key_max_in_flight=principal.max_in_flight,
-                        cache_key=self.cache_key if first else "",
-                        strategy=route.strategy,
-                        probe_ms=CIRCUIT_PROBE_MS,
-                        candidates=candidates,
-                    )
+                    if plan is not None and plan.call is not None:
+                        results = await abatch([call, plan.call])
+                    else:
+                        results = await abatch([call])
+                    decision = admission.admission_from(results[0])
                 except redis.exceptions.RedisError as exc:
                     # Limits cannot be enforced without Redis: refuse rather than let traffic through unchecked.
                     logger.error("admission failed: Redis unreachable (%s)", type(exc).__name__)
@@ -526,8 +535,25 @@ class ProxyRequest:
                 if first:
                     self._lap("admit", t)
                 outcome = decision.outcome
+                budget_error = None
+                if plan is not None:
+                    # Read the reservation before anything can end the request, so that one that was
+                    # made is given back by the settle stage whatever happens next.
+                    t = time.perf_counter()
+                    try:
+                        self.reservation = await billing.abudget_reserve_complete(
+                            plan, results[1] if plan.call is not None else None
+                        )
+                    except ApplicationError as exc:
+                        budget_error = exc
+                    self.timings["reserve_budget"] += round((time.perf_counter() - t) * 1000, 3)
                 if outcome.startswith("key_"):
                     self._reject_key(decision)
+                if budget_error is not None:
+                    if outcome == "ok":
+                        self.key_admitted = principal.max_in_flight is not None or principal.tpm_limit is not None
+                        self.pending_finish = (candidates[decision.index], "neutral", 0)
+                    raise budget_error
                 if outcome == "cached":
                     return ("cached", decision.cached)
                 if outcome != "ok":
@@ -541,9 +567,7 @@ class ProxyRequest:
                 self.dep_clean = decision.clean
                 self.dep_tracked = route.strategy == "least_in_flight"
                 if self.reservation is None:
-                    # Retries and fallbacks may land on a dearer model: reserve for the worst of them all.
-                    alternatives = tuple((d.model, d.id) for r in chain for d in r.deployments if d.id != deployment.id)
-                    await self._reserve(deployment, alternatives=alternatives)
+                    await self._reserve(chain, deployment)
                 tried.add(deployment.id)
                 result = await self._attempt(run_one, deployment, min(deployment.timeout_seconds, remaining))
                 if isinstance(result, ApplicationError):
@@ -597,12 +621,15 @@ class ProxyRequest:
             extra={"limit": decision.outcome.removeprefix("key_")},
         )
 
-    async def _reserve(self, deployment: DeploymentTarget, *, alternatives: tuple[tuple[str, int], ...] = ()) -> None:
+    async def _reserve_plan(self, chain: list[RouteTarget]) -> billing.ReservePlan:
+        """Work out the reservation: the worst case over every deployment the request may land on
+        (retries and fallbacks may reach a dearer model)."""
         t = time.perf_counter()
         principal = self.principal
         body = self.body
+        targets = [(d.model, d.id) for r in chain for d in r.deployments]
         try:
-            self.reservation = await billing.abudget_reserve(
+            return await billing.abudget_reserve_plan(
                 request_id=self.request_id,
                 scope=billing.BudgetScope(
                     organisation_id=principal.organisation_id,
@@ -610,18 +637,34 @@ class ProxyRequest:
                     team_id=principal.team_id,
                     prompt_id=self.prompt.prompt_id if self.prompt else None,
                 ),
-                model=deployment.model,
-                deployment_id=deployment.id,
+                model=targets[0][0],
+                deployment_id=targets[0][1],
                 input_text_bytes=len(self.raw_body),
                 max_output_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
-                alternatives=alternatives,
+                alternatives=tuple(targets[1:]),
             )
+        finally:
+            self.timings["reserve_budget"] = round((time.perf_counter() - t) * 1000, 3)
+
+    async def _reserve(self, chain: list[RouteTarget], deployment: DeploymentTarget) -> None:
+        """Reserve on its own round trip, after an admission that could have been a cache hit."""
+        plan = await self._reserve_plan(chain)
+        t = time.perf_counter()
+        try:
+            if plan.call is None:
+                result = None
+            else:
+                try:
+                    [result] = await abatch([plan.call])
+                except Exception as exc:
+                    result = exc
+            self.reservation = await billing.abudget_reserve_complete(plan, result)
         except BaseException:
             # The deployment slot taken by admission is given back; the key's is released at the end.
             self.pending_finish = (deployment, "neutral", 0)
             raise
         finally:
-            self._lap("reserve_budget", t)
+            self.timings["reserve_budget"] += round((time.perf_counter() - t) * 1000, 3)
 
     async def _attempt(self, run_one, deployment: DeploymentTarget, timeout: float):
         n = len(self.attempts) + 1
@@ -768,7 +811,7 @@ class ProxyRequest:
                 request_id=self.request_id,
                 name=deployment.name,
             )
-            events = stream.events()
+            batches = stream.batches()
             closer = stream.close
         else:
             chunks = await llm.astream(
@@ -781,11 +824,11 @@ class ProxyRequest:
                 name=deployment.name,
             )
 
-            async def _events():
+            async def _batches():
                 async for chunk in chunks:
-                    yield b"data: " + orjson.dumps(chunk)
+                    yield [b"data: " + orjson.dumps(chunk)]
 
-            events = _events()
+            batches = _batches()
 
             async def closer():
                 with contextlib.suppress(Exception):
@@ -794,7 +837,7 @@ class ProxyRequest:
         try:
             # asyncio.timeout rather than wait_for: no extra task, one loop turn less before the first byte.
             async with asyncio.timeout(timeout):
-                first = await anext(events)
+                first = await anext(batches)
         except StopAsyncIteration:
             await closer()
             raise TransientUpstreamError(f"Upstream {deployment.name} closed the stream without data") from None
@@ -804,7 +847,7 @@ class ProxyRequest:
         except BaseException:
             await closer()
             raise
-        return (first, events, closer)
+        return (first, batches, closer)
 
     async def call_streaming(self) -> None:
         t = time.perf_counter()
@@ -819,7 +862,7 @@ class ProxyRequest:
 
         timer = asyncio.get_running_loop().call_later(interval, slow_first_token)
         try:
-            first, events, closer = await self._attempt_loop(self._one_stream)
+            first, batches, closer = await self._attempt_loop(self._one_stream)
         finally:
             timer.cancel()
             if keepalive is not None:
@@ -833,8 +876,8 @@ class ProxyRequest:
         attempt = self.attempts[-1]
         try:
             await self._forward(first)
-            async for event in events:
-                await self._forward(event)
+            async for batch in batches:
+                await self._forward(batch)
         except (TransientUpstreamError, PermanentUpstreamError) as exc:
             attempt.update(status="error", error_type=exc.code, http_status=exc.status)
             self.pending_finish = (deployment, "fail", self._stream_tokens())
@@ -872,20 +915,33 @@ class ProxyRequest:
             return self.usage["prompt_tokens"] + self.usage["completion_tokens"]
         return self.stream_chunks
 
-    async def _forward(self, event: bytes) -> None:
+    async def _forward(self, batch: list[bytes]) -> None:
+        """Pass a batch of upstream events on in one write, reading usage and text on the way."""
+        out = []
+        try:
+            for event in batch:
+                event = self._event_out(event)
+                if event is not None:
+                    out.append(event)
+                    out.append(b"\n\n")
+        finally:
+            # Events ahead of an upstream error event still reach the client, as they would one by one.
+            if out:
+                await self.send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+
+    def _event_out(self, event: bytes) -> bytes | None:
+        """The event as the client gets it, or None when it is not for the client."""
         if event[:1] == b":":
-            return  # upstream comments (its own keep-alives) are not the client's business
+            return None  # upstream comments (its own keep-alives) are not the client's business
         data = event[6:] if event.startswith(b"data: ") else event[5:] if event.startswith(b"data:") else None
         if data is None:
-            await self.send({"type": "http.response.body", "body": event + b"\n\n", "more_body": True})
-            return
+            return event
         if data.strip() == b"[DONE]":
-            return
+            return None
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            await self.send({"type": "http.response.body", "body": event + b"\n\n", "more_body": True})
-            return
+            return event
         if isinstance(chunk, dict):
             if chunk.get("error"):
                 message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else str(chunk["error"])
@@ -895,7 +951,7 @@ class ProxyRequest:
                 self.usage = _usage_from(chunk)
                 if not self.client_usage:
                     if not chunk.get("choices"):
-                        return
+                        return None
                     del chunk["usage"]
                     event = b"data: " + orjson.dumps(chunk)
             for choice in chunk.get("choices") or ():
@@ -903,7 +959,7 @@ class ProxyRequest:
                 if piece:
                     self.stream_chunks += 1
                     self.stream_text.append(piece)
-        await self.send({"type": "http.response.body", "body": event + b"\n\n", "more_body": True})
+        return event
 
     async def start_stream(self) -> None:
         if self.response_started:
@@ -1025,42 +1081,35 @@ class ProxyRequest:
         attempt["usage"] = usage
         self.usage = usage
 
-    async def settle(self) -> None:
-        t = time.perf_counter()
+    async def _settle_call(self):
+        """Estimate usage the upstream did not report, price every attempt, and return the script
+        call that settles the reservation at that cost (or releases it when nothing was produced)."""
         if self._needs_estimate():
             await self._estimate_usage()
-        if self.reservation is None:
-            return
-        try:
-            total = Decimal("0")
-            at = datetime.fromtimestamp(self.started_at, UTC)
-            for attempt in self.attempts:
-                usage = attempt.get("usage")
-                if not usage:
-                    continue
-                cost = await billing.acost_compute(
-                    organisation_id=self.principal.organisation_id,
-                    model=attempt["model"],
-                    deployment_id=attempt["deployment_id"],
-                    usage=billing.Usage(
-                        prompt_tokens=usage["prompt_tokens"],
-                        completion_tokens=usage["completion_tokens"],
-                        cached_tokens=usage["cached_tokens"],
-                        reasoning_tokens=usage["reasoning_tokens"],
-                        estimated=usage["estimated"],
-                    ),
-                    at=at,
-                )
-                total += cost.total
-            if total > 0 or any(a.get("usage") for a in self.attempts):
-                await billing.abudget_settle(reservation=self.reservation, actual_cost=total)
-            else:
-                await billing.abudget_release(reservation=self.reservation)
-            self.settled = True
-        except Exception:
-            logger.exception("settling the budget reservation failed; it will expire")
-        finally:
-            self._lap("settle_cost", t)
+        if self.reservation is None or self.settled:
+            return None
+        total = Decimal("0")
+        at = datetime.fromtimestamp(self.started_at, UTC)
+        for attempt in self.attempts:
+            usage = attempt.get("usage")
+            if not usage:
+                continue
+            cost = await billing.acost_compute(
+                organisation_id=self.principal.organisation_id,
+                model=attempt["model"],
+                deployment_id=attempt["deployment_id"],
+                usage=billing.Usage(
+                    prompt_tokens=usage["prompt_tokens"],
+                    completion_tokens=usage["completion_tokens"],
+                    cached_tokens=usage["cached_tokens"],
+                    reasoning_tokens=usage["reasoning_tokens"],
+                    estimated=usage["estimated"],
+                ),
+                at=at,
+            )
+            total += cost.total
+        produced = total > 0 or any(a.get("usage") for a in self.attempts)
+        return billing.budget_finish_call(reservation=self.reservation, actual_cost=total if produced else None)
 
     def record(self) -> dict:
         principal = self.principal
@@ -1136,31 +1185,45 @@ class ProxyRequest:
             release_key=self.key_admitted,
         )
 
-    async def release(self) -> None:
-        """Give back in-flight slots, count tokens, move the circuit and fill the cache, before answering:
-        a client that sends its next request as soon as it has this answer must find its slot free."""
+    def _release_calls(self) -> list:
+        """Give back in-flight slots, count tokens, move the circuit and fill the cache."""
         if self.released or self.principal is None:
-            return
+            return []
         self.released = True
+        calls = []
         finish = self._finish_args()
-        cache_value = self.cache_value if self.cache_key and self.cache_value is not None else None
-        if finish is None and cache_value is None:
-            return
-        client = aredis_client()
+        if finish is not None:
+            calls.append(admission.FINISH.call(args=finish))
+        if self.cache_key and self.cache_value is not None:
+            calls.append(Command("SET", self.cache_key, self.cache_value, "EX", self.route.cache_ttl_seconds))
+        return calls
+
+    async def settle(self) -> None:
+        """The settle stage, with the release of limits: one Redis round trip for both."""
+        t = time.perf_counter()
+        calls = self._release_calls()
+        settle = None
         try:
-            if cache_value is None:
-                await admission.FINISH(client, finish)
-                return
-            pipe = client.pipeline(transaction=False)
-            if finish is not None:
-                admission.FINISH.pipe(pipe, finish)
-            pipe.set(self.cache_key, cache_value, ex=self.route.cache_ttl_seconds)
-            results = await pipe.execute(raise_on_error=False)
-            if finish is not None and isinstance(results[0], redis.exceptions.NoScriptError):
-                await admission.FINISH(client, finish)
-        except redis.exceptions.RedisError:
-            # In-flight entries expire by themselves; the circuit and token counts miss one update.
-            logger.exception("request %s could not release its limits (Redis unreachable)", self.request_id)
+            settle = await self._settle_call()
+        except Exception:
+            logger.exception("pricing the request failed; its budget reservation will expire")
+        if settle is not None:
+            calls.append(settle)
+        if calls:
+            try:
+                results = await abatch(calls)
+            except redis.exceptions.RedisError as exc:
+                results = [exc] * len(calls)
+            if settle is not None:
+                try:
+                    billing.budget_finish_complete(reservation=self.reservation, result=results.pop())
+                    self.settled = True
+                except Exception:
+                    logger.exception("settling the budget reservation failed; it will expire")
+            if any(isinstance(r, Exception) for r in results):
+                # In-flight entries expire by themselves; the circuit and token counts miss one update.
+                logger.error("request %s could not release its limits: %s", self.request_id, results)
+        self._lap("settle_cost", t)
 
     async def log(self) -> None:
         t = time.perf_counter()

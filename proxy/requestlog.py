@@ -292,14 +292,14 @@ class LogBuffer:
         task.add_done_callback(self.tasks.discard)
 
     async def _write(self, items: list[bytes]) -> None:
-        from core.redis import aredis_client
+        from core.redis import Command, abatch
 
         maxlen = settings.STEWARD_PROXY_LOG_STREAM_MAXLEN
         try:
-            pipe = aredis_client().pipeline(transaction=False)
-            for raw in items:
-                pipe.xadd(STREAM_KEY, {"r": raw}, maxlen=maxlen, approximate=True)
-            await pipe.execute()
+            results = await abatch([Command("XADD", STREAM_KEY, "MAXLEN", "~", maxlen, "*", "r", raw) for raw in items])
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed:
+                raise failed[0]
         except Exception:
             logger.exception("%d request records could not be handed to Redis", len(items))
 

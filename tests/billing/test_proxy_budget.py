@@ -216,3 +216,96 @@ def test_reservation_covers_the_dearest_fallback_model(steward_server, organisat
         time.sleep(0.2)
     assert guarded.status_code == 429, guarded.text
     assert guarded.json()["error"]["code"] == "budget_exceeded"
+
+
+def _counters(organisation, name: str) -> tuple[Decimal | None, Decimal]:
+    """(spent, held) of one budget's current period, read from Redis."""
+    from django.utils import timezone
+
+    from billing.money import period_bounds
+    from billing.services import billing_config_load, budget_counters_read
+
+    config = billing_config_load(organisation.pk)
+    [rule] = [r for r in config.rules if r.name == name]
+    start, _end = period_bounds(rule.period, at=timezone.now(), time_zone=config.time_zone)
+    return budget_counters_read(rule=rule, period_start=start)
+
+
+def test_a_budget_refusal_gives_back_the_keys_in_flight_slot(gateway, organisation, system_actor, api_key_factory):
+    """The reservation travels with the admission check; when the budget says no, the slot that
+    admission took for the key is released, so the next request is judged on the budget alone."""
+    from billing.models import Budget
+    from billing.services import budget_update
+
+    key, secret = api_key_factory(max_in_flight=1, tpm_limit=1_000_000)
+    gateway = {**gateway, "key": key, "headers": {"Authorization": f"Bearer {secret}"}}
+    budget_create(
+        organisation=organisation,
+        actor=system_actor,
+        name="Tight",
+        scope="api_key",
+        api_key_id=key.pk,
+        amount=Decimal("0"),
+        period="day",
+    )
+    for _ in range(3):
+        refused = chat(gateway)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
+    budget_update(budget=Budget.objects.get(name="Tight"), actor=system_actor, amount=Decimal("5"))
+    deadline = time.monotonic() + 5
+    while (answer := chat(gateway)).status_code != 200 and time.monotonic() < deadline:
+        assert answer.json()["error"]["code"] == "budget_exceeded", answer.text  # never key_in_flight
+        time.sleep(0.1)
+    assert answer.status_code == 200, answer.text
+    spent, held = _counters(organisation, "Tight")
+    assert held == 0 and spent > 0
+
+
+def test_a_rate_limit_refusal_leaves_no_reservation_behind(gateway, organisation, system_actor, api_key_factory,
+                                                           dev_upstream):  # fmt: skip
+    key, secret = api_key_factory(rpm_limit=1)
+    gateway = {**gateway, "key": key, "headers": {"Authorization": f"Bearer {secret}"}}
+    budget_create(
+        organisation=organisation, actor=system_actor, name="Watched", scope="organisation", amount=Decimal("10")
+    )
+    assert chat(gateway).status_code == 200
+    spent_after_one, _ = _counters(organisation, "Watched")
+    limited = chat(gateway)
+    assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limit_exceeded", limited.text
+    assert _counters(organisation, "Watched") == (spent_after_one, Decimal(0))
+    assert dev_upstream.stats()["requests"] == 1
+
+
+def test_budgets_hold_after_redis_forgets_its_scripts(gateway, organisation, system_actor):
+    """Admission and reservation go out as EVALSHA in one pipeline; after SCRIPT FLUSH (a Redis
+    restart does the same) each is sent again in full and the request is charged as usual."""
+    from core.redis import redis_client
+
+    budget_create(
+        organisation=organisation, actor=system_actor, name="Flushed", scope="organisation", amount=Decimal("10")
+    )
+    assert chat(gateway).status_code == 200
+    spent_before, _ = _counters(organisation, "Flushed")
+    redis_client().script_flush()
+    for stream in (False, True):
+        response = chat(gateway, stream=stream)
+        assert response.status_code == 200, response.text
+    spent, held = _counters(organisation, "Flushed")
+    assert held == 0 and spent > spent_before
+
+
+def test_a_cache_hit_reserves_nothing_and_costs_nothing(gateway, organisation, system_actor, api_key_factory,
+                                                        dev_upstream):  # fmt: skip
+    key, secret = api_key_factory(cache_enabled=True)
+    gateway = {**gateway, "key": key, "headers": {"Authorization": f"Bearer {secret}"}}
+    budget_create(
+        organisation=organisation, actor=system_actor, name="Cached", scope="organisation", amount=Decimal("10")
+    )
+    first = chat(gateway, temperature=0)
+    assert first.status_code == 200 and first.headers["x-steward-cache"] == "miss"
+    spent_after_miss, held = _counters(organisation, "Cached")
+    assert held == 0 and spent_after_miss > 0
+    hit = chat(gateway, temperature=0)
+    assert hit.headers["x-steward-cache"] == "hit", hit.headers
+    assert _counters(organisation, "Cached") == (spent_after_miss, Decimal(0))
+    assert dev_upstream.stats()["requests"] == 1

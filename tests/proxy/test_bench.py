@@ -128,6 +128,60 @@ def test_wrk_drives_the_upstream_and_reports_status_errors(dev_upstream):
     assert failing.requests > 0 and failing.errors == failing.requests
 
 
+needs_cc = pytest.mark.skipif(
+    shutil.which("cc") is None and not os.environ.get("CI"), reason="no C compiler to build sseload"
+)
+
+
+@needs_cc
+def test_sseload_measures_first_token_and_total_per_stream(dev_upstream, tmp_path):
+    binary = loadgen.sseload_build(tmp_path)
+    assert loadgen.sseload_build(tmp_path) == binary  # built once per source version
+    dev_upstream.control(delay_ms=30, chunk_delay_ms=5)
+    result = loadgen.sseload_run(
+        binary=binary,
+        url=f"{dev_upstream.url}/chat/completions",
+        body=chat_body(model="dev-small", stream=True),
+        headers={"Authorization": "Bearer x", "X-Bench": "1"},
+        concurrency=2,
+        duration=0.5,
+    )
+    assert result.generator == "sseload" and result.requests >= 2 and result.errors == 0
+    assert result.requests == dev_upstream.stats()["completed"]
+    assert len(result.ttft) == result.requests
+    # 30 ms before the first chunk, then 5 ms per chunk: the first token comes well before the end.
+    assert 0.030 <= result.first_token(50) < result.latency(50) - 0.020
+    assert 0.4 <= result.duration <= 1.5
+    assert dev_upstream.stats()["last_headers"]["authorization_present"] is True
+    assert dev_upstream.stats()["last_headers"]["x-bench"] == "1"
+
+
+@needs_cc
+def test_sseload_counts_refusals_and_unfinished_streams_as_errors(dev_upstream, tmp_path):
+    binary = loadgen.sseload_build(tmp_path)
+    dev_upstream.control(fail_status=500, fail_count=3)
+    result = loadgen.sseload_run(
+        binary=binary,
+        url=f"{dev_upstream.url}/chat/completions",
+        body=chat_body(model="dev-small", stream=True),
+        headers={},
+        concurrency=1,
+        duration=0.3,
+    )
+    assert result.statuses[500] == 3 and result.statuses[200] == result.requests - 3
+    assert result.errors == 3 and len(result.ttft) == result.requests - 3
+    # a plain JSON answer to a stream request has no [DONE]: not a finished stream
+    plain = loadgen.sseload_run(
+        binary=binary,
+        url=f"{dev_upstream.url}/chat/completions",
+        body=chat_body(model="dev-small"),
+        headers={},
+        concurrency=1,
+        duration=0.2,
+    )
+    assert plain.requests >= 1 and plain.errors == plain.requests and plain.statuses[0] == plain.requests
+
+
 def test_table_shows_overhead_as_steward_minus_direct():
     direct = RunResult(requests=100, duration=1.0, latencies=[0.001] * 100)
     steward = RunResult(requests=100, errors=1, duration=1.0, latencies=[0.002] * 99 + [0.010])
@@ -155,7 +209,8 @@ def test_soak_summary_flags_growth():
 def test_stage_summary_reports_each_stage_in_pipeline_order():
     from proxy.bench.runner import stage_summary
 
-    rows = [{"authenticate": 0.01 * i, "reserve_budget": 0.1 * i, "settle_cost": 0.2} for i in range(1, 101)]
+    # (keys as PostgreSQL's jsonb returns them: shortest first, not in the order they were written)
+    rows = [{"settle_cost": 0.2, "authenticate": 0.01 * i, "reserve_budget": 0.1 * i} for i in range(1, 101)]
     text = stage_summary(rows)
     lines = text.splitlines()
     assert lines[0] == "stage timings over 100 requests (ms):"
