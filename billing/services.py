@@ -9,6 +9,11 @@ Contract (the proxy depends on exactly these names and signatures):
 - `abudget_settle(...)` at the "settle cost" stage with the request's actual cost (use
   `acost_compute` to price the usage first).
 - `abudget_release(...)` when the request fails or is cancelled before anything was produced.
+- The same in parts, for a caller that sends the Redis work together with its own in one round
+  trip (the proxy does, with its admission check and its release of limits):
+  `abudget_reserve_plan(...)` gives the reservation's script call, `abudget_reserve_complete(...)`
+  reads its answer; `budget_finish_call(...)` gives the settle (or release) call and
+  `budget_finish_complete(...)` reads its answer. Send the calls with `core.redis.abatch`.
 - `cost_compute(...)` / `acost_compute(...)` price one attempt's usage (Decimal, never float).
 - `usage_lines_record(...)` is called off the hot path by the request-log consumer with
   finished request records; it writes one ledger line per attempt, idempotently.

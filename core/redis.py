@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import redis
@@ -126,6 +127,14 @@ def _mux() -> RedisMux:
     return mux
 
 
+def abatch_start(calls: list[ScriptCall | Command]) -> Awaitable[list]:
+    """`abatch`, with the commands written at once when the connection is up (a caller can answer its
+    client while Redis works, and anything this process sends later runs after them); await the
+    result for the replies. It must be awaited."""
+    mux = _mux()
+    return _replies(mux, calls, mux.write([call.packed() for call in calls], len(calls)))
+
+
 async def abatch(calls: list[ScriptCall | Command]) -> list:
     """Send several commands in one round trip and return their replies in order (raw: bytes, ints,
     lists; a script's reply as the script returned it).
@@ -135,10 +144,16 @@ async def abatch(calls: list[ScriptCall | Command]) -> list:
     `ResponseError` instance in its place, not raised; a script Redis had forgotten (after a restart)
     is sent again in full. Raises a `RedisError` only when Redis cannot be reached or does not answer
     within COMMAND_TIMEOUT_SECONDS."""
-    mux = _mux()
+    return await abatch_start(calls)
+
+
+async def _replies(mux: RedisMux, calls: list, futures: list | None) -> list:
     try:
         async with asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
-            results = await mux.execute([call.packed() for call in calls], len(calls))
+            if futures is None:
+                results = await mux.execute([call.packed() for call in calls], len(calls))
+            else:
+                results = await mux.replies(futures)
             missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
             if missing:
                 again = await mux.execute([calls[i].packed_in_full() for i in missing], len(missing))

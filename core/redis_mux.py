@@ -92,11 +92,25 @@ class RedisMux:
 
     async def execute(self, commands: list[bytes], count: int) -> list:
         """Send `commands` (packed, `count` commands in all) and return their `count` replies."""
-        if self.transport is None or self.transport.is_closing():
+        futures = self.write(commands, count)
+        if futures is None:
             await self._connect()
+            futures = self.write(commands, count)
+            if futures is None:
+                raise redis.exceptions.ConnectionError("Redis connection lost while connecting")
+        return await self.replies(futures)
+
+    def write(self, commands: list[bytes], count: int) -> list[asyncio.Future] | None:
+        """Write `commands` now, if connected (else None), and return the futures of their replies:
+        whatever this process sends afterwards, Redis runs after them."""
+        if self.transport is None or self.transport.is_closing():
+            return None
         futures = [self.loop.create_future() for _ in range(count)]
         self.waiters.extend(futures)
         self.transport.write(b"".join(commands) if len(commands) > 1 else commands[0])
+        return futures
+
+    async def replies(self, futures: list[asyncio.Future]) -> list:
         try:
             return [await future for future in futures]
         except BaseException:

@@ -5,9 +5,12 @@
 
 Each stage is timed; the timings go into the request-log record and a Prometheus histogram, and
 `x-steward-overhead-ms` is the total minus the time spent waiting on upstreams. Nothing here
-touches the database while the in-process caches (keys, prompts, routes) are warm; the only
-network work besides the upstream call is one Redis round trip before it (`admission.admit`) and
-one after (the FINISH script, the cache write and the request-log XADD in one pipeline).
+touches the database while the in-process caches (keys, prompts, routes, prices, budgets) are
+warm; the only network work besides the upstream call is one Redis round trip before it (the
+ADMIT script and the budget reservation, sent together) and one after (the FINISH script, the
+cache write and the budget settlement, written before the answer goes out), on the event loop's
+shared pipelined connection (`core.redis.abatch`). The request-log record is XADDed in a batch
+with the records of every request that finished in the same turn of the loop.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from billing import services as billing
 from core import llm
 from core.errors import ApplicationError, PermanentUpstreamError, TransientUpstreamError
 from core.logging import request_id_var
-from core.redis import Command, abatch
+from core.redis import Command, abatch, abatch_start
 from proxy import admission, metrics, upstream
 from proxy.errors import ProxyError, internal_error, proxy_error_from
 from proxy.requestlog import log_buffer
@@ -157,6 +160,7 @@ class ProxyRequest:
         "route",
         "scope",
         "send",
+        "settle_t0",
         "settled",
         "slot",
         "started_at",
@@ -202,6 +206,7 @@ class ProxyRequest:
         self.cache_hit = False
         self.reservation = None
         self.settled = False
+        self.settle_t0 = 0.0
         self.key_admitted = False
         self.pending_finish: tuple | None = None
         self.response_started = False
@@ -272,11 +277,18 @@ class ProxyRequest:
                 watcher.cancel()
             if self.slot:
                 _state["in_flight"] -= 1
-        # Limits released, cost settled and the record handed over *before* the last bytes go out:
-        # a client's next request then finds its slot free and its spend settled, and a reader of
-        # the request log finds the record as soon as the caller has its answer.
-        await self.settle()
-        await self.log()
+        # Limits released and cost settled *before* the last bytes go out (written to Redis, which
+        # runs them ahead of anything this process sends later): a client's next request finds its
+        # slot free and its spend settled. Their replies are read while the answer travels.
+        settling = await self.settle_start()
+        try:
+            await self.answer()
+        finally:
+            await self.settle_finish(settling)
+            await self.log()
+
+    async def answer(self) -> None:
+        """The response's last part: the answer, the error, or the end of the stream."""
         if self.disconnected:
             return
         if self.error is not None:
@@ -876,6 +888,9 @@ class ProxyRequest:
         attempt = self.attempts[-1]
         try:
             await self._forward(first)
+            # The first token is out: let streams still waiting for theirs (already woken, in the
+            # loop's ready queue) go ahead of this one's remaining chunks, settlement and log.
+            await asyncio.sleep(0)
             async for batch in batches:
                 await self._forward(batch)
         except (TransientUpstreamError, PermanentUpstreamError) as exc:
@@ -1198,9 +1213,11 @@ class ProxyRequest:
             calls.append(Command("SET", self.cache_key, self.cache_value, "EX", self.route.cache_ttl_seconds))
         return calls
 
-    async def settle(self) -> None:
-        """The settle stage, with the release of limits: one Redis round trip for both."""
-        t = time.perf_counter()
+    async def settle_start(self):
+        """The settle stage with the release of limits: one batch, written to Redis at once. Its
+        replies are read by `settle_finish` once the answer is on its way: whatever this process
+        sends to Redis afterwards, a client's next request included, Redis runs after it."""
+        self.settle_t0 = time.perf_counter()
         calls = self._release_calls()
         settle = None
         try:
@@ -1209,12 +1226,18 @@ class ProxyRequest:
             logger.exception("pricing the request failed; its budget reservation will expire")
         if settle is not None:
             calls.append(settle)
-        if calls:
+        if not calls:
+            return None
+        return abatch_start(calls), settle is not None
+
+    async def settle_finish(self, started) -> None:
+        if started is not None:
+            pending, settling = started
             try:
-                results = await abatch(calls)
+                results = await pending
             except redis.exceptions.RedisError as exc:
-                results = [exc] * len(calls)
-            if settle is not None:
+                results = [exc, exc] if settling else [exc]
+            if settling:
                 try:
                     billing.budget_finish_complete(reservation=self.reservation, result=results.pop())
                     self.settled = True
@@ -1223,7 +1246,7 @@ class ProxyRequest:
             if any(isinstance(r, Exception) for r in results):
                 # In-flight entries expire by themselves; the circuit and token counts miss one update.
                 logger.error("request %s could not release its limits: %s", self.request_id, results)
-        self._lap("settle_cost", t)
+        self._lap("settle_cost", self.settle_t0)
 
     async def log(self) -> None:
         t = time.perf_counter()

@@ -31,7 +31,7 @@ class BenchTarget:
     prompt_note: str
 
 
-def bench_setup(*, upstream_url: str, upstream_model: str = "dev-small") -> BenchTarget:
+def bench_setup(*, upstream_url: str, upstream_model: str = "dev-small", budgets: bool = True) -> BenchTarget:
     from proxy.services import deployment_create, route_create
 
     suffix = secrets.token_hex(4)
@@ -54,7 +54,8 @@ def bench_setup(*, upstream_url: str, upstream_model: str = "dev-small") -> Benc
         rpm_limit=UNLIMITED,
         tpm_limit=UNLIMITED,
     )
-    _budgets_setup(organisation=organisation, api_key=created.api_key)
+    if budgets:
+        _budgets_setup(organisation=organisation, api_key=created.api_key)
     prompt, note = _prompt_setup(organisation=organisation, model=model)
     return BenchTarget(
         organisation=organisation,

@@ -15,7 +15,7 @@ import redis.exceptions
 
 from core import redis as core_redis
 from core.management.commands.run_stack import embedded_redis_command
-from core.redis import Command, Script, abatch, redis_client, redis_reset_clients
+from core.redis import Command, Script, abatch, abatch_start, redis_client, redis_reset_clients
 
 ECHO = Script("return {KEYS[1], ARGV[1]}")
 BROKEN = Script("return redis.call('NOSUCHCOMMAND')")
@@ -52,6 +52,21 @@ def test_many_tasks_sharing_the_connection_each_get_their_own_replies():
 
     replies = asyncio.run(all_of_them())
     assert replies == [[f"k{i}".encode(), str(i).encode()] for i in range(500)]
+
+
+def test_a_started_batch_is_on_the_wire_before_anything_sent_after_it():
+    """What the proxy relies on to answer before reading its settlement's reply."""
+    key = "test:core:started"
+
+    async def run():
+        await abatch([Command("DEL", key)])
+        pending = abatch_start([Command("SET", key, "settled"), Command("INCR", key + ":n")])
+        [seen] = await abatch([Command("GET", key)])
+        return seen, await pending
+
+    seen, replies = asyncio.run(run())
+    assert seen == b"settled"
+    assert replies[0] == b"OK" and replies[1] >= 1
 
 
 def test_scripts_redis_has_forgotten_are_sent_again_in_full():
