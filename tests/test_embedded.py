@@ -117,6 +117,25 @@ def test_dev_default_runs_a_background_task_from_a_web_request(stack):
 
     _wait(verified, timeout=60, what="verification ok", log=log)
 
+    # The proxy on the same embedded Redis (a unix socket): the printed key, a completion and a stream,
+    # and the requests in the UI once the worker has written them.
+    proxy_headers = {"Authorization": f"Bearer {credentials['api_key']}"}
+    body = {"model": "dev-small", "messages": [{"role": "user", "content": "Hello Steward"}]}
+    answer = requests.post(f"{base}/v1/chat/completions", json=body, headers=proxy_headers, timeout=15)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] and answer.json()["usage"]["total_tokens"] > 0
+    streamed = requests.post(
+        f"{base}/v1/chat/completions", json={**body, "stream": True}, headers=proxy_headers, timeout=15
+    )
+    assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]"), streamed.text
+    ids = [answer.headers["x-request-id"], streamed.headers["x-request-id"]]
+
+    def logged():
+        html = browser.get(f"{base}/proxy/requests/", timeout=5).text
+        return all(request_id in html for request_id in ids)
+
+    _wait(logged, timeout=30, what="both requests in the request log", log=log)
+
     # The stack's processes: web (and its worker), the worker (and its pool), beat, Redis, upstream.
     family = psutil.Process(process.pid).children(recursive=True)
     assert len(family) >= 5, [p.cmdline() for p in family]
