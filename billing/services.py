@@ -11,9 +11,10 @@ Contract (the proxy depends on exactly these names and signatures):
 - `abudget_release(...)` when the request fails or is cancelled before anything was produced.
 - The same in parts, for a caller that sends the Redis work together with its own in one round
   trip (the proxy does, with its admission check and its release of limits):
-  `abudget_reserve_plan(...)` gives the reservation's script call, `abudget_reserve_complete(...)`
-  reads its answer; `budget_finish_call(...)` gives the settle (or release) call and
-  `budget_finish_complete(...)` reads its answer. Send the calls with `core.redis.abatch`.
+  `abudget_reserve_plan(...)` gives the reservation's script call and `abudget_reserve_complete(...)`
+  reads its answer (`abudget_reserve_send(plan)` makes it on a round trip of its own);
+  `budget_finish_call(...)` gives the settle (or release) call and `budget_finish_complete(...)`
+  reads its answer. Send the calls with `core.redis.abatch`.
 - `cost_compute(...)` / `acost_compute(...)` price one attempt's usage (Decimal, never float).
 - `usage_lines_record(...)` is called off the hot path by the request-log consumer with
   finished request records; it writes one ledger line per attempt, idempotently.
@@ -966,6 +967,8 @@ async def abudget_reserve_complete(plan: ReservePlan, result) -> Reservation:
             missing = [applicable[int(i) - 1] for i in result[1:]]
             await _adb_read(_spent_rebuild, config, missing)
             [result] = await abatch([plan.call])
+            if isinstance(result, Exception):
+                raise result
     except Exception as exc:
         if _is_redis_error(exc):
             reservation.amounts.clear()
@@ -1007,7 +1010,11 @@ async def abudget_reserve(**kwargs) -> Reservation:
     Idempotent per `request_id` while the reservation is held. The reservation expires after
     STEWARD_BILLING_RESERVATION_TTL_SECONDS if its process dies before settling or releasing.
     """
-    plan = await abudget_reserve_plan(**kwargs)
+    return await abudget_reserve_send(await abudget_reserve_plan(**kwargs))
+
+
+async def abudget_reserve_send(plan: ReservePlan) -> Reservation:
+    """Make a planned reservation on a round trip of its own (see `abudget_reserve_complete`)."""
     if plan.call is None:
         return plan.reservation
     try:

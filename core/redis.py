@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -62,10 +63,21 @@ async def bounded(awaitable, timeout: float | None = None):
     try:
         async with asyncio.timeout(timeout):
             return await awaitable
-    except TimeoutError as exc:
-        if isinstance(exc, redis.exceptions.TimeoutError):
-            raise
+    except TimeoutError:
         raise redis.exceptions.TimeoutError(f"Redis did not answer within {timeout:g} s") from None
+
+
+def redis_wait(url: str, timeout: float = 15.0) -> None:
+    """Block until the Redis at `url` answers PING (a server just started); RuntimeError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+            return
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Redis at {url} did not come up within {timeout:.0f}s") from None
+            time.sleep(0.05)
 
 
 def redis_reset_clients() -> None:
@@ -132,7 +144,8 @@ def abatch_start(calls: list[ScriptCall | Command]) -> Awaitable[list]:
     client while Redis works, and anything this process sends later runs after them); await the
     result for the replies. It must be awaited."""
     mux = _mux()
-    return _replies(mux, calls, mux.write([call.packed() for call in calls], len(calls)))
+    packed = [call.packed() for call in calls]
+    return _replies(mux, calls, packed, mux.write(packed, len(calls)))
 
 
 async def abatch(calls: list[ScriptCall | Command]) -> list:
@@ -147,11 +160,11 @@ async def abatch(calls: list[ScriptCall | Command]) -> list:
     return await abatch_start(calls)
 
 
-async def _replies(mux: RedisMux, calls: list, futures: list | None) -> list:
+async def _replies(mux: RedisMux, calls: list, packed: list[bytes], futures: list | None) -> list:
     try:
         async with asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
             if futures is None:
-                results = await mux.execute([call.packed() for call in calls], len(calls))
+                results = await mux.execute(packed, len(calls))
             else:
                 results = await mux.replies(futures)
             missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]

@@ -275,7 +275,7 @@ def admit_call(
     probe_ms: int,
     candidates: list,
 ) -> ScriptCall:
-    """The ADMIT script run for one attempt, to send alone (`admit`) or batched with other commands."""
+    """The ADMIT script run for one attempt, for `core.redis.abatch` (alone or with other commands)."""
     args: list = [
         now_ms,
         request_id,
@@ -305,11 +305,6 @@ def admission_from(result) -> Admission:
     if outcome == "cached":
         return Admission("cached", cached=result[2])
     return Admission(outcome, retry_after_ms=max(0, int(result[1])))
-
-
-async def admit(**kwargs) -> Admission:
-    [result] = await abatch([admit_call(**kwargs)])
-    return admission_from(result)
 
 
 def finish_args(

@@ -663,14 +663,7 @@ class ProxyRequest:
         plan = await self._reserve_plan(chain)
         t = time.perf_counter()
         try:
-            if plan.call is None:
-                result = None
-            else:
-                try:
-                    [result] = await abatch([plan.call])
-                except Exception as exc:
-                    result = exc
-            self.reservation = await billing.abudget_reserve_complete(plan, result)
+            self.reservation = await billing.abudget_reserve_send(plan)
         except BaseException:
             # The deployment slot taken by admission is given back; the key's is released at the end.
             self.pending_finish = (deployment, "neutral", 0)

