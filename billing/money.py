@@ -47,6 +47,19 @@ def period_bounds(period: str, *, at: dt.datetime, time_zone: str) -> tuple[dt.d
     (week starts on Monday); `total` starts at the epoch and never ends."""
     if period == "total":
         return EPOCH, None
+    # Every priced request asks; the answer only changes at the period's end.
+    cached = _period_cache.get((period, time_zone))
+    if cached is not None and cached[0] <= at < cached[1]:
+        return cached
+    bounds = _period_bounds(period, at, time_zone)
+    _period_cache[(period, time_zone)] = bounds
+    return bounds
+
+
+_period_cache: dict[tuple[str, str], tuple[dt.datetime, dt.datetime]] = {}
+
+
+def _period_bounds(period: str, at: dt.datetime, time_zone: str) -> tuple[dt.datetime, dt.datetime]:
     tz = ZoneInfo(time_zone or "UTC")
     local = at.astimezone(tz)
     day = local.date()

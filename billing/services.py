@@ -58,6 +58,7 @@ from billing.money import (
     nano_to_decimal,
     period_bounds,
 )
+from core.conf import hot
 from core.errors import ApplicationError, ValidationFailed
 from core.invalidation import LocalCache, invalidate
 from core.redis import Script, ScriptCall, abatch, redis_client
@@ -942,7 +943,7 @@ async def abudget_reserve_plan(
         return ReservePlan(reservation)
     amount_nano = nano_ceil(worst)
     now_ms = int(now.timestamp() * 1000)
-    ttl_ms = int(settings.STEWARD_BILLING_RESERVATION_TTL_SECONDS * 1000)
+    ttl_ms = int(hot.STEWARD_BILLING_RESERVATION_TTL_SECONDS * 1000)
     keys: list[str] = []
     args: list = [now_ms, now_ms + ttl_ms, rid, len(applicable)]
     for rule, _start, end, prefix in applicable:
@@ -1043,7 +1044,7 @@ def budget_finish_call(*, reservation: Reservation, actual_cost: Decimal | None)
     keys = [f"billing:done:{reservation.id}"]
     for prefix in reservation.keys.values():
         keys.extend(_period_keys(prefix))
-    done_ttl_ms = int(settings.STEWARD_BILLING_RESERVATION_TTL_SECONDS * 1000) * 2
+    done_ttl_ms = int(hot.STEWARD_BILLING_RESERVATION_TTL_SECONDS * 1000) * 2
     return SETTLE.call(keys, [reservation.id, actual_nano, done_ttl_ms, len(reservation.keys)])
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from core.conf import hot
 from core.redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class _Registry:
     def trusted(self) -> bool:
         """Caches are only used while the poller has recently seen the generations."""
         self._ensure_thread()
-        return time.monotonic() - self._last_ok < settings.STEWARD_INVALIDATION_POLL_SECONDS * 3
+        return time.monotonic() - self._last_ok < hot.STEWARD_INVALIDATION_POLL_SECONDS * 3
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._thread.is_alive():

@@ -113,10 +113,10 @@ class ScriptCall:
     args: tuple
 
     def packed(self) -> bytes:
-        return pack(["EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args])
+        return pack(("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args))
 
     def packed_in_full(self) -> bytes:
-        return pack(["EVAL", self.script.source, len(self.keys), *self.keys, *self.args])
+        return pack(("EVAL", self.script.source, len(self.keys), *self.keys, *self.args))
 
 
 class Command:
@@ -135,7 +135,7 @@ def _mux() -> RedisMux:
     loop = asyncio.get_running_loop()
     mux = _muxes.get(id(loop))
     if mux is None or mux.loop is not loop:
-        mux = _muxes[id(loop)] = RedisMux(settings.REDIS_URL, loop)
+        mux = _muxes[id(loop)] = RedisMux(settings.REDIS_URL, loop, command_timeout=COMMAND_TIMEOUT_SECONDS)
     return mux
 
 
@@ -145,7 +145,7 @@ def abatch_start(calls: list[ScriptCall | Command]) -> Awaitable[list]:
     result for the replies. It must be awaited."""
     mux = _mux()
     packed = [call.packed() for call in calls]
-    return _replies(mux, calls, packed, mux.write(packed, len(calls)))
+    return _replies(mux, calls, packed, mux.write(packed, len(calls), now=True))
 
 
 async def abatch(calls: list[ScriptCall | Command]) -> list:
@@ -157,23 +157,20 @@ async def abatch(calls: list[ScriptCall | Command]) -> list:
     `ResponseError` instance in its place, not raised; a script Redis had forgotten (after a restart)
     is sent again in full. Raises a `RedisError` only when Redis cannot be reached or does not answer
     within COMMAND_TIMEOUT_SECONDS."""
-    return await abatch_start(calls)
+    mux = _mux()
+    packed = [call.packed() for call in calls]
+    return await _replies(mux, calls, packed, mux.write(packed, len(calls)))
 
 
 async def _replies(mux: RedisMux, calls: list, packed: list[bytes], futures: list | None) -> list:
-    try:
-        async with asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
-            if futures is None:
-                results = await mux.execute(packed, len(calls))
-            else:
-                results = await mux.replies(futures)
-            missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
-            if missing:
-                again = await mux.execute([calls[i].packed_in_full() for i in missing], len(missing))
-                for i, result in zip(missing, again, strict=True):
-                    results[i] = result
-    except TimeoutError:
-        # Replies may still be on their way; nobody can tell whose they are any more.
-        mux.abort(redis.exceptions.TimeoutError("a Redis call timed out on this connection"))
-        raise redis.exceptions.TimeoutError(f"Redis did not answer within {COMMAND_TIMEOUT_SECONDS:g} s") from None
+    # No timer here: the connection's watchdog fails every waiting caller once a reply is overdue.
+    if futures is None:
+        results = await mux.execute(packed, len(calls))
+    else:
+        results = await mux.replies(futures)
+    missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+    if missing:
+        again = await mux.execute([calls[i].packed_in_full() for i in missing], len(missing))
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
     return results

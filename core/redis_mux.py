@@ -22,27 +22,16 @@ import redis.exceptions
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
 
-def _encode(value) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bool):
-        raise TypeError("booleans are ambiguous as Redis arguments; pass 0/1 or a string")
-    if isinstance(value, int | float):
-        return repr(value).encode()
-    raise TypeError(f"cannot send a {type(value).__name__} to Redis")
-
-
 def pack(args) -> bytes:
-    """One command in the Redis protocol (RESP2)."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = _encode(arg)
-        out.append(b"$%d\r\n" % len(data))
-        out.append(data)
-        out.append(b"\r\n")
-    return b"".join(out)
+    """One command in the Redis protocol (RESP2); arguments are str, bytes, int or float (never bool).
+
+    hiredis packs in C, about a third of the cost of doing it in Python; with sixteen arguments
+    per script call that is a few percent of a proxied request."""
+    try:
+        return hiredis.pack_command(tuple(args))
+    except TypeError:
+        bad = next((a for a in args if isinstance(a, bool) or not isinstance(a, str | bytes | int | float)), None)
+        raise TypeError(f"cannot send {bad!r} ({type(bad).__name__}) to Redis; pass str, bytes, int or float") from None
 
 
 def _error(reply: Exception) -> redis.exceptions.ResponseError:
@@ -62,7 +51,7 @@ class _Protocol(asyncio.Protocol):
         waiters = self.mux.waiters
         try:
             while (reply := self.reader.gets()) is not False:
-                waiter = waiters.popleft()
+                waiter = waiters.popleft()[0]
                 if not waiter.done():  # a caller that timed out is no longer listening
                     waiter.set_result(_error(reply) if isinstance(reply, Exception) else reply)
         except (hiredis.ProtocolError, IndexError) as exc:
@@ -78,16 +67,27 @@ class RedisMux:
 
     Replies that are Redis errors come back as `ResponseError` instances in place (NOSCRIPT as
     `NoScriptError`); a lost or unusable connection raises `ConnectionError` in every caller waiting
-    on it, and the next call connects again. Callers bound their waits themselves (`abort` after a
-    timeout fails everything still queued, since the connection's state is then unknown)."""
+    on it, and the next call connects again. A reply overdue by `command_timeout` seconds fails
+    every caller with `TimeoutError` and drops the connection, whose state is then unknown: one
+    watchdog timer per connection rather than a timeout per call.
 
-    def __init__(self, url: str, loop: asyncio.AbstractEventLoop, connect_timeout: float = 2.0):
+    Commands written in one turn of the event loop leave in one socket write at the end of it (a
+    busy proxy writes a few requests' commands per system call); `write(..., now=True)` sends at
+    once, for a caller that needs them on their way before it does anything else."""
+
+    def __init__(
+        self, url: str, loop: asyncio.AbstractEventLoop, connect_timeout: float = 2.0, command_timeout: float = 5.0
+    ):
         self.url = url
         self.loop = loop
         self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         self.transport: asyncio.Transport | None = None
         self.protocol: _Protocol | None = None
-        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.waiters: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
+        self._outbox: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Future | None = None
 
     async def execute(self, commands: list[bytes], count: int) -> list:
@@ -100,15 +100,46 @@ class RedisMux:
                 raise redis.exceptions.ConnectionError("Redis connection lost while connecting")
         return await self.replies(futures)
 
-    def write(self, commands: list[bytes], count: int) -> list[asyncio.Future] | None:
-        """Write `commands` now, if connected (else None), and return the futures of their replies:
-        whatever this process sends afterwards, Redis runs after them."""
+    def write(self, commands: list[bytes], count: int, *, now: bool = False) -> list[asyncio.Future] | None:
+        """Queue `commands` for this loop turn's write (`now`: write them, and whatever is queued, at
+        once), if connected (else None), and return the futures of their replies: whatever this
+        process sends afterwards, Redis runs after them."""
         if self.transport is None or self.transport.is_closing():
             return None
-        futures = [self.loop.create_future() for _ in range(count)]
-        self.waiters.extend(futures)
-        self.transport.write(b"".join(commands) if len(commands) > 1 else commands[0])
+        loop = self.loop
+        sent_at = loop.time()
+        futures = [loop.create_future() for _ in range(count)]
+        self.waiters.extend([(future, sent_at) for future in futures])
+        self._outbox.extend(commands)
+        if now:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._watch_interval(), self._watch)
         return futures
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        outbox = self._outbox
+        if outbox and self.transport is not None:
+            self.transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+        outbox.clear()
+
+    def _watch_interval(self) -> float:
+        return min(1.0, self.command_timeout / 4)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        if not self.waiters:
+            return
+        if self.loop.time() - self.waiters[0][1] > self.command_timeout:
+            # Replies may still be on their way; nobody can tell whose they are any more.
+            self.abort(redis.exceptions.TimeoutError(f"Redis did not answer within {self.command_timeout:g} s"))
+            return
+        self._watchdog = self.loop.call_later(self._watch_interval(), self._watch)
 
     async def replies(self, futures: list[asyncio.Future]) -> list:
         try:
@@ -186,8 +217,13 @@ class RedisMux:
         self._fail(redis.exceptions.ConnectionError(f"Redis connection lost: {exc or 'closed by the server'}"))
 
     def _fail(self, exc: Exception) -> None:
+        self._outbox.clear()
+        for handle in (self._flush_handle, self._watchdog):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self._watchdog = None
         waiters, self.waiters = self.waiters, collections.deque()
-        for waiter in waiters:
+        for waiter, _sent_at in waiters:
             if not waiter.done():
                 waiter.set_exception(exc)
 

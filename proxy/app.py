@@ -48,7 +48,7 @@ async def _lifespan(receive, send) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
-            upstream.session()
+            upstream.pool()
             try:
                 await bounded(scripts_load(aredis_client()))
             except Exception:
@@ -58,7 +58,7 @@ async def _lifespan(receive, send) -> None:
         elif message["type"] == "lifespan.shutdown":
             try:
                 await log_buffers_flush()
-                await upstream.sessions_close()
+                await upstream.pools_close()
             finally:
                 await send({"type": "lifespan.shutdown.complete"})
             return

@@ -7,7 +7,7 @@ being read from an `Authorization` header, and the answer is captured instead of
 
 Sync views call `chat_completion_invoke`, which runs the coroutine on one long-lived event loop
 per process ("the invoke loop"). asgiref's `async_to_sync` would, outside an ASGI server, make a
-new loop per call, and the proxy's per-loop resources (Redis pools, the aiohttp session, keyed by
+new loop per call, and the proxy's per-loop resources (Redis pools, the upstream connection pool, keyed by
 `id(loop)`, which Python reuses) must not outlive their loop.
 
 The playground spends as a per-organisation, system-managed API key (`PLAYGROUND_KEY_NAME`), so
@@ -264,7 +264,7 @@ class _InvokeLoop:
 
         async def shutdown():
             await log_buffers_flush()
-            await upstream.sessions_close()
+            await upstream.pools_close()
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(shutdown(), loop).result(5)

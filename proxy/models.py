@@ -18,7 +18,7 @@ class RoutingStrategy(models.TextChoices):
 
 
 class DeploymentKind(models.TextChoices):
-    # Called directly with the pooled aiohttp client (OpenAI, vLLM, llama.cpp, Ollama, dev upstream).
+    # Called directly with the pooled HTTP client (OpenAI, vLLM, llama.cpp, Ollama, dev upstream).
     OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible"
     # Translated by litellm (core/llm.py) for every other provider.
     LITELLM = "litellm", "litellm"

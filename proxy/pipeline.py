@@ -27,11 +27,11 @@ from decimal import Decimal
 
 import orjson
 import redis.exceptions
-from django.conf import settings
 
 from accounts.selectors import aapi_key_authenticate
 from billing import services as billing
 from core import llm
+from core.conf import hot
 from core.errors import ApplicationError, PermanentUpstreamError, TransientUpstreamError
 from core.logging import request_id_var
 from core.redis import Command, abatch, abatch_start
@@ -234,7 +234,7 @@ class ProxyRequest:
         watcher = None
         try:
             await self.authenticate()
-            if _state["in_flight"] >= settings.STEWARD_PROXY_MAX_IN_FLIGHT:
+            if _state["in_flight"] >= hot.STEWARD_PROXY_MAX_IN_FLIGHT:
                 raise ProxyError(
                     503, "Steward is at capacity; retry shortly.", code="overloaded", retry_after=1, outcome="rejected"
                 )
@@ -348,7 +348,7 @@ class ProxyRequest:
         self.principal = principal
 
     async def read_body(self) -> None:
-        limit = settings.STEWARD_PROXY_MAX_BODY_BYTES
+        limit = hot.STEWARD_PROXY_MAX_BODY_BYTES
         for name, value in self.scope["headers"]:
             if name == b"content-length":
                 with contextlib.suppress(ValueError):
@@ -456,7 +456,7 @@ class ProxyRequest:
         )
         decision = await safety.apre_filter(context=self.filter_context, body=self.body)
         if decision.action == FilterAction.HOLD:
-            decision = await safety.ahold_wait(decision=decision, timeout=settings.STEWARD_PROXY_HOLD_TIMEOUT_SECONDS)
+            decision = await safety.ahold_wait(decision=decision, timeout=hot.STEWARD_PROXY_HOLD_TIMEOUT_SECONDS)
         self._lap("pre_filters", t)
         if decision.action == FilterAction.BLOCK:
             raise ProxyError(
@@ -487,7 +487,7 @@ class ProxyRequest:
         table = self.table
         deadline = self.t0 + self.route.deadline_seconds
         chain = [self.route] + [table.routes[name] for name in self.route.fallbacks if name in table.routes]
-        max_attempts = settings.STEWARD_PROXY_MAX_ATTEMPTS
+        max_attempts = hot.STEWARD_PROXY_MAX_ATTEMPTS
         expire_ms = int(self.route.deadline_seconds * 1000) + 5_000
         last_error: ApplicationError | None = None
         unavailable: admission.Admission | None = None
@@ -723,8 +723,8 @@ class ProxyRequest:
                 deployment_id=deployment.id,
                 outcome=outcome,
                 deployment_tokens=tokens,
-                threshold=settings.STEWARD_PROXY_CIRCUIT_FAILURES,
-                cooldown_ms=int(settings.STEWARD_PROXY_CIRCUIT_COOLDOWN_SECONDS * 1000),
+                threshold=hot.STEWARD_PROXY_CIRCUIT_FAILURES,
+                cooldown_ms=int(hot.STEWARD_PROXY_CIRCUIT_COOLDOWN_SECONDS * 1000),
                 release_key=False,
             )
         except redis.exceptions.RedisError:
@@ -778,7 +778,7 @@ class ProxyRequest:
         t = time.perf_counter()
         decision = await safety.apost_filter(context=self.filter_context, response=data, streamed=False)
         if decision.action == FilterAction.HOLD:
-            decision = await safety.ahold_wait(decision=decision, timeout=settings.STEWARD_PROXY_HOLD_TIMEOUT_SECONDS)
+            decision = await safety.ahold_wait(decision=decision, timeout=hot.STEWARD_PROXY_HOLD_TIMEOUT_SECONDS)
         self._lap("post_filters", t)
         self.pending_finish = (
             self.deployment,
@@ -858,7 +858,7 @@ class ProxyRequest:
         t = time.perf_counter()
         # The stream is opened in this task; keep-alives come from a helper task that only exists once
         # the first token is slow. No extra task or loop turn on the common, fast path.
-        interval = settings.STEWARD_PROXY_KEEPALIVE_SECONDS
+        interval = hot.STEWARD_PROXY_KEEPALIVE_SECONDS
         keepalive: asyncio.Task | None = None
 
         def slow_first_token() -> None:
@@ -1188,8 +1188,8 @@ class ProxyRequest:
             deployment_id=deployment.id if need_deployment else None,
             outcome=outcome,
             deployment_tokens=tokens,
-            threshold=settings.STEWARD_PROXY_CIRCUIT_FAILURES,
-            cooldown_ms=int(settings.STEWARD_PROXY_CIRCUIT_COOLDOWN_SECONDS * 1000),
+            threshold=hot.STEWARD_PROXY_CIRCUIT_FAILURES,
+            cooldown_ms=int(hot.STEWARD_PROXY_CIRCUIT_COOLDOWN_SECONDS * 1000),
             release_key=self.key_admitted,
         )
 

@@ -29,10 +29,10 @@ from datetime import datetime
 
 import orjson
 import redis.exceptions
-from django.conf import settings
 from django.db import transaction
 from django.utils.dateparse import parse_datetime
 
+from core.conf import hot
 from core.redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ class LogBuffer:
     async def _write(self, items: list[bytes]) -> None:
         from core.redis import Command, abatch
 
-        maxlen = settings.STEWARD_PROXY_LOG_STREAM_MAXLEN
+        maxlen = hot.STEWARD_PROXY_LOG_STREAM_MAXLEN
         try:
             results = await abatch([Command("XADD", STREAM_KEY, "MAXLEN", "~", maxlen, "*", "r", raw) for raw in items])
             failed = [r for r in results if isinstance(r, Exception)]

@@ -1,7 +1,7 @@
-"""Calling a deployment: a pooled aiohttp session for OpenAI-compatible upstreams, litellm for the rest.
+"""Calling a deployment: pooled HTTP/1.1 (`proxy.httpclient`) for OpenAI-compatible upstreams, litellm for the rest.
 
-aiohttp is used rather than httpx because its pool holds up at high concurrency. One session per
-event loop (a session cannot cross loops); uvicorn's lifespan creates it, or the first request does.
+One connection pool per event loop (connections cannot cross loops); uvicorn's lifespan creates it,
+or the first request does.
 
 Errors are mapped onto the project's own: `TransientUpstreamError` (connect errors, timeouts, 408,
 409, 429, 5xx: worth another deployment) and `PermanentUpstreamError` (the upstream rejected the
@@ -14,13 +14,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 
 from core.errors import PermanentUpstreamError, TransientUpstreamError
+from proxy import httpclient
 
-_sessions: dict[int, aiohttp.ClientSession] = {}
+_pools: dict[int, httpclient.Pool] = {}
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
+MAX_ERROR_BODY = 2**20  # bytes of an error answer read for its message
 
 
 class UpstreamTimeout(TransientUpstreamError):
@@ -28,44 +29,26 @@ class UpstreamTimeout(TransientUpstreamError):
     code = "upstream_timeout"
 
 
-def _session_new() -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=0,  # admission control bounds concurrency; a second, hidden queue here would only add latency
-        ttl_dns_cache=300,
-        keepalive_timeout=30,
-        enable_cleanup_closed=True,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        json_serialize=lambda o: orjson.dumps(o).decode(),
-        auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
-        read_bufsize=2**16,
-    )
-
-
-def session() -> aiohttp.ClientSession:
+def pool() -> httpclient.Pool:
     loop = asyncio.get_running_loop()
-    s = _sessions.get(id(loop))
-    if s is None or s.closed:
-        s = _session_new()
-        _sessions[id(loop)] = s
-    return s
+    p = _pools.get(id(loop))
+    if p is None or p.closed or p.loop is not loop:
+        p = _pools[id(loop)] = httpclient.Pool(loop)
+    return p
 
 
-async def sessions_close() -> None:
-    loop = asyncio.get_running_loop()
-    s = _sessions.pop(id(loop), None)
-    if s is not None:
-        await s.close()
+async def pools_close() -> None:
+    p = _pools.pop(id(asyncio.get_running_loop()), None)
+    if p is not None:
+        p.close()
 
 
-def _headers(api_key: str | None, request_id: str) -> dict[str, str]:
+def _headers(api_key: str | None, request_id: str) -> bytes:
     # Not `x-request-id`: some upstreams (llama.cpp's server) insist that one is a UUID and answer 400.
-    headers = {"content-type": "application/json", "x-steward-request-id": request_id}
+    headers = {"Content-Type": "application/json", "X-Steward-Request-Id": request_id}
     if api_key:
-        headers["authorization"] = f"Bearer {api_key}"
-    return headers
+        headers["Authorization"] = f"Bearer {api_key}"
+    return httpclient.header_lines(headers)
 
 
 def _error_message(status: int, raw: bytes) -> str:
@@ -100,22 +83,42 @@ class UpstreamResponse:
     data: dict
 
 
+async def _open(url: str, payload: bytes, api_key: str | None, request_id: str, name: str) -> httpclient.Response:
+    try:
+        return await pool().request(url, _headers(api_key, request_id), payload)
+    except httpclient.HTTPClientError as exc:
+        raise TransientUpstreamError(f"Upstream {name} unreachable: {exc}") from exc
+
+
+async def _raise_for_response(resp: httpclient.Response, name: str, timeout: float):
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await resp.body(MAX_ERROR_BODY)
+    except (TimeoutError, httpclient.HTTPClientError):
+        resp.close()
+        raw = b""
+    _raise_for(resp.status, raw, name)
+
+
 async def call_json(*, url: str, payload: bytes, api_key: str | None, timeout: float, request_id: str, name: str):
     """POST a JSON request and return the parsed JSON answer (non-streaming)."""
+    resp = None
     try:
-        async with session().post(
-            url,
-            data=payload,
-            headers=_headers(api_key, request_id),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as resp:
-            raw = await resp.read()
+        async with asyncio.timeout(timeout):
+            resp = await _open(url, payload, api_key, request_id, name)
             if resp.status >= 400:
-                _raise_for(resp.status, raw, name)
+                await _raise_for_response(resp, name, timeout)
+            raw = await resp.body()
     except TimeoutError as exc:
+        if resp is not None:
+            resp.close()
         raise UpstreamTimeout(f"Upstream {name} did not answer within {timeout:g} s") from exc
-    except aiohttp.ClientError as exc:
-        raise TransientUpstreamError(f"Upstream {name} unreachable: {type(exc).__name__}") from exc
+    except httpclient.HTTPClientError as exc:
+        raise TransientUpstreamError(f"Upstream {name} broke the answer: {exc}") from exc
+    except BaseException:
+        if resp is not None:
+            resp.close()
+        raise
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -135,26 +138,25 @@ class SSEStream:
     one write to the client instead of one per event.
     """
 
-    def __init__(self, ctx, resp: aiohttp.ClientResponse, name: str, read_timeout: float):
-        self._ctx = ctx
+    def __init__(self, resp: httpclient.Response, name: str, read_timeout: float):
         self._resp = resp
         self._name = name
         self._read_timeout = read_timeout
 
     async def batches(self) -> AsyncIterator[list[bytes]]:
         buffer = b""
-        content = self._resp.content
+        resp = self._resp
         try:
             while True:
                 # What is already buffered is taken without a suspension; only an empty buffer waits,
                 # under a timer rather than wait_for (which on 3.11 starts a task per read).
-                chunk = content.read_nowait()
+                chunk = resp.read_nowait()
                 if not chunk:
-                    if content.at_eof():
+                    if resp.at_eof:
                         break
                     try:
                         async with asyncio.timeout(self._read_timeout):
-                            chunk = await content.readany()
+                            chunk = await resp.read()
                     except TimeoutError as exc:
                         raise UpstreamTimeout(f"Upstream {self._name} stalled mid-stream") from exc
                     if not chunk:
@@ -170,40 +172,25 @@ class SSEStream:
                     yield events
             if buffer.strip():
                 yield [buffer.strip()]
-        except aiohttp.ClientError as exc:
-            raise TransientUpstreamError(f"Upstream {self._name} broke the stream: {type(exc).__name__}") from exc
+        except httpclient.HTTPClientError as exc:
+            raise TransientUpstreamError(f"Upstream {self._name} broke the stream: {exc}") from exc
 
     async def close(self) -> None:
-        # Closing an unfinished response drops its connection: that is how the upstream learns of a cancel.
-        self._resp.close()
-        await self._ctx.__aexit__(None, None, None)
+        # An unfinished response drops its connection: that is how the upstream learns of a cancel.
+        self._resp.release()
 
 
 async def open_stream(
     *, url: str, payload: bytes, api_key: str | None, timeout: float, request_id: str, name: str
 ) -> SSEStream:
     """Send a streaming request and wait for the response headers (within `timeout`)."""
-    ctx = session().post(
-        url,
-        data=payload,
-        headers=_headers(api_key, request_id),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout),
-    )
     try:
         # asyncio.timeout, not wait_for: on 3.11 wait_for runs the call in a task of its own, which
         # costs two turns of a busy event loop before the first byte.
         async with asyncio.timeout(timeout):
-            resp = await ctx.__aenter__()
+            resp = await _open(url, payload, api_key, request_id, name)
     except TimeoutError as exc:
         raise UpstreamTimeout(f"Upstream {name} did not answer within {timeout:g} s") from exc
-    except aiohttp.ClientError as exc:
-        raise TransientUpstreamError(f"Upstream {name} unreachable: {type(exc).__name__}") from exc
     if resp.status >= 400:
-        try:
-            raw = await asyncio.wait_for(resp.read(), timeout)
-        except (TimeoutError, aiohttp.ClientError):
-            raw = b""
-        finally:
-            resp.release()
-        _raise_for(resp.status, raw, name)
-    return SSEStream(ctx, resp, name, read_timeout=timeout)
+        await _raise_for_response(resp, name, timeout)
+    return SSEStream(resp, name, read_timeout=timeout)

@@ -4,6 +4,8 @@
 
 Steward (one uvicorn worker) is pinned to CPU 0; the upstream, the load generators (wrk, sseload,
 asyncio clients), the request-log worker (at nice 19) and a Redis of the bench's own to CPU 1.
+The request-log consumer is paused while Steward is measured and drains the records in between
+(`--live-log-consumer` keeps it running).
 Every scenario runs for a bounded time against 127.0.0.1 only, first straight at the upstream
 ("direct") and then through Steward with the full pipeline (key auth, routing, rate limits,
 budgets, request log). Children run in their own sessions and are stopped on exit, error or Ctrl-C.
@@ -183,6 +185,7 @@ class Bench:
         self.target = None
         self.results: dict[str, Measured] = {}
         self.notes: list[str] = []
+        self.worker: subprocess.Popen | None = None
         self.worker_started = False
         self.steward_requests = 0
 
@@ -278,6 +281,7 @@ class Bench:
                 background=True,
             )
             self._worker_wait_ready(worker)
+            self.worker = worker
             self.worker_started = True
         else:
             self.notes.append("no request-log consumer task found: records stay in the Redis buffer")
@@ -416,17 +420,45 @@ class Bench:
             model=self.target.model, stream=stream, prompt=self.target.prompt if scenario.prompt else None
         )
         headers = self.steward_headers()
-        self.load(scenario, url=steward_url, body=body, headers=headers, duration=warmup)
-        cpu_before = cpu_seconds(self.steward.pid)
-        measured.steward = self.load(scenario, url=steward_url, body=body, headers=headers, duration=duration)
+        with self.consumer_paused():
+            self.load(scenario, url=steward_url, body=body, headers=headers, duration=warmup)
+            cpu_before = cpu_seconds(self.steward.pid)
+            measured.steward = self.load(scenario, url=steward_url, body=body, headers=headers, duration=duration)
+            cpu_used = cpu_seconds(self.steward.pid) - cpu_before
         self.steward_requests += measured.steward.requests
-        cpu_used = cpu_seconds(self.steward.pid) - cpu_before
         if measured.steward.requests:
             measured.cpu_ms_per_request = cpu_used * 1000 / measured.steward.requests
         measured.peak_rss_mb = peak_rss_bytes(self.steward.pid) / MB
         if measured.steward.errors:
             measured.notes.append(f"steward errors: {dict(measured.steward.statuses)}")
         return measured
+
+    @contextlib.contextmanager
+    def consumer_paused(self):
+        """Stop the request-log consumer for a measured run, then let it drain the backlog.
+
+        Steward's part of the request log is the hand-off to the Redis stream, which is measured. The
+        consumer's batched writes (and PostgreSQL's work on them) belong on other machines; on this
+        two-core box they would share the load generator's and upstream's core, which the direct
+        run does not have to, and the records wait in Redis by design."""
+        worker = self.worker
+        if worker is None or self.args.live_log_consumer or worker.poll() is not None:
+            yield
+            return
+        group = os.getpgid(worker.pid)
+        os.killpg(group, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(group, signal.SIGCONT)
+        self.backlog_wait()
+
+    def backlog_wait(self, timeout: float = 60.0) -> None:
+        from proxy.requestlog import request_log_backlog
+
+        deadline = time.monotonic() + timeout
+        while self.worker_started and request_log_backlog() > 0 and time.monotonic() < deadline:
+            time.sleep(0.25)
 
     def run(self) -> None:
         chosen = scenarios_all(with_prompt=self.target is not None and self.target.prompt is not None)
@@ -468,9 +500,7 @@ class Bench:
         from proxy.models import RequestLog
         from proxy.requestlog import request_log_backlog
 
-        deadline = time.monotonic() + timeout
-        while self.worker_started and request_log_backlog() > 0 and time.monotonic() < deadline:
-            time.sleep(0.5)
+        self.backlog_wait(timeout)
         logs = RequestLog.objects.filter(organisation=self.target.organisation)
         rows = logs.count()
         summary = (
@@ -629,6 +659,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-wrk",
         action="store_true",
         help="use the asyncio clients for closed loops and streams (no wrk, no sseload)",
+    )
+    parser.add_argument(
+        "--live-log-consumer",
+        action="store_true",
+        help="keep the request-log consumer running during measured runs (it shares the load CPU)",
     )
     parser.add_argument("--log-dir", default="var/bench", help="children's logs go here")
     parser.add_argument(

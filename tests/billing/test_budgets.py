@@ -223,6 +223,19 @@ def test_period_bounds_follow_the_organisations_calendar():
     assert period_bounds("total", at=at, time_zone="UTC")[1] is None
 
 
+def test_period_bounds_move_on_at_the_boundary_and_back_in_time():
+    """They are remembered per period and zone; each call still gets the period that contains `at`."""
+    last_day = dt.datetime(2026, 3, 29, 21, 59, tzinfo=dt.UTC)  # 23:59 in Berlin, summer time from 02:00
+    day, next_day = (
+        period_bounds("day", at=last_day, time_zone="Europe/Berlin"),
+        period_bounds("day", at=last_day + dt.timedelta(minutes=2), time_zone="Europe/Berlin"),
+    )
+    assert day == (dt.datetime(2026, 3, 28, 23, 0, tzinfo=dt.UTC), dt.datetime(2026, 3, 29, 22, 0, tzinfo=dt.UTC))
+    assert next_day == (dt.datetime(2026, 3, 29, 22, 0, tzinfo=dt.UTC), dt.datetime(2026, 3, 30, 22, 0, tzinfo=dt.UTC))
+    assert period_bounds("day", at=last_day, time_zone="Europe/Berlin") == day
+    assert period_bounds("day", at=last_day, time_zone="UTC")[0] == dt.datetime(2026, 3, 29, tzinfo=dt.UTC)
+
+
 def _worker(*args: str, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.billing.budget_worker", *args],

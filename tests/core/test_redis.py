@@ -69,6 +69,55 @@ def test_a_started_batch_is_on_the_wire_before_anything_sent_after_it():
     assert replies[0] == b"OK" and replies[1] >= 1
 
 
+def test_a_started_batch_leaves_before_the_event_loop_turns_again():
+    """abatch_start writes at once: another client sees its effect while this loop is still blocked."""
+    key = "test:core:started-now"
+    redis_client().delete(key)
+
+    async def run():
+        await abatch([Command("PING")])  # connected
+        pending = abatch_start([Command("SET", key, "settled")])
+        deadline = time.monotonic() + 2
+        seen = None
+        while seen is None and time.monotonic() < deadline:
+            seen = redis_client().get(key)  # blocks this loop: only a write already made can be seen
+        return seen, await pending
+
+    seen, replies = asyncio.run(run())
+    assert seen == b"settled"
+    assert replies == [b"OK"]
+
+
+def test_commands_from_one_turn_of_the_loop_leave_in_one_write():
+    writes = []
+
+    async def one(i: int):
+        [reply] = await abatch([ECHO.call([f"k{i}"], [i])])
+        return reply
+
+    async def run():
+        await abatch([Command("PING")])
+        transport = core_redis._mux().transport
+        write = transport.write
+
+        def counting(data):
+            writes.append(data)
+            write(data)
+
+        transport.write = counting
+        return await asyncio.gather(*(one(i) for i in range(50)))
+
+    replies = asyncio.run(run())
+    assert replies == [[f"k{i}".encode(), str(i).encode()] for i in range(50)]
+    assert len(writes) == 1 and writes[0].count(b"EVALSHA") == 50
+
+
+def test_arguments_redis_cannot_take_are_refused_before_sending():
+    for bad in (True, None, ["list"]):
+        with pytest.raises(TypeError, match="cannot send"):
+            asyncio.run(abatch([Command("SET", "test:core:bad", bad)]))
+
+
 def test_scripts_redis_has_forgotten_are_sent_again_in_full():
     async def both():
         single = await abatch([ECHO.call(["k"], ["a"])])

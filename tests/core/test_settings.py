@@ -106,3 +106,20 @@ def test_prod_turns_debug_off(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_hot_settings_follow_changes_made_by_tests(settings):
+    from django.test import override_settings
+
+    from core.conf import hot
+
+    def attempts() -> int:
+        return hot.STEWARD_PROXY_MAX_ATTEMPTS
+
+    original = attempts()
+    assert original == settings.STEWARD_PROXY_MAX_ATTEMPTS
+    with override_settings(STEWARD_PROXY_MAX_ATTEMPTS=original + 2):
+        assert attempts() == original + 2
+    assert attempts() == original
+    settings.STEWARD_PROXY_MAX_ATTEMPTS = original + 3
+    assert attempts() == original + 3
