@@ -9,6 +9,7 @@ client gets an OpenAI error envelope, never an HTML page.
 
 from __future__ import annotations
 
+import gc
 import logging
 
 from core.redis import aredis_client, bounded
@@ -48,6 +49,11 @@ async def _lifespan(receive, send) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            # Everything imported so far (Django, litellm's tables, the apps) lives as long as the
+            # process. Frozen, the collector stops walking it: a full collection had taken 60-80 ms
+            # with it, every few seconds under load, and set the proxy's p99.
+            gc.collect()
+            gc.freeze()
             upstream.pool()
             try:
                 await bounded(scripts_load(aredis_client()))

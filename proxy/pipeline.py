@@ -166,8 +166,9 @@ class ProxyRequest:
         "started_at",
         "status",
         "stream",
-        "stream_chunks",
-        "stream_text",
+        "stream_data",
+        "stream_parsed",
+        "stream_pieces",
         "t0",
         "table",
         "task",
@@ -212,8 +213,9 @@ class ProxyRequest:
         self.response_started = False
         self.response_done = False
         self.response_data: dict | None = None
-        self.stream_text: list[str] = []
-        self.stream_chunks = 0
+        self.stream_data: list[bytes] = []  # the data of content events, parsed only when needed
+        self.stream_parsed = 0
+        self.stream_pieces: list[str] = []
         self.disconnected = False
         self.task = None
         self.slot = False
@@ -921,7 +923,31 @@ class ProxyRequest:
     def _stream_tokens(self) -> int:
         if self.usage:
             return self.usage["prompt_tokens"] + self.usage["completion_tokens"]
-        return self.stream_chunks
+        return len(self._stream_content())
+
+    def _stream_content(self) -> list[str]:
+        """The text pieces streamed so far, one per content chunk. Parsed here rather than as they
+        pass: only a stream without usage (cancelled, or an upstream that reports none) or a stored
+        body needs them, and parsing every chunk on the way costs the hot path."""
+        data = self.stream_data
+        if self.stream_parsed < len(data):
+            pieces = self.stream_pieces
+            chat = self.endpoint == CHAT
+            for raw in data[self.stream_parsed :]:
+                try:
+                    chunk = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue
+                if not isinstance(chunk, dict):
+                    continue
+                for choice in chunk.get("choices") or ():
+                    if not isinstance(choice, dict):
+                        continue
+                    piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                    if piece and isinstance(piece, str):
+                        pieces.append(piece)
+            self.stream_parsed = len(data)
+        return self.stream_pieces
 
     async def _forward(self, batch: list[bytes]) -> None:
         """Pass a batch of upstream events on in one write, reading usage and text on the way."""
@@ -944,8 +970,12 @@ class ProxyRequest:
         data = event[6:] if event.startswith(b"data: ") else event[5:] if event.startswith(b"data:") else None
         if data is None:
             return event
-        if data.strip() == b"[DONE]":
-            return None
+        if b'"usage"' not in data and b'"error"' not in data:
+            # A plain content chunk (or [DONE]): passed on untouched, read later if at all.
+            if data.strip() == b"[DONE]":
+                return None
+            self.stream_data.append(data)
+            return event
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -954,6 +984,8 @@ class ProxyRequest:
             if chunk.get("error"):
                 message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else str(chunk["error"])
                 raise TransientUpstreamError(f"Upstream error mid-stream: {message}")
+            if chunk.get("choices"):
+                self.stream_data.append(data)
             usage = chunk.get("usage")
             if usage:
                 self.usage = _usage_from(chunk)
@@ -962,11 +994,6 @@ class ProxyRequest:
                         return None
                     del chunk["usage"]
                     event = b"data: " + orjson.dumps(chunk)
-            for choice in chunk.get("choices") or ():
-                piece = (choice.get("delta") or {}).get("content") if self.endpoint == CHAT else choice.get("text")
-                if piece:
-                    self.stream_chunks += 1
-                    self.stream_text.append(piece)
         return event
 
     async def start_stream(self) -> None:
@@ -1042,19 +1069,23 @@ class ProxyRequest:
         return (
             (self.status == "ok" and not self.cache_hit)
             or (self.status == "cancelled" and last == "cancelled")
-            or (self.status == "error" and self.stream_chunks > 0)
+            or (self.status == "error" and bool(self.stream and self._stream_content()))
         )
 
     async def _estimate_usage(self) -> None:
         """No usage from the upstream (or a cancelled stream): count with the model's tokenizer, off the loop."""
         attempt = self.attempts[-1]
         if self.endpoint == CHAT:
-            completion = "".join(self.stream_text) if self.stream else _response_text(CHAT, self.response_data or {})
+            completion = (
+                "".join(self._stream_content()) if self.stream else _response_text(CHAT, self.response_data or {})
+            )
             messages = self.body.get("messages") or []
             prompt_args = {"messages": messages}
         elif self.endpoint == COMPLETIONS:
             completion = (
-                "".join(self.stream_text) if self.stream else _response_text(COMPLETIONS, self.response_data or {})
+                "".join(self._stream_content())
+                if self.stream
+                else _response_text(COMPLETIONS, self.response_data or {})
             )
             prompt = self.body.get("prompt")
             prompt_args = {"text": prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()}
@@ -1081,7 +1112,7 @@ class ProxyRequest:
             logger.exception("token counting failed; usage estimated from chunks")
             usage = {
                 "prompt_tokens": 0,
-                "completion_tokens": self.stream_chunks,
+                "completion_tokens": len(self._stream_content()) if self.stream else 0,
                 "cached_tokens": 0,
                 "reasoning_tokens": 0,
                 "estimated": True,
@@ -1161,7 +1192,9 @@ class ProxyRequest:
             "attempts": self.attempts,
         }
         if self.table is not None and self.table.store_bodies and self.client_body is not None:
-            response = {"stream": True, "content": "".join(self.stream_text)} if self.stream else self.response_data
+            response = (
+                {"stream": True, "content": "".join(self._stream_content())} if self.stream else self.response_data
+            )
             record["bodies"] = {"request": self.client_body, "response": response}
         return record
 

@@ -287,3 +287,34 @@ def test_https_verifies_the_certificate_and_sends_the_host_name(monkeypatch):
         run(main(trusted=False))
     assert run(main(trusted=True)) == b"secure"
     assert "localhost" in seen_names
+
+
+def test_finished_exchanges_leave_no_reference_cycles():
+    """Each call's objects are freed by reference counting, not left to the cyclic collector,
+    whose full passes stall the proxy's event loop."""
+    import gc
+
+    async def handler(server, reader, writer):
+        while await server.read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+            await writer.drain()
+
+    async def main():
+        async with Server(handler) as server:
+            pool = httpclient.Pool(asyncio.get_running_loop())
+            for _ in range(20):
+                await _client_request(pool, server.url())
+            response = await pool.request(server.url(), b"", BODY)
+            response.close()  # abandoned half-way: also freed
+            pool.close()
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        run(main())
+        gc.collect()
+        leaked = [o for o in gc.garbage if isinstance(o, httpclient.Response)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert leaked == []

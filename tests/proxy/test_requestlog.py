@@ -106,6 +106,33 @@ def test_bodies_stored_only_when_enabled_and_purged_after_retention(proxy):
     assert RequestLog.objects.filter(request_id=saved.request_id).exists()  # the log row itself stays
 
 
+def test_a_stored_stream_body_is_the_text_the_client_received(proxy, dev_upstream):
+    """Stream chunks pass through unparsed; the stored body is read from them afterwards, in order."""
+    import openai
+
+    reply = "Zürich 漢字 🙂 " + " ".join(f"t{i}" for i in range(40))
+    dev_upstream.control(reply=reply)
+    proxy_settings_update(organisation=proxy.organisation, store_bodies=True, body_retention_days=2, actor=ACTOR)
+    client = openai.OpenAI(base_url=proxy.url, api_key=proxy.secret, max_retries=0)
+    from tests.proxy.conftest import wait_for
+
+    def streamed():
+        stream = client.chat.completions.with_raw_response.create(
+            model="dev-small", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        request_id = stream.headers["x-request-id"]
+        text = "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+        log_of(request_id)
+        saved = RequestBody.objects.filter(request_id=request_id).first()
+        return (text, saved) if saved is not None else None
+
+    text, saved = wait_for(streamed, timeout=5)
+    assert text == reply
+    assert saved.response == {"stream": True, "content": reply}
+    row = RequestLog.objects.get(request_id=saved.request_id)
+    assert not row.usage_estimated and row.completion_tokens > 0
+
+
 def test_requests_without_an_organisation_are_not_logged(proxy, redis_clean):
     r = requests.post(f"{proxy.url}/chat/completions", json={}, headers={"Authorization": "Bearer stw_nope"}, timeout=5)
     assert r.status_code == 401
