@@ -69,6 +69,7 @@ PROMPT_PARAMS = frozenset(
     }
 )
 CIRCUIT_PROBE_MS = 30_000
+WATCH_AFTER_SECONDS = 0.1  # streams start watching for a hang-up this long after they begin
 
 _state = {"in_flight": 0}
 
@@ -171,10 +172,12 @@ class ProxyRequest:
         "stream_pieces",
         "t0",
         "table",
+        "tail",
         "task",
         "timings",
         "upstream_s",
         "usage",
+        "watcher",
     )
 
     def __init__(self, scope, receive, send, endpoint: str):
@@ -218,6 +221,8 @@ class ProxyRequest:
         self.stream_pieces: list[str] = []
         self.disconnected = False
         self.task = None
+        self.watcher: asyncio.Task | None = None
+        self.tail = b""  # the stream's last events, sent with [DONE]
         self.slot = False
         self.no_cache = False
         self.overhead_header_ms = 0.0
@@ -247,10 +252,12 @@ class ProxyRequest:
                 return
             await self.read_body()
             if self.stream:
-                # Only streams watch for the client going away (a task per request is not free);
-                # a non-streaming request learns of it when its answer cannot be sent.
+                # Only streams watch for the client going away, and only those still running after
+                # WATCH_AFTER_SECONDS: a watching task costs about a tenth of a short stream's CPU,
+                # and a client that hangs up sooner is noticed when the watch starts.
+                # A non-streaming request learns of it when its answer cannot be sent.
                 self.task = asyncio.current_task()
-                watcher = asyncio.ensure_future(self._watch_disconnect())
+                watcher = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, self._watch_start)
             await self.resolve_prompt()
             await self.pre_filters()
             if self.stream:
@@ -277,6 +284,8 @@ class ProxyRequest:
         finally:
             if watcher is not None:
                 watcher.cancel()
+                if self.watcher is not None:
+                    self.watcher.cancel()
             if self.slot:
                 _state["in_flight"] -= 1
         # Limits released and cost settled *before* the last bytes go out (written to Redis, which
@@ -302,12 +311,15 @@ class ProxyRequest:
             await self.send_json(200, self.final[0], cache=self.final[1])
         elif self.stream and self.response_started and not self.response_done:
             self.response_done = True
-            await self.send({"type": "http.response.body", "body": DONE, "more_body": False})
+            await self.send({"type": "http.response.body", "body": self.tail + DONE, "more_body": False})
 
     def fail(self, exc: ProxyError) -> None:
         self.error = exc
         self.status = exc.outcome
         self.http_status = exc.status
+
+    def _watch_start(self) -> None:
+        self.watcher = asyncio.ensure_future(self._watch_disconnect())
 
     async def _watch_disconnect(self) -> None:
         while True:
@@ -820,6 +832,10 @@ class ProxyRequest:
             )
             batches = stream.batches()
             closer = stream.close
+
+            def finished() -> bool:
+                return stream.finished
+
         else:
             chunks = await llm.astream(
                 endpoint=self.endpoint,
@@ -836,6 +852,9 @@ class ProxyRequest:
                     yield [b"data: " + orjson.dumps(chunk)]
 
             batches = _batches()
+
+            def finished() -> bool:
+                return False  # litellm's iterator cannot tell
 
             async def closer():
                 with contextlib.suppress(Exception):
@@ -854,7 +873,7 @@ class ProxyRequest:
         except BaseException:
             await closer()
             raise
-        return (first, batches, closer)
+        return (first, batches, closer, finished)
 
     async def call_streaming(self) -> None:
         t = time.perf_counter()
@@ -869,7 +888,7 @@ class ProxyRequest:
 
         timer = asyncio.get_running_loop().call_later(interval, slow_first_token)
         try:
-            first, batches, closer = await self._attempt_loop(self._one_stream)
+            first, batches, closer, finished = await self._attempt_loop(self._one_stream)
         finally:
             timer.cancel()
             if keepalive is not None:
@@ -882,12 +901,15 @@ class ProxyRequest:
         deployment = self.deployment
         attempt = self.attempts[-1]
         try:
-            await self._forward(first)
-            # The first token is out: let streams still waiting for theirs (already woken, in the
-            # loop's ready queue) go ahead of this one's remaining chunks, settlement and log.
-            await asyncio.sleep(0)
+            # A batch known to be the stream's last waits for [DONE] and goes out with it, one write
+            # instead of two; with a fast upstream that is often the first batch, i.e. everything.
+            await self._forward(first, hold=finished())
+            if not self.tail:
+                # The first token is out: let streams still waiting for theirs (already woken, in the
+                # loop's ready queue) go ahead of this one's remaining chunks, settlement and log.
+                await asyncio.sleep(0)
             async for batch in batches:
-                await self._forward(batch)
+                await self._forward(batch, hold=finished())
         except (TransientUpstreamError, PermanentUpstreamError) as exc:
             attempt.update(status="error", error_type=exc.code, http_status=exc.status)
             self.pending_finish = (deployment, "fail", self._stream_tokens())
@@ -949,8 +971,9 @@ class ProxyRequest:
             self.stream_parsed = len(data)
         return self.stream_pieces
 
-    async def _forward(self, batch: list[bytes]) -> None:
-        """Pass a batch of upstream events on in one write, reading usage and text on the way."""
+    async def _forward(self, batch: list[bytes], hold: bool = False) -> None:
+        """Pass a batch of upstream events on in one write, reading usage on the way (`hold`: keep
+        them for the write that ends the response)."""
         out = []
         try:
             for event in batch:
@@ -960,7 +983,9 @@ class ProxyRequest:
                     out.append(b"\n\n")
         finally:
             # Events ahead of an upstream error event still reach the client, as they would one by one.
-            if out:
+            if out and (hold or self.tail):
+                self.tail += b"".join(out)
+            elif out:
                 await self.send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
 
     def _event_out(self, event: bytes) -> bytes | None:
@@ -1007,9 +1032,8 @@ class ProxyRequest:
     async def send_stream_error(self, error: ProxyError) -> None:
         self.response_done = True
         with contextlib.suppress(Exception):
-            await self.send(
-                {"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n", "more_body": True}
-            )
+            event = self.tail + b"data: " + error.body() + b"\n\n"
+            await self.send({"type": "http.response.body", "body": event, "more_body": True})
             await self.send({"type": "http.response.body", "body": DONE, "more_body": False})
 
     # --- responses ----------------------------------------------------------------------------

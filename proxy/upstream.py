@@ -142,6 +142,12 @@ class SSEStream:
         self._resp = resp
         self._name = name
         self._read_timeout = read_timeout
+        self._rest = b""
+
+    @property
+    def finished(self) -> bool:
+        """Every byte of the stream has arrived and been handed out: the last batch was the last."""
+        return self._resp.at_eof and not self._rest.strip()
 
     async def batches(self) -> AsyncIterator[list[bytes]]:
         buffer = b""
@@ -169,6 +175,7 @@ class SSEStream:
                 *events, buffer = buffer.split(b"\n\n")
                 events = [event for event in events if event]
                 if events:
+                    self._rest = buffer
                     yield events
             if buffer.strip():
                 yield [buffer.strip()]

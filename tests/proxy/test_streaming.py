@@ -90,6 +90,25 @@ def test_client_disconnect_cancels_the_upstream_and_is_logged(proxy, dev_upstrea
     assert row.attempts[0]["status"] == "cancelled"
 
 
+def test_a_hang_up_before_the_first_token_cancels_the_upstream_too(proxy, dev_upstream):
+    """Streams start watching for a hang-up a little after they begin; one that comes sooner still
+    reaches the upstream within a second."""
+    dev_upstream.control(delay_ms=3000)
+    host, port = proxy.url.split("//")[1].split("/")[0].split(":")
+    payload = json.dumps({"model": "dev-small", "stream": True, "messages": [{"role": "user", "content": "x"}]})
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {proxy.secret}\r\nContent-Length: {len(payload)}\r\n\r\n{payload}".encode()
+    )
+    wait_for(lambda: dev_upstream.stats()["in_flight"] == 1, timeout=5, interval=0.005)
+    hung_up = time.monotonic()
+    sock.close()
+    wait_for(lambda: dev_upstream.stats()["cancelled"] == 1, timeout=1.0, interval=0.02)
+    assert time.monotonic() - hung_up < 1.0
+    assert dev_upstream.stats()["completed"] == 0
+
+
 def test_slow_reader_gets_the_whole_stream(proxy, dev_upstream):
     # Backpressure: the proxy waits on the client instead of buffering; a slow reader still gets everything.
     reply = " ".join(f"token{i}" for i in range(300))
