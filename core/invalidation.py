@@ -11,6 +11,7 @@ dropped and not trusted until it can, so a revocation is never missed for longer
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -86,8 +87,17 @@ class _Registry:
 
     def trusted(self) -> bool:
         """Caches are only used while the poller has recently seen the generations."""
+        bound = hot.STEWARD_INVALIDATION_POLL_SECONDS * 3
+        if time.monotonic() - self._last_ok < bound:
+            return True  # a poll this recent means the poller runs (a fork resets _last_ok)
         self._ensure_thread()
-        return time.monotonic() - self._last_ok < hot.STEWARD_INVALIDATION_POLL_SECONDS * 3
+        return time.monotonic() - self._last_ok < bound
+
+    def after_fork(self) -> None:
+        # The child has the parent's caches but not its poller thread.
+        self._thread = None
+        self._lock = threading.Lock()
+        self._last_ok = 0.0
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -127,6 +137,7 @@ class _Registry:
 
 
 _registry = _Registry()
+os.register_at_fork(after_in_child=_registry.after_fork)
 
 
 def invalidate(namespace: str) -> None:

@@ -47,10 +47,8 @@ class Origin:
     host: str
     port: int
     path: str
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.scheme, self.host, self.port)
+    key: tuple[str, str, int]
+    head: bytes  # the request line and Host header
 
 
 _origins: dict[str, Origin] = {}
@@ -65,7 +63,17 @@ def origin_of(url: str) -> Origin:
             raise HTTPClientError(f"not an http(s) URL: {url!r}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        origin = Origin(parts.scheme, parts.hostname, port, path)
+        default = 443 if parts.scheme == "https" else 80
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        host_header = (host if port == default else f"{host}:{port}").encode("idna")
+        origin = Origin(
+            parts.scheme,
+            parts.hostname,
+            port,
+            path,
+            (parts.scheme, parts.hostname, port),
+            b"POST %s HTTP/1.1\r\nHost: %s\r\n" % (path.encode(), host_header),
+        )
         if len(_origins) < 10_000:
             _origins[url] = origin
     return origin
@@ -390,13 +398,12 @@ class Pool:
         if self.closed:
             raise HTTPClientError("the client is closed")
         origin = origin_of(url)
-        head = b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\nAccept-Encoding: gzip, deflate\r\n%s\r\n" % (
-            origin.path.encode(),
-            _host_header(origin),
+        message = b"%sContent-Length: %d\r\nAccept-Encoding: gzip, deflate\r\n%s\r\n%s" % (
+            origin.head,
             len(body),
             headers,
+            body,
         )
-        message = head + body
         for _ in range(2):
             conn = self._take(origin.key)
             if conn is None:
@@ -422,12 +429,6 @@ class Pool:
             for conn in list(idle):
                 conn.close()
         self.idle.clear()
-
-
-def _host_header(origin: Origin) -> bytes:
-    default = 443 if origin.scheme == "https" else 80
-    host = f"[{origin.host}]" if ":" in origin.host else origin.host
-    return (host if origin.port == default else f"{host}:{origin.port}").encode("idna")
 
 
 def header_lines(headers: dict[str, str]) -> bytes:
