@@ -143,9 +143,7 @@ def abatch_start(calls: list[ScriptCall | Command]) -> Awaitable[list]:
     """`abatch`, with the commands written at once when the connection is up (a caller can answer its
     client while Redis works, and anything this process sends later runs after them); await the
     result for the replies. It must be awaited."""
-    mux = _mux()
-    packed = [call.packed() for call in calls]
-    return _replies(mux, calls, packed, mux.write(packed, len(calls), now=True))
+    return _send(calls, now=True)
 
 
 async def abatch(calls: list[ScriptCall | Command]) -> list:
@@ -157,9 +155,13 @@ async def abatch(calls: list[ScriptCall | Command]) -> list:
     `ResponseError` instance in its place, not raised; a script Redis had forgotten (after a restart)
     is sent again in full. Raises a `RedisError` only when Redis cannot be reached or does not answer
     within COMMAND_TIMEOUT_SECONDS."""
+    return await _send(calls, now=False)
+
+
+def _send(calls: list[ScriptCall | Command], *, now: bool) -> Awaitable[list]:
     mux = _mux()
     packed = [call.packed() for call in calls]
-    return await _replies(mux, calls, packed, mux.write(packed, len(calls)))
+    return _replies(mux, calls, packed, mux.write(packed, len(calls), now=now))
 
 
 async def _replies(mux: RedisMux, calls: list, packed: list[bytes], futures: list | None) -> list:

@@ -238,7 +238,7 @@ class ProxyRequest:
 
     async def run(self) -> None:
         request_id_var.set(self.request_id)
-        watcher = None
+        watch_timer = None
         try:
             await self.authenticate()
             if _state["in_flight"] >= hot.STEWARD_PROXY_MAX_IN_FLIGHT:
@@ -257,7 +257,7 @@ class ProxyRequest:
                 # and a client that hangs up sooner is noticed when the watch starts.
                 # A non-streaming request learns of it when its answer cannot be sent.
                 self.task = asyncio.current_task()
-                watcher = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, self._watch_start)
+                watch_timer = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, self._watch_start)
             await self.resolve_prompt()
             await self.pre_filters()
             if self.stream:
@@ -282,8 +282,8 @@ class ProxyRequest:
             logger.exception("unexpected error in the proxy pipeline")
             self.fail(internal_error(self.request_id))
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            if watch_timer is not None:
+                watch_timer.cancel()
                 if self.watcher is not None:
                     self.watcher.cancel()
             if self.slot:

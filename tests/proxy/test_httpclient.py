@@ -68,6 +68,17 @@ async def _client_request(pool, url, headers=b"Content-Type: application/json\r\
     return response, await response.body()
 
 
+async def _two_requests_on_one_pool(handler, pause: float = 0.0):
+    """Two requests one after the other through one pool; returns the server and the second body."""
+    async with Server(handler) as server:
+        pool = httpclient.Pool(asyncio.get_running_loop())
+        await _client_request(pool, server.url())
+        await asyncio.sleep(pause)
+        _, body = await _client_request(pool, server.url())
+        pool.close()
+        return server, body
+
+
 def test_keep_alive_reuses_one_connection_and_sends_one_well_formed_request_each_time():
     async def handler(server, reader, writer):
         while (body := await server.read_request(reader)) is not None:
@@ -135,16 +146,8 @@ def test_an_idle_connection_the_server_closed_is_replaced_without_losing_the_req
         await writer.drain()
         # Keep-alive was promised, but the server drops the idle connection (as servers do after a timeout).
 
-    async def main():
-        async with Server(one_answer_then_close) as server:
-            pool = httpclient.Pool(asyncio.get_running_loop())
-            await _client_request(pool, server.url())
-            await asyncio.sleep(0.1)  # the close reaches the client while the connection is idle
-            _, body = await _client_request(pool, server.url())
-            pool.close()
-            return server, body
-
-    server, body = run(main())
+    # The pause lets the close reach the client while the connection is idle.
+    server, body = run(_two_requests_on_one_pool(one_answer_then_close, pause=0.1))
     assert body == b"ok"
     assert server.connections == 2
     assert len(server.requests) == 2, "each request reached the server exactly once"
@@ -162,15 +165,7 @@ def test_a_stale_connection_found_on_write_is_retried_once_on_a_new_one():
             return
         await server.read_request(reader)
 
-    async def main():
-        async with Server(handler) as server:
-            pool = httpclient.Pool(asyncio.get_running_loop())
-            await _client_request(pool, server.url())
-            _, body = await _client_request(pool, server.url())
-            pool.close()
-            return server, body
-
-    server, body = run(main())
+    server, body = run(_two_requests_on_one_pool(handler))
     assert body == b"ok"
     assert server.connections == 2
 
