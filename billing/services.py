@@ -37,7 +37,6 @@ from decimal import Decimal
 from pathlib import Path
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -335,7 +334,7 @@ def worst_case_cost(*, price: PriceInfo | None, input_text_bytes: int, max_outpu
         return ZERO
     out = max_output_tokens if max_output_tokens is not None else price.max_output_tokens
     if out is None:
-        out = settings.STEWARD_BILLING_DEFAULT_MAX_OUTPUT_TOKENS
+        out = hot.STEWARD_BILLING_DEFAULT_MAX_OUTPUT_TOKENS
     input_tokens = max(input_text_bytes, 0) + INPUT_OVERHEAD_TOKENS
     total = (
         price.request_fee
@@ -540,10 +539,68 @@ class BillingConfig:
     fail_open: bool
     rules: tuple[BudgetRule, ...]
     ceilings: dict[int, Decimal]
+    # (api key, team, prompt) -> the hard budgets that apply and their current periods; it lives and
+    # dies with this config, so a changed budget (a new config) never meets a stale entry.
+    windows: dict = field(default_factory=dict, compare=False, repr=False)
 
-    @property
+    @functools.cached_property
     def idle(self) -> bool:
         return not self.ceilings and not any(r.hard_limit for r in self.rules)
+
+
+@dataclass(frozen=True)
+class BudgetWindow:
+    """One hard budget in its current period, with what its Redis counters need."""
+
+    rule: BudgetRule
+    start: datetime
+    end: datetime | None
+    prefix: str
+    keys: tuple[str, ...]
+    limit_nano: int
+    expire_at_ms: int
+
+    @property
+    def applicable(self) -> tuple[BudgetRule, datetime, datetime | None, str]:
+        return (self.rule, self.start, self.end, self.prefix)
+
+
+WINDOWS_PER_CONFIG = 10_000
+MAX_DATETIME = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def budget_windows(config: BillingConfig, scope: BudgetScope, now: datetime) -> tuple[BudgetWindow, ...]:
+    """The hard budgets that apply to `scope` at `now`. Every priced request asks and the answer
+    only changes when one of the periods ends, so it is kept on the config until then."""
+    memo_key = (scope.api_key_id, scope.team_id, scope.prompt_id)
+    memo = config.windows.get(memo_key)
+    if memo is not None and memo[0] <= now < memo[1]:
+        return memo[2]
+    windows = []
+    valid_from, valid_until = EPOCH, MAX_DATETIME
+    for rule in config.rules:
+        if rule.hard_limit and rule.applies(scope):
+            start, end = period_bounds(rule.period, at=now, time_zone=config.time_zone)
+            prefix = _budget_key_prefix(rule, start)
+            windows.append(
+                BudgetWindow(
+                    rule=rule,
+                    start=start,
+                    end=end,
+                    prefix=prefix,
+                    keys=tuple(_period_keys(prefix)),
+                    limit_nano=nano_ceil(rule.amount) if rule.amount > 0 else 0,
+                    expire_at_ms=_keys_expire_at_ms(end),
+                )
+            )
+            valid_from = max(valid_from, start)
+            if end is not None:
+                valid_until = min(valid_until, end)
+    result = tuple(windows)
+    if len(config.windows) >= WINDOWS_PER_CONFIG:
+        config.windows.clear()
+    config.windows[memo_key] = (valid_from, valid_until, result)
+    return result
 
 
 def billing_config_load(organisation_id: int) -> BillingConfig:
@@ -934,24 +991,23 @@ async def abudget_reserve_plan(
             resets_at=None,
             retry_after=None,  # retrying the same request cannot help
         )
-    applicable = []
-    for rule in config.rules:
-        if rule.hard_limit and rule.applies(scope):
-            start, end = period_bounds(rule.period, at=now, time_zone=config.time_zone)
-            applicable.append((rule, start, end, _budget_key_prefix(rule, start)))
-    if not applicable:
+    windows = budget_windows(config, scope, now)
+    if not windows:
         return ReservePlan(reservation)
     amount_nano = nano_ceil(worst)
+    amount = nano_to_decimal(amount_nano)
     now_ms = int(now.timestamp() * 1000)
     ttl_ms = int(hot.STEWARD_BILLING_RESERVATION_TTL_SECONDS * 1000)
     keys: list[str] = []
-    args: list = [now_ms, now_ms + ttl_ms, rid, len(applicable)]
-    for rule, _start, end, prefix in applicable:
-        keys.extend(_period_keys(prefix))
-        args.extend([nano_ceil(rule.amount) if rule.amount > 0 else 0, amount_nano, _keys_expire_at_ms(end)])
-    for rule, _start, _end, prefix in applicable:
-        reservation.amounts[str(rule.id)] = nano_to_decimal(amount_nano)
-        reservation.keys[str(rule.id)] = prefix
+    args: list = [now_ms, now_ms + ttl_ms, rid, len(windows)]
+    applicable = []
+    for window in windows:
+        keys.extend(window.keys)
+        args.extend((window.limit_nano, amount_nano, window.expire_at_ms))
+        rule_id = str(window.rule.id)
+        reservation.amounts[rule_id] = amount
+        reservation.keys[rule_id] = window.prefix
+        applicable.append(window.applicable)
     return ReservePlan(reservation, RESERVE.call(keys, args), config, applicable, now)
 
 

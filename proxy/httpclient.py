@@ -12,7 +12,9 @@ trust store, SNI), chunked and length-delimited bodies and bodies that end with 
 gzip and deflate, and back-pressure (a response whose reader falls behind stops reading from the
 socket past READ_HIGH_WATER bytes). A request that finds its pooled connection closed by the
 server before any byte of the answer is sent again once on a new connection: the server dropped
-an idle connection and never saw it. What it does not do: proxies from the environment, HTTP/2,
+an idle connection and never saw it. Waits are bounded by deadlines (`Pool.request(timeout=)`,
+`Response.read(timeout=)`): a response that misses one fails with `Timeout` and drops its
+connection. What it does not do: proxies from the environment, HTTP/2,
 redirects, cookies; OpenAI-compatible APIs need none of them.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import ssl
 import time
 import zlib
@@ -39,6 +42,10 @@ class HTTPClientError(Exception):
 
 class ConnectionLost(HTTPClientError):
     pass
+
+
+class Timeout(HTTPClientError):
+    """A deadline passed while waiting for the server."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +97,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.response: Response | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     # asyncio.Protocol
 
@@ -109,15 +118,45 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._disarm()
         self.pool.forget(self)
         if self.response is not None:
             self.response.lost(exc)
+
+    # deadlines: one lazy timer per connection. A wait whose deadline is later than the armed timer
+    # costs no timer operation; an early firing re-arms. Most waits end long before their deadline,
+    # so a stream costs about no timer at all, where asyncio.timeout costs one per wait.
+
+    def arm(self, deadline: float) -> None:
+        if self._timer is None or deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.pool.loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = math.inf
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        response = self.response
+        if response is None or response._waiter is None:
+            return  # nobody is waiting: the next wait arms again
+        if self.pool.loop.time() >= response._deadline:
+            response._fail(Timeout("no answer from the server before the deadline"))
+        else:
+            self.arm(response._deadline)
 
     # pool side
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self._disarm()
             self.pool.forget(self)
             if self.transport is not None:
                 self.transport.close()
@@ -137,6 +176,7 @@ class Response:
         "_chunks",
         "_complete",
         "_conn",
+        "_deadline",
         "_decoder",
         "_error",
         "_framed",
@@ -167,6 +207,7 @@ class Response:
         self._framed = False  # a length or chunked encoding says where the body ends
         self._any_bytes = False
         self._keep_alive = False
+        self._deadline = math.inf  # loop time by which the current wait must end
 
     # parser callbacks (httptools)
 
@@ -252,7 +293,10 @@ class Response:
                 waiter.set_result(None)
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        conn = self._conn
+        self._waiter = conn.pool.loop.create_future()
+        if self._deadline != math.inf:
+            conn.arm(self._deadline)
         try:
             await self._waiter
         finally:
@@ -287,13 +331,19 @@ class Response:
                 transport.resume_reading()
         return data
 
-    async def read(self) -> bytes:
-        """The next bytes of the body, waiting for them; b"" at the end."""
+    async def read(self, timeout: float | None = None) -> bytes:
+        """The next bytes of the body, waiting for them (at most `timeout` seconds from now, else
+        until the request's deadline); b"" at the end. Raises `Timeout` when the wait runs out."""
+        data = self.read_nowait()
+        if data or self._complete:
+            return data
+        if timeout is not None:
+            self._deadline = self._conn.pool.loop.time() + timeout
         while True:
+            await self._wait()
             data = self.read_nowait()
             if data or self._complete:
                 return data
-            await self._wait()
 
     async def body(self, limit: int = 64 * 2**20) -> bytes:
         parts = []
@@ -390,11 +440,13 @@ class Pool:
             raise HTTPClientError(f"cannot connect to {origin.host}:{origin.port}: {exc}") from exc
         return conn
 
-    async def request(self, url: str, headers: bytes, body: bytes) -> Response:
+    async def request(self, url: str, headers: bytes, body: bytes, timeout: float | None = None) -> Response:
         """POST `body` to `url` and wait for the answer's status and headers.
 
-        `headers` are extra header lines, each ending in CRLF (see `header_lines`). The caller bounds
-        the wait (asyncio.timeout) and must end the response with `release()` or `close()`."""
+        `headers` are extra header lines, each ending in CRLF (see `header_lines`). With `timeout`,
+        the answer's headers, and its body read without a timeout of its own, must come within that
+        many seconds (else `Timeout`). The caller must end the response with `release()` or `close()`."""
+        deadline = self.loop.time() + timeout if timeout is not None else math.inf
         if self.closed:
             raise HTTPClientError("the client is closed")
         origin = origin_of(url)
@@ -407,8 +459,13 @@ class Pool:
         for _ in range(2):
             conn = self._take(origin.key)
             if conn is None:
-                conn = await self._connect(origin)
+                try:
+                    async with asyncio.timeout_at(deadline if deadline != math.inf else None):
+                        conn = await self._connect(origin)
+                except TimeoutError:
+                    raise Timeout(f"cannot connect to {origin.host}:{origin.port} before the deadline") from None
             response = Response(conn)
+            response._deadline = deadline
             conn.response = response
             try:
                 conn.transport.write(message)

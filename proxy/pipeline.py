@@ -19,9 +19,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import random
 import time
-import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -185,7 +185,8 @@ class ProxyRequest:
         self.receive = receive
         self.send = send
         self.endpoint = endpoint
-        self.request_id = "req_" + uuid.uuid4().hex
+        # 128 random bits as 32 hex digits, uuid4().hex's format at a quarter of its cost.
+        self.request_id = "req_" + os.urandom(16).hex()
         self.t0 = time.perf_counter()
         self.started_at = time.time()
         self.timings: dict[str, float] = {}
@@ -863,9 +864,12 @@ class ProxyRequest:
                     await chunks.aclose()
 
         try:
-            # asyncio.timeout rather than wait_for: no extra task, one loop turn less before the first byte.
-            async with asyncio.timeout(timeout):
-                first = await anext(batches)
+            if deployment.direct:
+                first = await anext(batches)  # each of its waits has its own deadline (upstream.SSEStream)
+            else:
+                # asyncio.timeout rather than wait_for: no extra task, one loop turn less before the first byte.
+                async with asyncio.timeout(timeout):
+                    first = await anext(batches)
         except StopAsyncIteration:
             await closer()
             raise TransientUpstreamError(f"Upstream {deployment.name} closed the stream without data") from None

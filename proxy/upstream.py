@@ -83,41 +83,41 @@ class UpstreamResponse:
     data: dict
 
 
-async def _open(url: str, payload: bytes, api_key: str | None, request_id: str, name: str) -> httpclient.Response:
+async def _open(
+    url: str, payload: bytes, api_key: str | None, request_id: str, name: str, timeout: float
+) -> httpclient.Response:
+    """The answer's status and headers, within `timeout` (which also bounds reading its body)."""
     try:
-        return await pool().request(url, _headers(api_key, request_id), payload)
+        return await pool().request(url, _headers(api_key, request_id), payload, timeout=timeout)
+    except httpclient.Timeout as exc:
+        raise UpstreamTimeout(f"Upstream {name} did not answer within {timeout:g} s") from exc
     except httpclient.HTTPClientError as exc:
         raise TransientUpstreamError(f"Upstream {name} unreachable: {exc}") from exc
 
 
-async def _raise_for_response(resp: httpclient.Response, name: str, timeout: float):
+async def _raise_for_response(resp: httpclient.Response, name: str):
     try:
-        async with asyncio.timeout(timeout):
-            raw = await resp.body(MAX_ERROR_BODY)
-    except (TimeoutError, httpclient.HTTPClientError):
+        raw = await resp.body(MAX_ERROR_BODY)
+    except httpclient.HTTPClientError:
         resp.close()
         raw = b""
     _raise_for(resp.status, raw, name)
 
 
 async def call_json(*, url: str, payload: bytes, api_key: str | None, timeout: float, request_id: str, name: str):
-    """POST a JSON request and return the parsed JSON answer (non-streaming)."""
-    resp = None
+    """POST a JSON request and return the parsed JSON answer (non-streaming), all within `timeout`."""
+    resp = await _open(url, payload, api_key, request_id, name, timeout)
     try:
-        async with asyncio.timeout(timeout):
-            resp = await _open(url, payload, api_key, request_id, name)
-            if resp.status >= 400:
-                await _raise_for_response(resp, name, timeout)
-            raw = await resp.body()
-    except TimeoutError as exc:
-        if resp is not None:
-            resp.close()
+        if resp.status >= 400:
+            await _raise_for_response(resp, name)
+        raw = await resp.body()
+    except httpclient.Timeout as exc:
+        resp.close()
         raise UpstreamTimeout(f"Upstream {name} did not answer within {timeout:g} s") from exc
     except httpclient.HTTPClientError as exc:
         raise TransientUpstreamError(f"Upstream {name} broke the answer: {exc}") from exc
     except BaseException:
-        if resp is not None:
-            resp.close()
+        resp.close()
         raise
     try:
         data = orjson.loads(raw)
@@ -141,8 +141,9 @@ class SSEStream:
     def __init__(self, resp: httpclient.Response, name: str, read_timeout: float):
         self._resp = resp
         self._name = name
-        self._read_timeout = read_timeout
+        self._read_timeout = read_timeout  # for every wait, the first event's included
         self._rest = b""
+        self._events = False
 
     @property
     def finished(self) -> bool:
@@ -161,9 +162,13 @@ class SSEStream:
                     if resp.at_eof:
                         break
                     try:
-                        async with asyncio.timeout(self._read_timeout):
-                            chunk = await resp.read()
-                    except TimeoutError as exc:
+                        chunk = await resp.read(timeout=self._read_timeout)
+                    except httpclient.Timeout as exc:
+                        resp.close()
+                        if not self._events:
+                            raise UpstreamTimeout(
+                                f"Upstream {self._name} sent nothing within {self._read_timeout:g} s"
+                            ) from exc
                         raise UpstreamTimeout(f"Upstream {self._name} stalled mid-stream") from exc
                     if not chunk:
                         break
@@ -176,6 +181,7 @@ class SSEStream:
                 events = [event for event in events if event]
                 if events:
                     self._rest = buffer
+                    self._events = True
                     yield events
             if buffer.strip():
                 yield [buffer.strip()]
@@ -190,14 +196,9 @@ class SSEStream:
 async def open_stream(
     *, url: str, payload: bytes, api_key: str | None, timeout: float, request_id: str, name: str
 ) -> SSEStream:
-    """Send a streaming request and wait for the response headers (within `timeout`)."""
-    try:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for runs the call in a task of its own, which
-        # costs two turns of a busy event loop before the first byte.
-        async with asyncio.timeout(timeout):
-            resp = await _open(url, payload, api_key, request_id, name)
-    except TimeoutError as exc:
-        raise UpstreamTimeout(f"Upstream {name} did not answer within {timeout:g} s") from exc
+    """Send a streaming request and wait for the response headers; each wait for the stream's
+    bytes, the headers' included, is bounded by `timeout`."""
+    resp = await _open(url, payload, api_key, request_id, name, timeout)
     if resp.status >= 400:
-        await _raise_for_response(resp, name, timeout)
+        await _raise_for_response(resp, name)
     return SSEStream(resp, name, read_timeout=timeout)

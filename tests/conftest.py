@@ -276,7 +276,13 @@ def steward_server(transactional_db) -> Iterator[ServerHandle]:
 
     port = free_port()
     config = uvicorn.Config(
-        application, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio", http="httptools"
+        application,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        loop="asyncio",
+        http="core.httpserver:HttpProtocol",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

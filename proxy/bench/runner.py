@@ -220,6 +220,8 @@ class Bench:
         self.target = bench_setup(
             upstream_url=f"http://127.0.0.1:{self.upstream_port}/v1", budgets=not self.args.no_budgets
         )
+        if self.args.http != "core.httpserver:HttpProtocol":
+            self.notes.append(f"Steward served with uvicorn --http {self.args.http}")
         if self.args.no_budgets:
             self.notes.append("no budgets (--no-budgets): the reserve and settle stages find none and skip Redis")
         if self.target.prompt is None and self.target.prompt_note:
@@ -240,7 +242,7 @@ class Bench:
                 "--loop",
                 "uvloop",
                 "--http",
-                "httptools",
+                self.args.http,
                 "--no-access-log",
                 "--timeout-graceful-shutdown",
                 "3",
@@ -681,6 +683,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--live-log-consumer",
         action="store_true",
         help="keep the request-log consumer running during measured runs (it shares the load CPU)",
+    )
+    parser.add_argument(
+        "--http",
+        default="core.httpserver:HttpProtocol",
+        help="uvicorn's --http for Steward (default: Steward's; 'httptools' for uvicorn's own, to compare)",
     )
     parser.add_argument("--log-dir", default="var/bench", help="children's logs go here")
     parser.add_argument(

@@ -31,6 +31,7 @@ from billing.services import (
     billing_settings_update,
     budget_counters_read,
     budget_create,
+    budget_windows,
     key_cost_ceiling_set,
     reservations_sweep,
     usage_lines_record,
@@ -234,6 +235,29 @@ def test_period_bounds_move_on_at_the_boundary_and_back_in_time():
     assert next_day == (dt.datetime(2026, 3, 29, 22, 0, tzinfo=dt.UTC), dt.datetime(2026, 3, 30, 22, 0, tzinfo=dt.UTC))
     assert period_bounds("day", at=last_day, time_zone="Europe/Berlin") == day
     assert period_bounds("day", at=last_day, time_zone="UTC")[0] == dt.datetime(2026, 3, 29, tzinfo=dt.UTC)
+
+
+def test_budget_windows_are_remembered_until_their_period_ends(organisation, scope, system_actor, run_async):
+    """The hard budgets of a scope are worked out once per period: the next day gets the next day's
+    counters, an earlier moment its own, and a budget created meanwhile applies at once."""
+    assert reserve(run_async, scope, "before").empty
+    budget_create(
+        organisation=organisation,
+        actor=system_actor,
+        name="Daily",
+        scope="organisation",
+        amount=Decimal("5"),
+        period="day",
+    )
+    assert not reserve(run_async, scope, "after").empty
+    config = billing_config_get(organisation.pk)
+    evening = dt.datetime(2026, 5, 4, 23, 59, 59, tzinfo=dt.UTC)
+    [today] = budget_windows(config, scope, evening)
+    [tomorrow] = budget_windows(config, scope, evening + dt.timedelta(seconds=2))
+    assert today.end == tomorrow.start == dt.datetime(2026, 5, 5, tzinfo=dt.UTC)
+    assert today.prefix != tomorrow.prefix and tomorrow.keys[0] == f"{tomorrow.prefix}:spent"
+    assert budget_windows(config, scope, evening) == (today,)
+    assert budget_windows(config, scope, evening)[0] is not today  # worked out again, not the next day's
 
 
 def _worker(*args: str, env: dict) -> subprocess.Popen:

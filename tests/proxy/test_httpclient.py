@@ -313,3 +313,67 @@ def test_finished_exchanges_leave_no_reference_cycles():
         gc.set_debug(0)
         gc.garbage.clear()
     assert leaked == []
+
+
+def test_deadlines_bound_every_wait_and_drop_the_connection_that_missed_one():
+    """A late answer fails with Timeout at its deadline and its connection is dropped (the server
+    sees the close); a deadline further off than the connection's armed timer is not cut short
+    by it, on a fresh connection or a reused one."""
+    closed = asyncio.Event()
+
+    async def handler(server, reader, writer):
+        while await server.read_request(reader) is not None:
+            index = len(server.requests)
+            if index == 1:  # slow but within every deadline: three chunks, 0.15 s apart
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for part in (b"one", b"two", b"three"):
+                    await asyncio.sleep(0.15)
+                    writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    await writer.drain()
+                writer.write(b"0\r\n\r\n")
+            elif index == 2:  # headers, then nothing
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                await writer.drain()
+                if await reader.read(1) == b"":
+                    closed.set()
+                return
+            await writer.drain()
+
+    async def scenario():
+        async with Server(handler) as server:
+            loop = asyncio.get_running_loop()
+            pool = httpclient.Pool(loop)
+            response = await pool.request(server.url(), b"", BODY, timeout=0.25)
+            parts = []
+            while part := await response.read(timeout=0.25):
+                parts.append(part)
+            response.release()
+            assert b"".join(parts) == b"onetwothree"
+
+            response = await pool.request(server.url(), b"", BODY, timeout=5)
+            assert server.connections == 1  # the same connection, its timer armed by the first exchange
+            started = loop.time()
+            with pytest.raises(httpclient.Timeout):
+                await response.read(timeout=0.2)
+            waited = loop.time() - started
+            await asyncio.wait_for(closed.wait(), 5)
+            pool.close()
+            return waited
+
+    waited = run(scenario())
+    assert 0.19 <= waited < 1.5
+
+
+def test_a_server_that_never_answers_misses_the_request_deadline():
+    async def handler(server, reader, writer):
+        await server.read_request(reader)
+        await asyncio.sleep(5)
+
+    async def scenario():
+        async with Server(handler) as server:
+            pool = httpclient.Pool(asyncio.get_running_loop())
+            with pytest.raises(httpclient.Timeout):
+                await pool.request(server.url(), b"", BODY, timeout=0.2)
+            pool.close()
+
+    run(scenario())

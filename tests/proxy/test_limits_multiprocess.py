@@ -38,7 +38,7 @@ def test_rpm_limit_holds_across_processes(proxy, api_key_factory, tmp_path):
     log = open(tmp_path / "steward.log", "w")  # noqa: SIM115 (closed after the server stops)
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"],
+         "--log-level", "warning", "--loop", "uvloop", "--http", "core.httpserver:HttpProtocol"],
         env=subprocess_env(), cwd=settings.BASE_DIR, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -103,7 +103,7 @@ class Command(BaseCommand):
                     "--loop",
                     "uvloop",
                     "--http",
-                    "httptools",
+                    "core.httpserver:HttpProtocol",
                     "--no-access-log",
                     "--timeout-graceful-shutdown",
                     "5",
