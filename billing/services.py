@@ -553,16 +553,13 @@ class BudgetWindow:
     """One hard budget in its current period, with what its Redis counters need."""
 
     rule: BudgetRule
+    rule_key: str  # the rule's id as the reservation's maps key it
     start: datetime
     end: datetime | None
     prefix: str
     keys: tuple[str, ...]
     limit_nano: int
     expire_at_ms: int
-
-    @property
-    def applicable(self) -> tuple[BudgetRule, datetime, datetime | None, str]:
-        return (self.rule, self.start, self.end, self.prefix)
 
 
 WINDOWS_PER_CONFIG = 10_000
@@ -585,6 +582,7 @@ def budget_windows(config: BillingConfig, scope: BudgetScope, now: datetime) -> 
             windows.append(
                 BudgetWindow(
                     rule=rule,
+                    rule_key=str(rule.id),
                     start=start,
                     end=end,
                     prefix=prefix,
@@ -921,17 +919,18 @@ def budget_spent_from_ledger(
     return lines.aggregate(total=Sum("cost"))["total"] or ZERO
 
 
-def _spent_rebuild(config: BillingConfig, rules: list[tuple[BudgetRule, datetime, datetime | None, str]]) -> None:
+def _spent_rebuild(config: BillingConfig, windows: list[BudgetWindow]) -> None:
     """Redis lost a spent counter: set it from the ledger (only if still missing)."""
     client = redis_client()
-    for rule, start, end, prefix in rules:
-        spent = budget_spent_from_ledger(rule=rule, organisation_id=config.organisation_id, start=start, end=end)
-        expire_ms = _keys_expire_at_ms(end)
-        if expire_ms:
-            client.set(f"{prefix}:spent", nano_ceil(spent), nx=True, pxat=expire_ms)
+    for window in windows:
+        spent = budget_spent_from_ledger(
+            rule=window.rule, organisation_id=config.organisation_id, start=window.start, end=window.end
+        )
+        if window.expire_at_ms:
+            client.set(f"{window.prefix}:spent", nano_ceil(spent), nx=True, pxat=window.expire_at_ms)
         else:
-            client.set(f"{prefix}:spent", nano_ceil(spent), nx=True)
-        logger.warning("billing: rebuilt spent counter of budget %s from the ledger", rule.id)
+            client.set(f"{window.prefix}:spent", nano_ceil(spent), nx=True)
+        logger.warning("billing: rebuilt spent counter of budget %s from the ledger", window.rule.id)
 
 
 def _retry_after(resets_at: datetime | None, now: datetime) -> float:
@@ -949,7 +948,7 @@ class ReservePlan:
     reservation: Reservation
     call: ScriptCall | None = None
     config: BillingConfig | None = None
-    applicable: list = field(default_factory=list)
+    windows: tuple[BudgetWindow, ...] = ()
     now: datetime | None = None
 
 
@@ -1000,28 +999,25 @@ async def abudget_reserve_plan(
     ttl_ms = int(hot.STEWARD_BILLING_RESERVATION_TTL_SECONDS * 1000)
     keys: list[str] = []
     args: list = [now_ms, now_ms + ttl_ms, rid, len(windows)]
-    applicable = []
     for window in windows:
         keys.extend(window.keys)
         args.extend((window.limit_nano, amount_nano, window.expire_at_ms))
-        rule_id = str(window.rule.id)
-        reservation.amounts[rule_id] = amount
-        reservation.keys[rule_id] = window.prefix
-        applicable.append(window.applicable)
-    return ReservePlan(reservation, RESERVE.call(keys, args), config, applicable, now)
+        reservation.amounts[window.rule_key] = amount
+        reservation.keys[window.rule_key] = window.prefix
+    return ReservePlan(reservation, RESERVE.call(keys, args), config, windows, now)
 
 
 async def abudget_reserve_complete(plan: ReservePlan, result) -> Reservation:
     """Read the answer to `plan.call` (or the exception met sending it) and return the reservation,
     or raise `BudgetExceeded` / `BudgetUnavailable` as `abudget_reserve` does."""
-    reservation, config, applicable = plan.reservation, plan.config, plan.applicable
+    reservation, config, windows = plan.reservation, plan.config, plan.windows
     if plan.call is None:
         return reservation
     try:
         if isinstance(result, Exception):
             raise result
         if int(result[0]) == -1:
-            missing = [applicable[int(i) - 1] for i in result[1:]]
+            missing = [windows[int(i) - 1] for i in result[1:]]
             await _adb_read(_spent_rebuild, config, missing)
             [result] = await abatch([plan.call])
             if isinstance(result, Exception):
@@ -1045,7 +1041,8 @@ async def abudget_reserve_complete(plan: ReservePlan, result) -> Reservation:
     reservation.amounts.clear()
     reservation.keys.clear()
     if status == 0:
-        rule, _start, end, _prefix = applicable[int(result[1]) - 1]
+        window = windows[int(result[1]) - 1]
+        rule, end = window.rule, window.end
         raise BudgetExceeded(
             f"Budget '{rule.name}' would be exceeded by this request (worst case {reservation.worst_case} USD).",
             budget_name=rule.name,

@@ -59,9 +59,6 @@ class HeadWithBodyTransport:
         self.flush()
         self._transport.close()
 
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + len(self._held or b"")
-
     def __getattr__(self, name: str):
         return getattr(self._transport, name)
 

@@ -156,7 +156,7 @@ class SSEStream:
         try:
             while True:
                 # What is already buffered is taken without a suspension; only an empty buffer waits,
-                # under a timer rather than wait_for (which on 3.11 starts a task per read).
+                # bounded by the connection's deadline (no timer of its own, no task).
                 chunk = resp.read_nowait()
                 if not chunk:
                     if resp.at_eof:
@@ -164,7 +164,7 @@ class SSEStream:
                     try:
                         chunk = await resp.read(timeout=self._read_timeout)
                     except httpclient.Timeout as exc:
-                        resp.close()
+                        # The missed deadline has dropped the connection already.
                         if not self._events:
                             raise UpstreamTimeout(
                                 f"Upstream {self._name} sent nothing within {self._read_timeout:g} s"
