@@ -196,12 +196,13 @@ local threshold = tonumber(ARGV[8])
 local cooldown = tonumber(ARGV[9])
 local release_key = ARGV[10]
 local bucket = tostring(math.floor(now / 10000))
+-- A TPM hash's expiry is set when a bucket gets its first tokens: a bucket counts for 60 s after it
+-- starts and the hash lives 70 s after its newest bucket began, so nothing counted expires early.
 if key_id ~= '' then
   if release_key == '1' then redis.call('ZREM', 'stw:if:k:' .. key_id, rid) end
   if key_tokens > 0 then
     local t = 'stw:rl:k:' .. key_id .. ':t'
-    redis.call('HINCRBY', t, bucket, key_tokens)
-    redis.call('PEXPIRE', t, 70000)
+    if redis.call('HINCRBY', t, bucket, key_tokens) == key_tokens then redis.call('PEXPIRE', t, 70000) end
   end
 end
 local transition = ''
@@ -209,8 +210,7 @@ if dep ~= '' then
   redis.call('ZREM', 'stw:if:d:' .. dep, rid)
   if dep_tokens > 0 then
     local t = 'stw:rl:d:' .. dep .. ':t'
-    redis.call('HINCRBY', t, bucket, dep_tokens)
-    redis.call('PEXPIRE', t, 70000)
+    if redis.call('HINCRBY', t, bucket, dep_tokens) == dep_tokens then redis.call('PEXPIRE', t, 70000) end
   end
   local hkey = 'stw:h:' .. dep
   if outcome == 'ok' then

@@ -260,6 +260,26 @@ def test_budget_windows_are_remembered_until_their_period_ends(organisation, sco
     assert budget_windows(config, scope, evening)[0] is not today  # worked out again, not the next day's
 
 
+def test_period_keys_expire_with_their_period(scope, organisation, system_actor, run_async, redis_clean):
+    """The counters of a budget period are gone once it is over (a day's grace for the ledger),
+    including the holding keys that Redis drops when they empty and the next reservation remakes."""
+    budget_create(
+        organisation=organisation, actor=system_actor, name="Daily", scope="organisation", amount=Decimal("5"),
+        period="day",
+    )
+    first = reserve(run_async, scope, "first")
+    [window] = budget_windows(billing_config_get(organisation.pk), scope, timezone.now())
+    assert window.expire_at_ms > time.time() * 1000
+    assert [redis_clean.pexpiretime(key) for key in window.keys] == [window.expire_at_ms] * 4
+
+    second = reserve(run_async, scope, "second")
+    run_async(abudget_settle(reservation=first, actual_cost=WORST))
+    run_async(abudget_settle(reservation=second, actual_cost=WORST))
+    assert redis_clean.exists(*window.keys[2:]) == 0  # nothing held: the hash and the zset are gone
+    reserve(run_async, scope, "third")
+    assert [redis_clean.pexpiretime(key) for key in window.keys] == [window.expire_at_ms] * 4
+
+
 def _worker(*args: str, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.billing.budget_worker", *args],

@@ -44,3 +44,28 @@ def test_key_tpm(proxy, api_key_factory):
     second = chat(proxy, "dev-small", secret)
     assert second.status_code == 429 and "tokens per minute" in second.json()["error"]["message"]
     assert log_of(second.headers["x-request-id"]).error_type == "rate_limit_exceeded"
+
+
+def test_token_windows_expire_a_minute_after_their_newest_bucket(proxy, api_key_factory):
+    """A key's TPM window lives 70 s from the start of its newest ten-second bucket: long enough for
+    every bucket it still counts, and no longer once the key is idle."""
+    import time
+
+    from core.redis import redis_client
+    from tests.proxy.conftest import wait_for
+
+    key, secret = api_key_factory(tpm_limit=1_000_000)
+    client = redis_client()
+    window = f"stw:rl:k:{key.pk}:t"
+    assert chat(proxy, "dev-small", secret).status_code == 200
+    wait_for(lambda: client.exists(window))
+    assert 60_000 < client.pttl(window) <= 70_000
+
+    # Only an older bucket left, about to expire: the next request's bucket is new and renews the window.
+    bucket = int(time.time() // 10)
+    client.delete(window)
+    client.hset(window, str(bucket - 1), 5)
+    client.pexpire(window, 2_000)
+    assert chat(proxy, "dev-small", secret).status_code == 200
+    wait_for(lambda: client.hlen(window) == 2)
+    assert 60_000 < client.pttl(window) <= 70_000
