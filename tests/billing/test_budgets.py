@@ -264,7 +264,11 @@ def test_period_keys_expire_with_their_period(scope, organisation, system_actor,
     """The counters of a budget period are gone once it is over (a day's grace for the ledger),
     including the holding keys that Redis drops when they empty and the next reservation remakes."""
     budget_create(
-        organisation=organisation, actor=system_actor, name="Daily", scope="organisation", amount=Decimal("5"),
+        organisation=organisation,
+        actor=system_actor,
+        name="Daily",
+        scope="organisation",
+        amount=Decimal("5"),
         period="day",
     )
     first = reserve(run_async, scope, "first")
