@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import requests
 
-from tests.proxy.conftest import log_of, route_with_deployments
+from core.redis import redis_client
+from tests.proxy.conftest import log_of, route_with_deployments, wait_for
 
 BODY = {"messages": [{"role": "user", "content": "count these words please"}]}
 
@@ -31,8 +34,6 @@ def test_deployment_tpm(proxy, organisation, dev_upstream):
     route_with_deployments(organisation, "tpm", [{"api_base": dev_upstream.url, "tpm_limit": 10}])
     first = chat(proxy, "tpm")
     assert first.status_code == 200 and first.json()["usage"]["total_tokens"] >= 10
-    from tests.proxy.conftest import wait_for
-
     # The tokens are counted when the answer is released; the next request finds the window full.
     wait_for(lambda: chat(proxy, "tpm").status_code == 429, timeout=5)
 
@@ -49,11 +50,6 @@ def test_key_tpm(proxy, api_key_factory):
 def test_token_windows_expire_a_minute_after_their_newest_bucket(proxy, api_key_factory):
     """A key's TPM window lives 70 s from the start of its newest ten-second bucket: long enough for
     every bucket it still counts, and no longer once the key is idle."""
-    import time
-
-    from core.redis import redis_client
-    from tests.proxy.conftest import wait_for
-
     key, secret = api_key_factory(tpm_limit=1_000_000)
     client = redis_client()
     window = f"stw:rl:k:{key.pk}:t"
