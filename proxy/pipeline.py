@@ -77,6 +77,8 @@ _JSON = (b"content-type", b"application/json")
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
+# A cached stream: this line, the usage as JSON on one line, then the events exactly as the client got them.
+STREAM_CACHE_FORMAT = b"steward-sse-1\n"
 
 
 class ClientGone(Exception):
@@ -131,6 +133,7 @@ class ProxyRequest:
         "body",
         "cache_hit",
         "cache_key",
+        "cache_parts",
         "cache_value",
         "client_body",
         "client_usage",
@@ -229,6 +232,7 @@ class ProxyRequest:
         self.overhead_header_ms = 0.0
         self.filter_context: FilterContext | None = None
         self.cache_value: bytes | None = None
+        self.cache_parts: list[bytes] | None = None  # a stream's events as sent, kept for the cache
         self.dep_clean = False
         self.dep_tracked = False
         self.released = False
@@ -486,10 +490,12 @@ class ProxyRequest:
 
     def _cache_key(self) -> str:
         route = self.route
-        if self.stream or self.no_cache or not (route.cache_enabled or self.principal.cache_enabled):
+        if self.no_cache or not (route.cache_enabled or self.principal.cache_enabled):
             return ""
         canonical = orjson.dumps([self.endpoint, route.name, self.body], option=orjson.OPT_SORT_KEYS)
-        return f"stw:cache:{self.principal.organisation_id}:{hashlib.sha256(canonical).hexdigest()}"
+        # Streams have keys of their own, named after their format: a value is never read in another form.
+        kind = "sse1:" if self.stream else ""
+        return f"stw:cache:{self.principal.organisation_id}:{kind}{hashlib.sha256(canonical).hexdigest()}"
 
     async def _attempt_loop(self, run_one):
         """Try deployments until one answers: other deployments of the route, then its fallbacks.
@@ -894,13 +900,21 @@ class ProxyRequest:
 
         timer = asyncio.get_running_loop().call_later(interval, slow_first_token)
         try:
-            first, batches, closer, finished = await self._attempt_loop(self._one_stream)
+            result = await self._attempt_loop(self._one_stream)
         finally:
             timer.cancel()
             if keepalive is not None:
                 keepalive.cancel()
                 with contextlib.suppress(BaseException):
                     await keepalive
+        if len(result) == 2:  # ("cached", value)
+            self._replay_cached_stream(result[1])
+            self.timings["call_upstream"] = round((time.perf_counter() - t) * 1000, 3)
+            await self.start_stream()
+            return
+        first, batches, closer, finished = result
+        if self.cache_key:
+            self.cache_parts = []
         await self.start_stream()
         t_stream = time.perf_counter()
         self.timings["call_upstream"] = round((t_stream - t) * 1000, 3)
@@ -940,6 +954,23 @@ class ProxyRequest:
             # The chunks already went out; the decision is recorded, and the stream ends with an error event.
             self.fail(ProxyError(400, "The response was flagged by policy.", code="content_policy_violation"))
             return
+        if self.cache_parts is not None:
+            # Only a stream that ran to its end is kept: the same events, usage included if the client asked.
+            self.cache_value = b"".join([STREAM_CACHE_FORMAT, orjson.dumps(self.usage), b"\n", *self.cache_parts])
+
+    def _replay_cached_stream(self, value: bytes) -> None:
+        """A cache hit on a stream: its events go out in one write, with [DONE], at no upstream cost."""
+        if not value.startswith(STREAM_CACHE_FORMAT):
+            # Only this code writes under a stream key: anything else there was put by someone else.
+            logger.error("the cache entry %s is not a cached stream", self.cache_key)
+            raise ProxyError(500, "Steward's response cache holds a damaged entry.", code="cache_damaged")
+        self.cache_hit = True
+        self.status = "cached"
+        usage_line, _, events = value[len(STREAM_CACHE_FORMAT) :].partition(b"\n")
+        with contextlib.suppress(orjson.JSONDecodeError):
+            usage = orjson.loads(usage_line)
+            self.usage = usage if isinstance(usage, dict) else None
+        self.tail = events
 
     async def _keepalive(self, interval: float) -> None:
         """A slow first token: keep the connection (and proxies on the way) from timing out."""
@@ -989,6 +1020,8 @@ class ProxyRequest:
                     out.append(b"\n\n")
         finally:
             # Events ahead of an upstream error event still reach the client, as they would one by one.
+            if out and self.cache_parts is not None:
+                self.cache_parts.extend(out)
             if out and (hold or self.tail):
                 self.tail += b"".join(out)
             elif out:
@@ -1032,7 +1065,7 @@ class ProxyRequest:
             return
         self.response_started = True
         headers = list(_SSE)
-        headers.extend(self._common_headers())
+        headers.extend(self._common_headers("hit" if self.cache_hit else "miss" if self.cache_key else None))
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def send_stream_error(self, error: ProxyError) -> None:
