@@ -139,11 +139,17 @@ def _mux() -> RedisMux:
     return mux
 
 
-def abatch_start(calls: list[ScriptCall | Command]) -> Awaitable[list]:
-    """`abatch`, with the commands written at once when the connection is up (a caller can answer its
-    client while Redis works, and anything this process sends later runs after them); await the
-    result for the replies. It must be awaited."""
-    return _send(calls, now=True)
+def abatch_queue(calls: list[ScriptCall | Command]) -> Awaitable[list]:
+    """`abatch` in two steps: the commands join this turn of the event loop's write now, and the
+    awaitable returned (which must be awaited) gives their replies later, so a caller can answer its
+    client while Redis works. Whatever this process sends to Redis afterwards runs after them; a
+    caller that must have them on their way before it acts outside Redis awaits `aflushed()`."""
+    return _send(calls)
+
+
+async def aflushed() -> None:
+    """Return once everything this event loop has queued for Redis is written (see `RedisMux.flushed`)."""
+    await _mux().flushed()
 
 
 async def abatch(calls: list[ScriptCall | Command]) -> list:
@@ -155,13 +161,13 @@ async def abatch(calls: list[ScriptCall | Command]) -> list:
     `ResponseError` instance in its place, not raised; a script Redis had forgotten (after a restart)
     is sent again in full. Raises a `RedisError` only when Redis cannot be reached or does not answer
     within COMMAND_TIMEOUT_SECONDS."""
-    return await _send(calls, now=False)
+    return await _send(calls)
 
 
-def _send(calls: list[ScriptCall | Command], *, now: bool) -> Awaitable[list]:
+def _send(calls: list[ScriptCall | Command]) -> Awaitable[list]:
     mux = _mux()
     packed = [call.packed() for call in calls]
-    return _replies(mux, calls, packed, mux.write(packed, len(calls), now=now))
+    return _replies(mux, calls, packed, mux.write(packed, len(calls)))
 
 
 async def _replies(mux: RedisMux, calls: list, packed: list[bytes], futures: list | None) -> list:

@@ -72,8 +72,9 @@ class RedisMux:
     watchdog timer per connection rather than a timeout per call.
 
     Commands written in one turn of the event loop leave in one socket write at the end of it (a
-    busy proxy writes a few requests' commands per system call); `write(..., now=True)` sends at
-    once, for a caller that needs them on their way before it does anything else."""
+    busy proxy writes several requests' commands per system call, each of which costs about as much
+    as a small stage of the pipeline); `flushed()` waits for that write, for a caller that needs
+    them on their way before it does anything else."""
 
     def __init__(
         self, url: str, loop: asyncio.AbstractEventLoop, connect_timeout: float = 2.0, command_timeout: float = 5.0
@@ -100,10 +101,9 @@ class RedisMux:
                 raise redis.exceptions.ConnectionError("Redis connection lost while connecting")
         return await self.replies(futures)
 
-    def write(self, commands: list[bytes], count: int, *, now: bool = False) -> list[asyncio.Future] | None:
-        """Queue `commands` for this loop turn's write (`now`: write them, and whatever is queued, at
-        once), if connected (else None), and return the futures of their replies: whatever this
-        process sends afterwards, Redis runs after them."""
+    def write(self, commands: list[bytes], count: int) -> list[asyncio.Future] | None:
+        """Queue `commands` for this loop turn's write, if connected (else None), and return the
+        futures of their replies: whatever this process sends afterwards, Redis runs after them."""
         if self.transport is None or self.transport.is_closing():
             return None
         loop = self.loop
@@ -111,13 +111,18 @@ class RedisMux:
         futures = [loop.create_future() for _ in range(count)]
         self.waiters.extend([(future, sent_at) for future in futures])
         self._outbox.extend(commands)
-        if now:
-            self._flush()
-        elif self._flush_handle is None:
+        if self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._watch_interval(), self._watch)
         return futures
+
+    async def flushed(self) -> None:
+        """Return once every command queued so far has been handed to the socket. Its write was
+        scheduled when the first of them was queued, so it runs before this task resumes from a
+        single yield: one turn of the loop, no future or timer."""
+        if self._outbox:
+            await asyncio.sleep(0)
 
     def _flush(self) -> None:
         if self._flush_handle is not None:

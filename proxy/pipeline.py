@@ -34,7 +34,7 @@ from core import llm
 from core.conf import hot
 from core.errors import ApplicationError, PermanentUpstreamError, TransientUpstreamError
 from core.logging import request_id_var
-from core.redis import Command, abatch_start
+from core.redis import Command, abatch, abatch_queue, aflushed
 from proxy import admission, metrics, upstream
 from proxy.errors import ProxyError, internal_error, proxy_error_from
 from proxy.requestlog import log_buffer
@@ -314,7 +314,8 @@ class ProxyRequest:
                 await self.send_stream_error(self.error)
         elif self.final is not None:
             await self.send_json(200, self.final[0], cache=self.final[1])
-        elif self.stream and self.response_started and not self.response_done:
+        elif self.stream and not self.response_done:
+            await self.start_stream()
             self.response_done = True
             await self.send({"type": "http.response.body", "body": self.tail + DONE, "more_body": False})
 
@@ -550,12 +551,12 @@ class ProxyRequest:
                     candidates=candidates,
                 )
                 try:
-                    # Written at once rather than with the loop turn's other commands: the request
-                    # waits on nothing else, and under load a turn is long enough to show in the p50.
+                    # In the write that ends this loop turn, with other requests' commands: one system
+                    # call for several requests under load, each costing more CPU than most stages.
                     if plan is not None and plan.call is not None:
-                        results = await abatch_start([call, plan.call])
+                        results = await abatch([call, plan.call])
                     else:
-                        results = await abatch_start([call])
+                        results = await abatch([call])
                     decision = admission.admission_from(results[0])
                 except redis.exceptions.RedisError as exc:
                     # Limits cannot be enforced without Redis: refuse rather than let traffic through unchecked.
@@ -910,12 +911,12 @@ class ProxyRequest:
         if len(result) == 2:  # ("cached", value)
             self._replay_cached_stream(result[1])
             self.timings["call_upstream"] = round((time.perf_counter() - t) * 1000, 3)
-            await self.start_stream()
             return
         first, batches, closer, finished = result
         if self.cache_key:
             self.cache_parts = []
-        await self.start_stream()
+        # The response head goes out with the first events sent (`_forward`), or with the whole stream
+        # when it is held to the end (`answer`): one write, even with the settlement's turn between.
         t_stream = time.perf_counter()
         self.timings["call_upstream"] = round((t_stream - t) * 1000, 3)
         deployment = self.deployment
@@ -935,6 +936,7 @@ class ProxyRequest:
             self.pending_finish = (deployment, "fail", self._stream_tokens())
             self.fail(proxy_error_from(exc))
             self.error.outcome = "error"
+            await self.start_stream()  # the stream had begun: it ends with an error event, after what came
             return
         except BaseException:
             attempt.update(status="cancelled", http_status=499)
@@ -953,6 +955,7 @@ class ProxyRequest:
         if decision.action == FilterAction.BLOCK:
             # The chunks already went out; the decision is recorded, and the stream ends with an error event.
             self.fail(ProxyError(400, "The response was flagged by policy.", code="content_policy_violation"))
+            await self.start_stream()
             return
         if self.cache_parts is not None:
             # Only a stream that ran to its end is kept: the same events, usage included if the client asked.
@@ -1025,6 +1028,7 @@ class ProxyRequest:
             if out and (hold or self.tail):
                 self.tail += b"".join(out)
             elif out:
+                await self.start_stream()
                 await self.send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
 
     def _event_out(self, event: bytes) -> bytes | None:
@@ -1303,9 +1307,11 @@ class ProxyRequest:
         return calls
 
     async def settle_start(self):
-        """The settle stage with the release of limits: one batch, written to Redis at once. Its
-        replies are read by `settle_finish` once the answer is on its way: whatever this process
-        sends to Redis afterwards, a client's next request included, Redis runs after it."""
+        """The settle stage with the release of limits: one batch, written to Redis before this
+        returns (in the write it shares with the loop turn's other commands). Its replies are read by
+        `settle_finish` once the answer is on its way: whatever this process sends to Redis
+        afterwards, a client's next request included, Redis runs after it, and so does a request
+        the client sends to another process after reading the answer."""
         self.settle_t0 = time.perf_counter()
         calls = self._release_calls()
         settle = None
@@ -1317,7 +1323,13 @@ class ProxyRequest:
             calls.append(settle)
         if not calls:
             return None
-        return abatch_start(calls), settle is not None
+        pending = abatch_queue(calls)
+        try:
+            await aflushed()
+        except BaseException:
+            pending.close()  # the commands are on their way; nobody is left to read the replies
+            raise
+        return pending, settle is not None
 
     async def settle_finish(self, started) -> None:
         if started is not None:
