@@ -1,18 +1,18 @@
 """Prometheus metrics of the proxy (served by /metrics of the same process).
 
 The pipeline records ten timings per request; prometheus_client's Histogram takes a lock and
-walks its buckets in Python for each, which costs more than some of the stages it measures.
-So timings land in plain per-process arrays (the event loop is single-threaded; a lost update
-from another thread would only skew a counter) and a collector turns them into histograms when
-/metrics is scraped.
+walks its buckets in Python for each, which costs more than some of the stages it measures (its
+Counter takes a lock too). So timings and request counts land in plain per-process arrays and
+dicts (the event loop is single-threaded; a lost update from another thread would only skew a
+counter) and a collector turns them into metrics when /metrics is scraped.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 
-from prometheus_client import REGISTRY, Counter
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 STAGES = (
     "authenticate",
@@ -49,6 +49,7 @@ class _Histogram:
 
 _stages = {name: _Histogram() for name in STAGES}
 _overhead = _Histogram()
+_requests: dict[tuple[str, str], int] = {}
 
 
 class _Collector:
@@ -64,11 +65,21 @@ class _Collector:
         )
         overhead.add_metric([], _overhead.cumulative(), _overhead.sum)
         yield overhead
+        served = CounterMetricFamily(
+            "steward_proxy_requests", "Proxied requests by outcome", labels=["endpoint", "status"]
+        )
+        for (endpoint, status), n in list(_requests.items()):
+            served.add_metric([endpoint, status], n)
+        yield served
 
 
 REGISTRY.register(_Collector())
-requests_total = Counter("steward_proxy_requests_total", "Proxied requests by outcome", ["endpoint", "status"])
-_counters: dict[tuple[str, str], object] = {}
+
+
+def count(endpoint: str, status: str) -> None:
+    """One more request with this outcome (`steward_proxy_requests_total`)."""
+    key = (endpoint, status)
+    _requests[key] = _requests.get(key, 0) + 1
 
 
 def observe(timings: dict[str, float], overhead: float, endpoint: str, status: str) -> None:
@@ -77,7 +88,5 @@ def observe(timings: dict[str, float], overhead: float, endpoint: str, status: s
         if hist is not None:
             hist.observe(value)
     _overhead.observe(overhead)
-    counter = _counters.get((endpoint, status))
-    if counter is None:
-        counter = _counters[(endpoint, status)] = requests_total.labels(endpoint, status)
-    counter.inc()
+    key = (endpoint, status)
+    _requests[key] = _requests.get(key, 0) + 1

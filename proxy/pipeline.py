@@ -1015,8 +1015,18 @@ class ProxyRequest:
         """Pass a batch of upstream events on in one write, reading usage on the way (`hold`: keep
         them for the write that ends the response)."""
         out = []
+        data_seen = self.stream_data
         try:
             for event in batch:
+                # A plain content chunk (nearly every event) is passed on untouched and read later if
+                # at all; anything else (usage, errors, comments, [DONE]) goes through `_event_out`.
+                if event[:7] == b"data: {":
+                    data = event[6:]
+                    if b'"usage"' not in data and b'"error"' not in data:
+                        data_seen.append(data)
+                        out.append(event)
+                        out.append(b"\n\n")
+                        continue
                 event = self._event_out(event)
                 if event is not None:
                     out.append(event)
@@ -1353,7 +1363,7 @@ class ProxyRequest:
         t = time.perf_counter()
         if self.principal is None:
             # No organisation to file it under (missing or bad key): metrics only.
-            metrics.requests_total.labels(self.endpoint, self.status).inc()
+            metrics.count(self.endpoint, self.status)
             return
         record = self.record()
         self.timings["log"] = round((time.perf_counter() - t) * 1000, 3)  # the record shares this dict

@@ -27,6 +27,18 @@ def test_chat_completion_round_trip_metrics_and_stage_timings(proxy, dev_upstrea
     metrics = requests.get(proxy.url.removesuffix("/v1") + "/metrics", timeout=5).text
     assert 'steward_proxy_stage_milliseconds_bucket{le="+Inf",stage="authenticate"}' in metrics
     assert "steward_proxy_overhead_milliseconds_count" in metrics
+    served = [line for line in metrics.splitlines() if line.startswith("steward_proxy_requests_total{")]
+    assert any(
+        'endpoint="chat.completions"' in line and 'status="ok"' in line and float(line.split()[-1]) >= 1
+        for line in served
+    )
+    unauthenticated = requests.post(f"{proxy.url}/chat/completions", json={}, timeout=10)
+    assert unauthenticated.status_code == 401
+    metrics = requests.get(proxy.url.removesuffix("/v1") + "/metrics", timeout=5).text
+    assert any(
+        line.startswith("steward_proxy_requests_total{") and 'status="rejected"' in line
+        for line in metrics.splitlines()
+    )
 
 
 def test_demo_seed_is_idempotent_and_prints_curl_lines(organisation, admin, django_capture_on_commit_callbacks):
