@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from proxy.bench import loadgen
 from proxy.bench.loadgen import RunResult, chat_body, percentile, wrk_parse
 from proxy.bench.runner import Measured, soak_summary, table_format, table_rows
+from tests.conftest import subprocess_env
 
 
 def test_percentile_is_nearest_rank():
@@ -228,3 +233,34 @@ def test_bench_setup_turns_budgets_on_for_the_key_and_the_organisation():
     budgets = Budget.objects.filter(organisation=target.organisation)
     assert sorted(b.scope for b in budgets) == ["api_key", "organisation"]
     assert budgets.get(scope="api_key").api_key_id == target.api_key.pk
+
+
+def test_compare_runs_two_checkouts_side_by_side_and_prints_their_ratio(transactional_db):
+    """`python -m proxy.bench.compare`: both servers answer, the round's CPU per stream is read for
+    each, and the summary compares them (this checkout against itself here, so near 1)."""
+    root = Path(__file__).resolve().parents[2]
+    completed = subprocess.run(
+        [sys.executable, "-m", "proxy.bench.compare", str(root), "--rounds=2", "--duration=1", "--concurrency=2"],
+        cwd=root,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    rows = [line.split() for line in completed.stdout.splitlines() if re.match(r"\s+\d+\s", line)]
+    assert [row[0] for row in rows] == ["1", "2"]
+    for row in rows:
+        this_rps, this_ms, other_rps, other_ms, ratio = (float(x) for x in row[1:])
+        assert this_rps > 0 and other_rps > 0 and this_ms > 0 and other_ms > 0
+        assert ratio == pytest.approx(this_ms / other_ms, abs=0.002)
+    summary = re.search(r"median ratio (\d+\.\d+) \(range", completed.stdout)
+    assert summary and 0.5 < float(summary.group(1)) < 2.0
+
+
+def test_compare_refuses_a_directory_that_is_not_a_checkout(tmp_path):
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "proxy.bench.compare", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode == 2 and "is not a Steward checkout" in completed.stderr
