@@ -958,8 +958,9 @@ class ProxyRequest:
             await self.start_stream()
             return
         if self.cache_parts is not None:
-            # Only a stream that ran to its end is kept: the same events, usage included if the client asked.
-            self.cache_value = b"".join([STREAM_CACHE_FORMAT, orjson.dumps(self.usage), b"\n", *self.cache_parts])
+            # Only a stream that ran to its end is kept: the same events, usage included if the client
+            # asked (the usage itself joins them once settlement has estimated any the upstream left out).
+            self.cache_value = b"".join(self.cache_parts)
 
     def _replay_cached_stream(self, value: bytes) -> None:
         """A cache hit on a stream: its events go out in one write, with [DONE], at no upstream cost."""
@@ -1313,7 +1314,10 @@ class ProxyRequest:
         if finish is not None:
             calls.append(admission.FINISH.call(args=finish))
         if self.cache_key and self.cache_value is not None:
-            calls.append(Command("SET", self.cache_key, self.cache_value, "EX", self.route.cache_ttl_seconds))
+            value = self.cache_value
+            if self.stream:
+                value = b"".join([STREAM_CACHE_FORMAT, orjson.dumps(self.usage), b"\n", value])
+            calls.append(Command("SET", self.cache_key, value, "EX", self.route.cache_ttl_seconds))
         return calls
 
     async def settle_start(self):
@@ -1323,12 +1327,12 @@ class ProxyRequest:
         afterwards, a client's next request included, Redis runs after it, and so does a request
         the client sends to another process after reading the answer."""
         self.settle_t0 = time.perf_counter()
-        calls = self._release_calls()
         settle = None
         try:
             settle = await self._settle_call()
         except Exception:
             logger.exception("pricing the request failed; its budget reservation will expire")
+        calls = self._release_calls()  # after pricing: a cached stream keeps the usage it estimated
         if settle is not None:
             calls.append(settle)
         if not calls:

@@ -176,3 +176,27 @@ def test_a_stream_cut_short_is_not_cached(proxy, dev_upstream, api_key_factory):
     )
     assert whole.headers["x-steward-cache"] == "miss" and dev_upstream.stats()["requests"] == before + 1
     assert text_of(sse(whole)[0]).endswith("w99")
+
+
+def test_a_cached_stream_keeps_the_usage_steward_estimated(proxy, dev_upstream, api_key_factory):
+    """An upstream that reports no usage: the miss is counted with the tokenizer, and the hit is
+    logged with that estimate rather than with nothing."""
+    _, secret = api_key_factory(cache_enabled=True)
+    headers = {"Authorization": f"Bearer {secret}"}
+    url = f"{proxy.url}/chat/completions"
+    dev_upstream.control(omit_usage=True)
+    body = {**BODY, "stream": True}
+    miss = requests.post(url, json=body, headers=headers, timeout=10)
+    assert miss.headers["x-steward-cache"] == "miss"
+    miss_row = log_of(miss.headers["x-request-id"])
+    assert miss_row.usage_estimated and miss_row.completion_tokens > 0
+    hit = wait_for(
+        lambda: (
+            (r := requests.post(url, json=body, headers=headers, timeout=10)).headers["x-steward-cache"] == "hit" and r
+        ),
+        timeout=3,
+    )
+    assert sse(hit)[1] == sse(miss)[1]
+    row = log_of(hit.headers["x-request-id"])
+    assert row.status == "cached" and row.usage_estimated
+    assert (row.prompt_tokens, row.completion_tokens) == (miss_row.prompt_tokens, miss_row.completion_tokens)
