@@ -65,6 +65,22 @@ def _redis_per_worker():
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _test_database_released_at_the_end(django_db_setup, django_db_blocker):
+    """In-process servers' threads and child processes keep connections to the test database; still
+    open at the end, they stop pytest-django from dropping it ("being accessed by other users")."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture
 def redis_clean():
     """A flushed Redis database for this test (also the generation counters of in-process caches)."""
