@@ -143,7 +143,8 @@ def abatch_queue(calls: list[ScriptCall | Command]) -> Awaitable[list]:
     """`abatch` in two steps: the commands join this turn of the event loop's write now, and the
     awaitable returned (which must be awaited) gives their replies later, so a caller can answer its
     client while Redis works. Whatever this process sends to Redis afterwards runs after them; a
-    caller that must have them on their way before it acts outside Redis awaits `aflushed()`."""
+    caller that must have them on their way before it acts outside Redis awaits `aflushed()`. (With
+    the connection down they go only when the awaitable is awaited, after it has reconnected.)"""
     return _send(calls)
 
 
