@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import threading
 import time
 
 import openai
+import pytest
+import requests
+from aiohttp import web
 
-from tests.proxy.conftest import log_of, wait_for
+from tests.conftest import free_port
+from tests.proxy.conftest import log_of, route_with_deployments, wait_for
 
 
 def raw_stream(proxy, body: dict, *, read_until: bytes | None = None, max_seconds: float = 10.0):
@@ -126,8 +132,6 @@ def test_slow_reader_gets_the_whole_stream(proxy, dev_upstream):
 
 
 def test_failure_before_the_first_token_is_retried_on_streams(proxy, organisation, dev_upstream, dev_upstream_b):
-    from tests.proxy.conftest import route_with_deployments
-
     route_with_deployments(organisation, "spair", [{"api_base": dev_upstream.url, "name": "a", "weight": 10_000},
                                                    {"api_base": dev_upstream_b.url, "name": "b"}])  # fmt: skip
     dev_upstream.control(fail_status=502)
@@ -138,3 +142,58 @@ def test_failure_before_the_first_token_is_retried_on_streams(proxy, organisatio
         assert response.headers["x-steward-model-deployment"] == "b"
         text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
     assert text.startswith("Steward dev reply")
+
+
+@pytest.fixture
+def breaking_upstream():
+    """An upstream whose stream sends one chunk, then an error event (as providers do when they fail
+    mid-answer), then ends."""
+    loop = asyncio.new_event_loop()
+    port = free_port()
+
+    async def chat(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": "partial"}}],
+        }
+        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await response.write(b'data: {"error": {"message": "overloaded mid-way", "type": "server_error"}}\n\n')
+        await response.write_eof()
+        return response
+
+    async def start():
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    runner = loop.run_until_complete(start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}/v1"
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def test_an_error_event_mid_stream_follows_what_came_before_it(proxy, organisation, breaking_upstream):
+    route_with_deployments(organisation, "breaking", [{"api_base": breaking_upstream, "name": "b"}])
+    response = requests.post(
+        f"{proxy.url}/chat/completions",
+        json={"model": "breaking", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        headers=proxy.headers(),
+        timeout=10,
+    )
+    # The stream had begun: it ends with an error event after what came, not with a JSON error.
+    assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
+    events = [e for e in response.content.split(b"\n\n") if e]
+    assert json.loads(events[0][6:])["choices"][0]["delta"]["content"] == "partial"
+    assert "overloaded mid-way" in json.loads(events[1][6:])["error"]["message"]
+    assert events[2:] == [b"data: [DONE]"]
+    row = log_of(response.headers["x-request-id"])
+    assert row.status == "error" and row.attempts[0]["status"] == "error"

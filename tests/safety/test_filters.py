@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -107,3 +108,16 @@ def test_hold_parks_the_response_until_a_reviewer_decides(proxy, installed, allo
     safety.hold_resolve(hold_id=holds[0], allow=allow)
     caller.join(10)
     assert result["r"].status_code == (200 if allow else 400)
+
+
+def test_a_stream_blocked_once_it_has_run_ends_with_an_error_event(proxy, installed):
+    """The content went out as it came; the post-filter's decision closes the stream with an error
+    event (not a JSON error: the client is already reading events) and is logged."""
+    installed(Scripted(post=lambda response: FilterDecision(FilterAction.BLOCK, "scripted", reason="leak")))
+    response = post(proxy, {**BODY, "stream": True})
+    assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
+    events = [e for e in response.content.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    assert json.loads(events[-2][6:])["error"]["code"] == "content_policy_violation"
+    assert any(json.loads(e[6:]).get("choices") for e in events[:-2])
+    assert log_of(response.headers["x-request-id"]).status == "rejected"
