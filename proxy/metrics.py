@@ -88,5 +88,4 @@ def observe(timings: dict[str, float], overhead: float, endpoint: str, status: s
         if hist is not None:
             hist.observe(value)
     _overhead.observe(overhead)
-    key = (endpoint, status)
-    _requests[key] = _requests.get(key, 0) + 1
+    count(endpoint, status)

@@ -1039,7 +1039,8 @@ class ProxyRequest:
             if out and (hold or self.tail):
                 self.tail += b"".join(out)
             elif out:
-                await self.start_stream()
+                if not self.response_started:  # no coroutine per batch once the head is out
+                    await self.start_stream()
                 await self.send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
 
     def _event_out(self, event: bytes) -> bytes | None:

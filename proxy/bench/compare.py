@@ -22,7 +22,17 @@ import threading
 from pathlib import Path
 
 from proxy.bench import loadgen
-from proxy.bench.runner import LOAD_CPU, STEWARD_CPU, Children, cpu_seconds, free_port, wait_http
+from proxy.bench.runner import (
+    LOAD_CPU,
+    STEWARD_CPU,
+    Children,
+    child_env,
+    cpu_seconds,
+    django_ready,
+    free_port,
+    steward_command,
+    wait_http,
+)
 
 HERE = Path(__file__).resolve().parents[2]
 
@@ -46,21 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.chat and sse is None:
         parser.error("needs a C compiler for sseload")
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
+    django_ready()
     from proxy.bench.fixtures import bench_setup, bench_teardown
-
-    call_command("migrate", interactive=False, verbosity=0)  # idempotent; a new database needs the tables
 
     os.sched_setaffinity(0, {LOAD_CPU})
     log_dir = HERE / "var" / "bench-compare"
     log_dir.mkdir(parents=True, exist_ok=True)
     children = Children(log_dir, pin=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "WARNING"}
+    env = child_env()
     python = sys.executable
     target = None
     try:
@@ -77,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         servers = {}
         for name, root in checkouts.items():
             port = free_port()
-            cmd = [python, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
-            cmd += ["--loop", "uvloop", "--http", "core.httpserver:HttpProtocol", "--no-access-log"]
-            proc = children.start(f"steward-{name}", ["env", "-C", str(root), *cmd], cpu=STEWARD_CPU, env=env)
+            proc = children.start(f"steward-{name}", steward_command(python, port), cpu=STEWARD_CPU, env=env, cwd=root)
             wait_http(f"http://127.0.0.1:{port}/healthz", process=proc)
             servers[name] = (proc, port)
         body = loadgen.chat_body(model=target.model, stream=not args.chat)

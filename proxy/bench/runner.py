@@ -37,6 +37,7 @@ from proxy.bench.loadgen import RunResult
 STEWARD_CPU = 0
 LOAD_CPU = 1
 MB = 1024 * 1024
+STEWARD_HTTP = "core.httpserver:HttpProtocol"
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -69,14 +70,21 @@ class Children:
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(
-        self, name: str, cmd: list[str], *, cpu: int, env: dict[str, str], background: bool = False
+        self,
+        name: str,
+        cmd: list[str],
+        *,
+        cpu: int,
+        env: dict[str, str],
+        background: bool = False,
+        cwd: Path | None = None,
     ) -> subprocess.Popen:
         if self.pin:
             cmd = ["taskset", "-c", str(cpu), *cmd]
         if background and shutil.which("nice"):
             cmd = ["nice", "-n", "19", *cmd]
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.procs.append((name, proc))
         return proc
@@ -96,6 +104,48 @@ class Children:
         for _name, proc in reversed(self.procs):
             self.stop(proc)
         self.procs.clear()
+
+
+def child_env() -> dict[str, str]:
+    """The environment of the bench's children: this one's, unbuffered, and quiet unless told."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("LOG_LEVEL", "WARNING")
+    return env
+
+
+def steward_command(python: str, port: int, http: str = STEWARD_HTTP) -> list[str]:
+    """Steward as the bench serves it: one uvicorn worker on uvloop, no access log."""
+    return [
+        python,
+        "-m",
+        "uvicorn",
+        "config.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--loop",
+        "uvloop",
+        "--http",
+        http,
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+        "3",
+    ]
+
+
+def django_ready() -> None:
+    """Django set up in this process, on a database migrated to this checkout."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    # Idempotent; a fresh clone's database needs the tables before the fixtures exist.
+    call_command("migrate", interactive=False, verbosity=0)
 
 
 def process_tree(pid: int) -> list[psutil.Process]:
@@ -192,9 +242,7 @@ class Bench:
     # --- setup ------------------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.setdefault("LOG_LEVEL", "WARNING")
-        return env
+        return child_env()
 
     def start(self) -> None:
         if self.pin:
@@ -214,41 +262,20 @@ class Bench:
             return
         if self.pin and not self.args.shared_redis:
             self._redis_start()
-        self._django_setup()
+        django_ready()
         from proxy.bench.fixtures import bench_setup
 
         self.target = bench_setup(
             upstream_url=f"http://127.0.0.1:{self.upstream_port}/v1", budgets=not self.args.no_budgets
         )
-        if self.args.http != "core.httpserver:HttpProtocol":
+        if self.args.http != STEWARD_HTTP:
             self.notes.append(f"Steward served with uvicorn --http {self.args.http}")
         if self.args.no_budgets:
             self.notes.append("no budgets (--no-budgets): the reserve and settle stages find none and skip Redis")
         if self.target.prompt is None and self.target.prompt_note:
             self.notes.append(f"with-prompt scenario skipped: {self.target.prompt_note}")
         self.steward = self.children.start(
-            "steward",
-            [
-                python,
-                "-m",
-                "uvicorn",
-                "config.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.steward_port),
-                "--workers",
-                "1",
-                "--loop",
-                "uvloop",
-                "--http",
-                self.args.http,
-                "--no-access-log",
-                "--timeout-graceful-shutdown",
-                "3",
-            ],
-            cpu=STEWARD_CPU,
-            env=self.env(),
+            "steward", steward_command(python, self.steward_port, self.args.http), cpu=STEWARD_CPU, env=self.env()
         )
         wait_http(f"http://127.0.0.1:{self.steward_port}/healthz", process=self.steward)
         if self._request_log_consumer_exists():
@@ -332,16 +359,6 @@ class Bench:
                 raise RuntimeError("the Celery worker did not start:\n" + log_path.read_text()[-2000:])
             time.sleep(0.2)
         time.sleep(2.0)
-
-    def _django_setup(self) -> None:
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        # Idempotent; a fresh clone's database needs the tables before the fixtures exist.
-        call_command("migrate", interactive=False, verbosity=0)
 
     def _request_log_consumer_exists(self) -> bool:
         try:
@@ -686,7 +703,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--http",
-        default="core.httpserver:HttpProtocol",
+        default=STEWARD_HTTP,
         help="uvicorn's --http for Steward (default: Steward's; 'httptools' for uvicorn's own, to compare)",
     )
     parser.add_argument("--log-dir", default="var/bench", help="children's logs go here")

@@ -237,18 +237,17 @@ def test_period_bounds_move_on_at_the_boundary_and_back_in_time():
     assert period_bounds("day", at=last_day, time_zone="UTC")[0] == dt.datetime(2026, 3, 29, tzinfo=dt.UTC)
 
 
+def _daily_budget(organisation, actor):
+    return budget_create(
+        organisation=organisation, actor=actor, name="Daily", scope="organisation", amount=Decimal("5"), period="day"
+    )
+
+
 def test_budget_windows_are_remembered_until_their_period_ends(organisation, scope, system_actor, run_async):
     """The hard budgets of a scope are worked out once per period: the next day gets the next day's
     counters, an earlier moment its own, and a budget created meanwhile applies at once."""
     assert reserve(run_async, scope, "before").empty
-    budget_create(
-        organisation=organisation,
-        actor=system_actor,
-        name="Daily",
-        scope="organisation",
-        amount=Decimal("5"),
-        period="day",
-    )
+    _daily_budget(organisation, system_actor)
     assert not reserve(run_async, scope, "after").empty
     config = billing_config_get(organisation.pk)
     evening = dt.datetime(2026, 5, 4, 23, 59, 59, tzinfo=dt.UTC)
@@ -263,14 +262,7 @@ def test_budget_windows_are_remembered_until_their_period_ends(organisation, sco
 def test_period_keys_expire_with_their_period(scope, organisation, system_actor, run_async, redis_clean):
     """The counters of a budget period are gone once it is over (a day's grace for the ledger),
     including the holding keys that Redis drops when they empty and the next reservation remakes."""
-    budget_create(
-        organisation=organisation,
-        actor=system_actor,
-        name="Daily",
-        scope="organisation",
-        amount=Decimal("5"),
-        period="day",
-    )
+    _daily_budget(organisation, system_actor)
     first = reserve(run_async, scope, "first")
     [window] = budget_windows(billing_config_get(organisation.pk), scope, timezone.now())
     assert window.expire_at_ms > time.time() * 1000

@@ -235,6 +235,12 @@ def test_bench_setup_turns_budgets_on_for_the_key_and_the_organisation():
     assert budgets.get(scope="api_key").api_key_id == target.api_key.pk
 
 
+# Like the bench itself, the comparison pins to two CPUs and builds sseload; CI has both, so there it must run.
+@needs_cc
+@pytest.mark.skipif(
+    ((os.cpu_count() or 1) < 2 or shutil.which("taskset") is None) and not os.environ.get("CI"),
+    reason="needs two CPUs and taskset",
+)
 def test_compare_runs_two_checkouts_side_by_side_and_prints_their_ratio(transactional_db):
     """`python -m proxy.bench.compare`: both servers answer, the round's CPU per stream is read for
     each, and the summary compares them (this checkout against itself here, so near 1)."""
