@@ -1098,7 +1098,10 @@ def budget_finish_call(*, reservation: Reservation, actual_cost: Decimal | None)
     for prefix in reservation.keys.values():
         keys.extend(_period_keys(prefix))
     done_ttl_ms = int(hot.STEWARD_BILLING_RESERVATION_TTL_SECONDS * 1000) * 2
-    return SETTLE.call(keys, [reservation.id, actual_nano, done_ttl_ms, len(reservation.keys)])
+    args = [reservation.id, actual_nano, done_ttl_ms, len(reservation.keys)]
+    # The amounts as the reserve script stored them (`amounts` and `keys` were filled together).
+    args.extend(nano_ceil(amount) for amount in reservation.amounts.values())
+    return SETTLE.call(keys, args)
 
 
 def budget_finish_complete(*, reservation: Reservation, result) -> list[int]:

@@ -43,6 +43,23 @@ local window = 60000
 local bucket_ms = 10000
 local bucket = math.floor(now / bucket_ms)
 
+-- Requests in the sliding minute of a log. Entries older than the window are not counted, and are
+-- removed only now and then (on about one call in eight, and before refusing, where the oldest
+-- entry gives the wait): a removal on every call was a redis.call per limit per request, the
+-- most expensive part of a script call here.
+local function rpm_count(log)
+  if now % 8 == 0 then
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+  end
+  return redis.call('ZCOUNT', log, '(' .. (now - window), '+inf')
+end
+
+local function rpm_wait(log)
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+  local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+  return tonumber(oldest[2]) + window - now
+end
+
 local function tokens_used(hkey)
   local vals = redis.call('HGETALL', hkey)
   local total, oldest = 0, nil
@@ -63,12 +80,8 @@ local krpm, kif
 if key_id ~= '' then
   krpm = 'stw:rl:k:' .. key_id .. ':r'
   kif = 'stw:if:k:' .. key_id
-  if key_rpm > 0 then
-    redis.call('ZREMRANGEBYSCORE', krpm, '-inf', now - window)
-    if redis.call('ZCARD', krpm) >= key_rpm then
-      local oldest = redis.call('ZRANGE', krpm, 0, 0, 'WITHSCORES')
-      return {'key_rpm', tonumber(oldest[2]) + window - now}
-    end
+  if key_rpm > 0 and rpm_count(krpm) >= key_rpm then
+    return {'key_rpm', rpm_wait(krpm)}
   end
   if key_tpm > 0 then
     local used, oldest = tokens_used('stw:rl:k:' .. key_id .. ':t')
@@ -120,15 +133,11 @@ for _, i in ipairs(order) do
   local dep_tpm = tonumber(ARGV[base + 2])
   local ok = true
   local drpm = 'stw:rl:d:' .. dep .. ':r'
-  if dep_rpm > 0 then
-    redis.call('ZREMRANGEBYSCORE', drpm, '-inf', now - window)
-    if redis.call('ZCARD', drpm) >= dep_rpm then
-      local oldest = redis.call('ZRANGE', drpm, 0, 0, 'WITHSCORES')
-      local w = tonumber(oldest[2]) + window - now
-      if reason ~= 'unhealthy' and (wait == 0 or w < wait) then wait = w end
-      reason = 'deployment_limited'
-      ok = false
-    end
+  if dep_rpm > 0 and rpm_count(drpm) >= dep_rpm then
+    local w = rpm_wait(drpm)
+    if reason ~= 'unhealthy' and (wait == 0 or w < wait) then wait = w end
+    reason = 'deployment_limited'
+    ok = false
   end
   if ok and dep_tpm > 0 then
     local used, oldest = tokens_used('stw:rl:d:' .. dep .. ':t')
@@ -195,6 +204,7 @@ local dep_tokens = tonumber(ARGV[7])
 local threshold = tonumber(ARGV[8])
 local cooldown = tonumber(ARGV[9])
 local release_key = ARGV[10]
+local tracked = ARGV[11] == '1'
 local bucket = tostring(math.floor(now / 10000))
 -- A TPM hash's expiry is set when a bucket gets its first tokens: a bucket counts for 60 s after it
 -- starts and the hash lives 70 s after its newest bucket began, so nothing counted expires early.
@@ -207,7 +217,7 @@ if key_id ~= '' then
 end
 local transition = ''
 if dep ~= '' then
-  redis.call('ZREM', 'stw:if:d:' .. dep, rid)
+  if tracked then redis.call('ZREM', 'stw:if:d:' .. dep, rid) end
   if dep_tokens > 0 then
     local t = 'stw:rl:d:' .. dep .. ':t'
     if redis.call('HINCRBY', t, bucket, dep_tokens) == dep_tokens then redis.call('PEXPIRE', t, 70000) end
@@ -319,7 +329,10 @@ def finish_args(
     threshold: int,
     cooldown_ms: int,
     release_key: bool,
+    tracked: bool = True,
 ) -> list:
+    """FINISH's arguments. `release_key`: the key holds an in-flight slot; `tracked`: the deployment
+    does (least-in-flight routing); outcome "neutral" leaves the circuit as it is."""
     return [
         now_ms,
         request_id,
@@ -331,6 +344,7 @@ def finish_args(
         threshold,
         cooldown_ms,
         "1" if release_key else "0",
+        "1" if tracked else "0",
     ]
 
 

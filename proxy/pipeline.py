@@ -750,6 +750,7 @@ class ProxyRequest:
                 threshold=hot.STEWARD_PROXY_CIRCUIT_FAILURES,
                 cooldown_ms=int(hot.STEWARD_PROXY_CIRCUIT_COOLDOWN_SECONDS * 1000),
                 release_key=False,
+                tracked=self.dep_tracked,
             )
         except redis.exceptions.RedisError:
             logger.warning("could not record the outcome of deployment %s", deployment.id)
@@ -1298,11 +1299,14 @@ class ProxyRequest:
             key_id=self.principal.id if self.key_admitted else None,
             key_tokens=tokens,
             deployment_id=deployment.id if need_deployment else None,
-            outcome=outcome,
+            # A success on a circuit that was clean at admission moves nothing (as when FINISH is
+            # skipped altogether); here it only counts tokens.
+            outcome="neutral" if outcome == "ok" and self.dep_clean else outcome,
             deployment_tokens=tokens,
             threshold=hot.STEWARD_PROXY_CIRCUIT_FAILURES,
             cooldown_ms=int(hot.STEWARD_PROXY_CIRCUIT_COOLDOWN_SECONDS * 1000),
-            release_key=self.key_admitted,
+            release_key=self.key_admitted and self.principal.max_in_flight is not None,
+            tracked=self.dep_tracked,
         )
 
     def _release_calls(self) -> list:

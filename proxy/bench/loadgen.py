@@ -22,6 +22,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import time
 from collections import Counter
@@ -49,18 +50,57 @@ class RunResult:
     # wrk reports percentiles itself instead of raw samples.
     wrk_percentiles: dict[float, float] | None = None
     generator: str = "asyncio"
+    # Set on a result that stands for several runs (`combined`): its percentiles are their median.
+    runs: list[RunResult] | None = None
 
     @property
     def throughput(self) -> float:
         return (self.requests - self.errors) / self.duration if self.duration else 0.0
 
     def latency(self, p: float) -> float | None:
+        if self.runs is not None:
+            return _median([run.latency(p) for run in self.runs])
         if self.wrk_percentiles is not None:
             return self.wrk_percentiles.get(p)
         return percentile(self.latencies, p)
 
+    @property
+    def streamed(self) -> bool:
+        """Whether this load was streams (time to first token recorded)."""
+        return bool(self.ttft) or any(run.ttft for run in self.runs or ())
+
     def first_token(self, p: float) -> float | None:
+        if self.runs is not None:
+            return _median([run.first_token(p) for run in self.runs])
         return percentile(self.ttft, p)
+
+
+def combined(runs: list[RunResult]) -> RunResult:
+    """Several runs of one load as one result: requests, errors, statuses and time add up; each
+    percentile is the median of the runs' own.
+
+    The bench interleaves direct and Steward runs so that a stretch when the machine is slower
+    (shared hosts drift by a fifth over seconds) falls on both sides; the median keeps one such
+    run from deciding the figure, and is the one rule that also works for wrk, which reports
+    percentiles rather than samples."""
+    if len(runs) == 1:
+        return runs[0]
+    statuses = Counter()
+    for run in runs:
+        statuses.update(run.statuses)
+    return RunResult(
+        requests=sum(run.requests for run in runs),
+        errors=sum(run.errors for run in runs),
+        duration=sum(run.duration for run in runs),
+        statuses=statuses,
+        generator=runs[0].generator,
+        runs=list(runs),
+    )
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def percentile(values: list[float], p: float) -> float | None:

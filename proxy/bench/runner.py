@@ -1,14 +1,15 @@
 """`make bench`: the development upstream and Steward as child processes, load, and a table.
 
-    python -m proxy.bench [--quick] [--soak MINUTES] [--direct-only] [--only NAME ...] [--duration S]
+    python -m proxy.bench [--quick] [--soak MINUTES] [--direct-only] [--only NAME ...] [--duration S] [--rounds N]
 
 Steward (one uvicorn worker) is pinned to CPU 0; the upstream, the load generators (wrk, sseload,
 asyncio clients), the request-log worker (at nice 19) and a Redis of the bench's own to CPU 1.
 The request-log consumer is paused while Steward is measured and drains the records in between
 (`--live-log-consumer` keeps it running).
-Every scenario runs for a bounded time against 127.0.0.1 only, first straight at the upstream
-("direct") and then through Steward with the full pipeline (key auth, routing, rate limits,
-budgets, request log). Children run in their own sessions and are stopped on exit, error or Ctrl-C.
+Every scenario runs for a bounded time against 127.0.0.1 only, straight at the upstream ("direct")
+and through Steward with the full pipeline (key auth, routing, rate limits, budgets, request log),
+in turn over several rounds so that the machine's drift falls on both sides; each percentile is the
+median of the rounds'. Children run in their own sessions and are stopped on exit, error or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -162,6 +163,21 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def redis_cpu_seconds(url: str) -> float | None:
+    """CPU time the Redis at `url` has used (INFO cpu), or None when it cannot be read."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        try:
+            info = client.info("cpu")
+        finally:
+            client.close()
+    except redis.RedisError:
+        return None
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def rss_bytes(pid: int) -> int:
     total = 0
     for proc in process_tree(pid):
@@ -216,6 +232,7 @@ class Measured:
     direct: RunResult | None = None
     steward: RunResult | None = None
     cpu_ms_per_request: float | None = None
+    redis_ms_per_request: float | None = None
     peak_rss_mb: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -262,6 +279,8 @@ class Bench:
             return
         if self.pin and not self.args.shared_redis:
             self._redis_start()
+        else:
+            self.notes.append("redis ms/req: REDIS_URL's Redis, with whatever else uses it during the runs")
         django_ready()
         from proxy.bench.fixtures import bench_setup
 
@@ -422,31 +441,57 @@ class Bench:
         return _run_async(coro)
 
     def run_scenario(self, scenario: Scenario) -> Measured:
-        duration = self.args.duration
-        warmup = min(2.0, duration / 3)
+        """Direct and Steward runs in turn (`--rounds`), each side measured for `--duration` in all."""
+        rounds = self.args.rounds
+        duration = self.args.duration / rounds
+        warmup = min(2.0, self.args.duration / 3)
         measured = Measured()
         self.set_delay(scenario.delay_ms)
         stream = scenario.kind == "stream"
         direct_url = f"http://127.0.0.1:{self.upstream_port}/v1/chat/completions"
         # A prompt scenario's direct baseline is the same kind of chat request sent straight to the upstream.
-        body = loadgen.chat_body(model="dev-small", stream=stream)
-        self.load(scenario, url=direct_url, body=body, headers={}, duration=warmup)
-        measured.direct = self.load(scenario, url=direct_url, body=body, headers={}, duration=duration)
+        direct_body = loadgen.chat_body(model="dev-small", stream=stream)
+        steward_url = f"http://127.0.0.1:{self.steward_port}/v1/chat/completions"
+        headers = self.steward_headers() if self.steward is not None else {}
+        body = (
+            loadgen.chat_body(
+                model=self.target.model, stream=stream, prompt=self.target.prompt if scenario.prompt else None
+            )
+            if self.steward is not None
+            else b""
+        )
+        from django.conf import settings
+
+        direct_runs: list[RunResult] = []
+        steward_runs: list[RunResult] = []
+        cpu_used = 0.0
+        redis_used: float | None = 0.0
+        self.load(scenario, url=direct_url, body=direct_body, headers={}, duration=warmup)
+        for n in range(rounds):
+            direct_runs.append(self.load(scenario, url=direct_url, body=direct_body, headers={}, duration=duration))
+            if self.steward is None:
+                continue
+            with self.consumer_paused():
+                if n == 0:
+                    self.load(scenario, url=steward_url, body=body, headers=headers, duration=warmup)
+                cpu_before = cpu_seconds(self.steward.pid)
+                redis_before = redis_cpu_seconds(settings.REDIS_URL)
+                steward_runs.append(self.load(scenario, url=steward_url, body=body, headers=headers, duration=duration))
+                cpu_used += cpu_seconds(self.steward.pid) - cpu_before
+                redis_after = redis_cpu_seconds(settings.REDIS_URL)
+                if redis_used is not None and redis_before is not None and redis_after is not None:
+                    redis_used += redis_after - redis_before
+                else:
+                    redis_used = None
+        measured.direct = loadgen.combined(direct_runs)
         if self.steward is None:
             return measured
-        steward_url = f"http://127.0.0.1:{self.steward_port}/v1/chat/completions"
-        body = loadgen.chat_body(
-            model=self.target.model, stream=stream, prompt=self.target.prompt if scenario.prompt else None
-        )
-        headers = self.steward_headers()
-        with self.consumer_paused():
-            self.load(scenario, url=steward_url, body=body, headers=headers, duration=warmup)
-            cpu_before = cpu_seconds(self.steward.pid)
-            measured.steward = self.load(scenario, url=steward_url, body=body, headers=headers, duration=duration)
-            cpu_used = cpu_seconds(self.steward.pid) - cpu_before
+        measured.steward = loadgen.combined(steward_runs)
         self.steward_requests += measured.steward.requests
         if measured.steward.requests:
             measured.cpu_ms_per_request = cpu_used * 1000 / measured.steward.requests
+            if redis_used is not None:
+                measured.redis_ms_per_request = redis_used * 1000 / measured.steward.requests
         measured.peak_rss_mb = peak_rss_bytes(self.steward.pid) / MB
         if measured.steward.errors:
             measured.notes.append(f"steward errors: {dict(measured.steward.statuses)}")
@@ -629,12 +674,13 @@ def table_rows(results: dict[str, Measured]) -> list[list[str]]:
         "errors",
         "overhead p50/p99 ms",
         "cpu ms/req",
+        "redis ms/req",
         "peak RSS MB",
     ]
     rows = [header]
     for name, m in results.items():
         pairs = [("", lambda r, p: r.latency(p))]
-        if any(r is not None and r.ttft for r in (m.direct, m.steward)):
+        if any(r is not None and r.streamed for r in (m.direct, m.steward)):
             pairs = [(" ttft", lambda r, p: r.first_token(p)), (" total", lambda r, p: r.latency(p))]
         for suffix, metric in pairs:
             d50 = metric(m.direct, 50) if m.direct else None
@@ -651,9 +697,26 @@ def table_rows(results: dict[str, Measured]) -> list[list[str]]:
                     "/".join(str(r.errors) for r in (m.direct, m.steward) if r is not None),
                     _pair(_diff(s50, d50), _diff(s99, d99)) if m.steward and m.direct else "-",
                     f"{m.cpu_ms_per_request:.3f}" if m.cpu_ms_per_request is not None else "-",
+                    f"{m.redis_ms_per_request:.3f}" if m.redis_ms_per_request is not None else "-",
                     f"{m.peak_rss_mb:.0f}" if m.peak_rss_mb is not None else "-",
                 ]
             )
+    return rows
+
+
+def round_rows(results: dict[str, Measured]) -> list[list[str]]:
+    """Each round's overhead at p50 (time to first token for streams): how much the machine moved."""
+    rounds = max((len(m.steward.runs or [m.steward]) for m in results.values() if m.steward), default=0)
+    rows = [["overhead p50 ms by round", *(f"{n + 1}" for n in range(rounds))]]
+    for name, m in results.items():
+        if m.direct is None or m.steward is None:
+            continue
+        pairs = zip(m.direct.runs or [m.direct], m.steward.runs or [m.steward], strict=False)
+        cells = []
+        for direct, steward in pairs:
+            metric = (lambda r: r.first_token(50)) if steward.streamed or direct.streamed else (lambda r: r.latency(50))
+            cells.append(_ms(_diff(metric(steward), metric(direct))))
+        rows.append([name, *cells, *["-"] * (rounds - len(cells))])
     return rows
 
 
@@ -686,7 +749,14 @@ def machine_description() -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m proxy.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per scenario")
-    parser.add_argument("--duration", type=float, help="seconds per measured run (default 10, --quick 3)")
+    parser.add_argument(
+        "--duration", type=float, help="seconds measured per scenario on each side (default 10, --quick 3)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="direct and Steward runs in turn, the duration split among them (default 3, --quick 1)",
+    )
     parser.add_argument("--soak", type=float, metavar="MINUTES", help="only the RSS soak run, for MINUTES")
     parser.add_argument("--soak-interval", type=float, default=5.0, help="seconds between RSS samples")
     parser.add_argument("--direct-only", action="store_true", help="measure only the upstream (no Steward)")
@@ -718,6 +788,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.duration = 3.0 if args.quick else 10.0
     if not 1 <= args.duration <= 600:
         parser.error("--duration must be between 1 and 600 seconds")
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if not 1 <= args.rounds <= 20 or args.duration / args.rounds < 1:
+        parser.error("--rounds must be between 1 and 20, with at least 1 second per round (wrk's least)")
     if args.soak is not None and not 0 < args.soak <= 120:
         parser.error("--soak must be between 0 and 120 minutes")
     return args
@@ -775,13 +849,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close()
     generator = _generators(bench)
+    measuring = (
+        f"{args.duration:g} s per side after a warm-up"
+        if args.rounds == 1
+        else f"{args.duration:g} s per side in {args.rounds} rounds of direct then Steward after a warm-up, "
+        "percentiles the median of the rounds'"
+    )
     print(
-        f"{args.duration:g} s per run after a warm-up; Steward pinned to CPU {STEWARD_CPU}, upstream, Redis and "
-        f"load ({generator}) to CPU {LOAD_CPU}; d = upstream delay in ms"
+        f"{measuring}; Steward pinned to CPU {STEWARD_CPU}, upstream, Redis and load ({generator}) to CPU "
+        f"{LOAD_CPU}; d = upstream delay in ms"
         if bench.pin
-        else f"{args.duration:g} s per run; processes not pinned"
+        else f"{measuring}; processes not pinned"
     )
     print(table_format(table_rows(bench.results)))
+    if args.rounds > 1 and bench.steward is not None:
+        print(table_format(round_rows(bench.results)))
     for name, measured in bench.results.items():
         for note in measured.notes:
             print(f"note ({name}): {note}")

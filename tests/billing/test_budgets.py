@@ -362,6 +362,38 @@ def test_reservation_of_a_killed_process_expires_and_comes_back(
     assert not reserve(run_async, scope, "again-2").empty
 
 
+def test_an_expired_reservation_is_dropped_when_it_would_refuse_and_only_then(
+    scope, organisation, system_actor, run_async, settings
+):
+    """Reserving looks at expired reservations only when they could decide the answer: one left by a
+    process that died stops no request once it has expired, sweeper or not."""
+    budget_create(
+        organisation=organisation,
+        actor=system_actor,
+        name="Two calls",
+        scope="organisation",
+        amount=WORST * 2,
+        period="month",
+    )
+    rule = billing_config_get(organisation.pk).rules[0]
+    start, _ = period_bounds("month", at=timezone.now(), time_zone=organisation.time_zone)
+    settings.STEWARD_BILLING_RESERVATION_TTL_SECONDS = 1
+    reserve(run_async, scope, "abandoned")  # never settled, as if its process had died
+    settings.STEWARD_BILLING_RESERVATION_TTL_SECONDS = 900
+    time.sleep(1.1)
+    kept = reserve(run_async, scope, "one")
+    # Still within the limit with the expired one counted: it was left alone.
+    assert budget_counters_read(rule=rule, period_start=start) == (Decimal("0"), WORST * 2)
+    second = reserve(run_async, scope, "two")  # would exceed it: the expired one is dropped first
+    assert not second.empty
+    assert budget_counters_read(rule=rule, period_start=start) == (Decimal("0"), WORST * 2)
+    with pytest.raises(BudgetExceeded):
+        reserve(run_async, scope, "three")
+    assert reservations_sweep() == 0  # nothing left for the sweeper
+    run_async(abudget_settle(reservation=kept, actual_cost=WORST / 2))
+    assert budget_counters_read(rule=rule, period_start=start) == (WORST / 2, WORST)
+
+
 def test_worst_case_covers_the_dearest_fallback(scope, organisation, system_actor, run_async):
     budget_create(organisation=organisation, actor=system_actor, name="B", scope="organisation", amount=Decimal("1"))
     reservation = run_async(

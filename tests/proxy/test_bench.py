@@ -18,7 +18,7 @@ import pytest
 
 from proxy.bench import loadgen
 from proxy.bench.loadgen import RunResult, chat_body, percentile, wrk_parse
-from proxy.bench.runner import Measured, soak_summary, table_format, table_rows
+from proxy.bench.runner import Measured, round_rows, soak_summary, table_format, table_rows
 from tests.conftest import subprocess_env
 
 
@@ -201,6 +201,45 @@ def test_table_shows_overhead_as_steward_minus_direct():
     assert len({len(line) for line in lines[:2]}) == 1  # header and rule line up
 
 
+def test_rounds_combine_into_the_median_of_their_percentiles_and_the_sum_of_their_counts():
+    ms = 0.001
+    runs = [
+        RunResult(requests=100, duration=1.0, latencies=[1 * ms] * 100, ttft=[0.5 * ms] * 100),
+        RunResult(requests=300, errors=2, duration=1.0, latencies=[9 * ms] * 300, ttft=[8 * ms] * 300),
+        RunResult(requests=200, duration=2.0, latencies=[2 * ms] * 200, ttft=[1 * ms] * 200),
+    ]
+    runs[1].statuses.update({200: 298, 503: 2})
+    combined = loadgen.combined(runs)
+    assert combined.latency(50) == 2 * ms and combined.first_token(99) == 1 * ms  # one slow round moves nothing
+    assert (combined.requests, combined.errors, combined.duration) == (600, 2, 4.0)
+    assert combined.throughput == 598 / 4.0 and combined.statuses == {200: 298, 503: 2}
+    assert combined.streamed
+    # wrk's runs carry only percentiles: the same rule applies
+    wrk_runs = [RunResult(requests=10, duration=1.0, wrk_percentiles={50: v, 99: 2 * v}) for v in (3 * ms, 1 * ms)]
+    assert loadgen.combined(wrk_runs).latency(50) == 2 * ms and not loadgen.combined(wrk_runs).streamed
+    assert loadgen.combined(runs[:1]) is runs[0]
+
+
+def test_table_reports_rounds_and_each_rounds_overhead():
+    ms = 0.001
+
+    def run(latency):
+        return RunResult(requests=10, duration=1.0, latencies=[latency] * 10, ttft=[latency / 2] * 10)
+
+    direct = loadgen.combined([run(10 * ms), run(20 * ms), run(12 * ms)])
+    steward = loadgen.combined([run(14 * ms), run(21 * ms), run(15 * ms)])
+    measured = Measured(direct=direct, steward=steward, cpu_ms_per_request=0.5, redis_ms_per_request=0.1)
+    rows = table_rows({"stream c=16 d=0": measured})
+    header = rows[0]
+    assert [row[0] for row in rows[1:]] == ["stream c=16 d=0 ttft", "stream c=16 d=0 total"]
+    ttft = dict(zip(header, rows[1], strict=True))
+    assert ttft["overhead p50/p99 ms"] == "1.50 / 1.50"  # medians 7.5 ms and 6 ms first token
+    assert ttft["redis ms/req"] == "0.100"
+    by_round = round_rows({"stream c=16 d=0": measured})
+    assert by_round[0] == ["overhead p50 ms by round", "1", "2", "3"]
+    assert by_round[1] == ["stream c=16 d=0", "2.00", "0.50", "1.50"]
+
+
 def test_soak_summary_flags_growth():
     mb = 1024 * 1024
     flat = [(t, 100 * mb + (t % 3) * mb) for t in range(0, 600, 5)]
@@ -270,3 +309,13 @@ def test_compare_refuses_a_directory_that_is_not_a_checkout(tmp_path):
         [sys.executable, "-m", "proxy.bench.compare", str(tmp_path)], capture_output=True, text=True, timeout=60
     )
     assert completed.returncode == 2 and "is not a Steward checkout" in completed.stderr
+
+
+def test_rounds_must_leave_a_second_per_run():
+    from proxy.bench.runner import parse_args
+
+    assert parse_args([]).rounds == 3 and parse_args(["--quick"]).rounds == 1
+    assert parse_args(["--duration", "4", "--rounds", "4"]).rounds == 4
+    for bad in (["--rounds", "0"], ["--duration", "3", "--rounds", "4"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)

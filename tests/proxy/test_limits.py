@@ -65,3 +65,21 @@ def test_token_windows_expire_a_minute_after_their_newest_bucket(proxy, api_key_
     assert chat(proxy, "dev-small", secret).status_code == 200
     wait_for(lambda: client.hlen(window) == 2)
     assert 60_000 < client.pttl(window) <= 70_000
+
+
+def test_key_rpm_counts_only_the_last_minute_and_waits_for_its_oldest_request(proxy, api_key_factory):
+    """The key's request log keeps entries past the minute until they are trimmed now and then:
+    they must not count, nor decide the wait."""
+    key, secret = api_key_factory(rpm_limit=3)
+    client = redis_client()
+    log = f"stw:rl:k:{key.pk}:r"
+    now_ms = int(time.time() * 1000)
+    client.zadd(log, {f"stale-{n}": now_ms - 61_000 - n for n in range(5)})
+    client.zadd(log, {"recent": now_ms - 30_000})
+    client.pexpire(log, 61_000)
+    assert [chat(proxy, "dev-small", secret).status_code for _ in range(2)] == [200, 200]
+    refused = chat(proxy, "dev-small", secret)
+    assert refused.status_code == 429 and "requests per minute" in refused.json()["error"]["message"]
+    # The oldest entry that still counts is 30 s old: a slot frees in about 30 s, not at once.
+    assert 25 <= int(refused.headers["retry-after"]) <= 31
+    assert client.zcount(log, "-inf", now_ms - 60_000) == 0  # refusing trimmed what had expired
