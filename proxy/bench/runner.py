@@ -255,6 +255,7 @@ class Bench:
         self.worker: subprocess.Popen | None = None
         self.worker_started = False
         self.steward_requests = 0
+        self.redis_url = ""  # Steward's, once Django is set up
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -282,7 +283,11 @@ class Bench:
         else:
             self.notes.append("redis ms/req: REDIS_URL's Redis, with whatever else uses it during the runs")
         django_ready()
+        from django.conf import settings
+
         from proxy.bench.fixtures import bench_setup
+
+        self.redis_url = settings.REDIS_URL
 
         self.target = bench_setup(
             upstream_url=f"http://127.0.0.1:{self.upstream_port}/v1", budgets=not self.args.no_budgets
@@ -452,16 +457,10 @@ class Bench:
         # A prompt scenario's direct baseline is the same kind of chat request sent straight to the upstream.
         direct_body = loadgen.chat_body(model="dev-small", stream=stream)
         steward_url = f"http://127.0.0.1:{self.steward_port}/v1/chat/completions"
-        headers = self.steward_headers() if self.steward is not None else {}
-        body = (
-            loadgen.chat_body(
-                model=self.target.model, stream=stream, prompt=self.target.prompt if scenario.prompt else None
-            )
-            if self.steward is not None
-            else b""
-        )
-        from django.conf import settings
-
+        if self.steward is not None:
+            prompt = self.target.prompt if scenario.prompt else None
+            body = loadgen.chat_body(model=self.target.model, stream=stream, prompt=prompt)
+            headers = self.steward_headers()
         direct_runs: list[RunResult] = []
         steward_runs: list[RunResult] = []
         cpu_used = 0.0
@@ -475,10 +474,10 @@ class Bench:
                 if n == 0:
                     self.load(scenario, url=steward_url, body=body, headers=headers, duration=warmup)
                 cpu_before = cpu_seconds(self.steward.pid)
-                redis_before = redis_cpu_seconds(settings.REDIS_URL)
+                redis_before = redis_cpu_seconds(self.redis_url)
                 steward_runs.append(self.load(scenario, url=steward_url, body=body, headers=headers, duration=duration))
                 cpu_used += cpu_seconds(self.steward.pid) - cpu_before
-                redis_after = redis_cpu_seconds(settings.REDIS_URL)
+                redis_after = redis_cpu_seconds(self.redis_url)
                 if redis_used is not None and redis_before is not None and redis_after is not None:
                     redis_used += redis_after - redis_before
                 else:

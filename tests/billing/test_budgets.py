@@ -363,7 +363,7 @@ def test_reservation_of_a_killed_process_expires_and_comes_back(
 
 
 def test_an_expired_reservation_is_dropped_when_it_would_refuse_and_only_then(
-    scope, organisation, system_actor, run_async, settings
+    redis_clean, scope, organisation, system_actor, run_async, settings
 ):
     """Reserving looks at expired reservations only when they could decide the answer: one left by a
     process that died stops no request once it has expired, sweeper or not."""
