@@ -413,7 +413,7 @@ class BillingSettingsApi(APIView):
         return {
             "fail_open": settings_row.fail_open,
             "webhook_url": settings_row.webhook_url,
-            "webhook_secret_set": bool(settings_row.webhook_secret),
+            "webhook_secret_set": bool(settings_row.webhook_secret_encrypted),
         }
 
     @extend_schema(operation_id="billing_settings_retrieve", responses=OutputSerializer, tags=["billing"])

@@ -110,7 +110,9 @@ class BillingSettings(TimeStampedModel):
     )
     fail_open = models.BooleanField(default=False)
     webhook_url = models.URLField(max_length=500, blank=True, default="")
-    webhook_secret = models.CharField(max_length=200, blank=True, default="")
+    # A Fernet token (core.crypto), never the secret itself: a database dump must not be enough to
+    # forge alerts that receivers trust.
+    webhook_secret_encrypted = models.TextField(blank=True, default="")
 
 
 class KeyCostCeiling(TimeStampedModel):

@@ -58,6 +58,7 @@ from billing.money import (
     period_bounds,
 )
 from core.conf import hot
+from core.crypto import secret_decrypt, secret_encrypt
 from core.errors import ApplicationError, ValidationFailed
 from core.invalidation import LocalCache, invalidate
 from core.redis import Script, ScriptCall, abatch, redis_client
@@ -831,23 +832,25 @@ def billing_settings_update(
                 URLValidator(schemes=["http", "https"])(url)
             except ValidationError as exc:
                 raise ValidationFailed("webhook_url must be an http(s) URL", param="webhook_url") from exc
-        secret = current.webhook_secret if webhook_secret is None else webhook_secret
+        # A stored secret that no longer decrypts (the encryption key changed) counts as unset, so a
+        # URL alone cannot be saved over it: the admin is asked for the secret again.
+        stored = secret_decrypt(current.webhook_secret_encrypted) if current.webhook_secret_encrypted else ""
+        stored = stored or ""
+        secret = stored if webhook_secret is None else webhook_secret
         if url and len(secret) < 16:
             raise ValidationFailed("webhook_secret must have at least 16 characters", param="webhook_secret")
-    if (webhook_url is not None or webhook_secret is not None) and (url, secret) != (
-        current.webhook_url,
-        current.webhook_secret,
-    ):
+    if (webhook_url is not None or webhook_secret is not None) and (url, secret) != (current.webhook_url, stored):
         audit_event_record(
             organisation_id=organisation.pk,
             actor=actor,
             action=Action.WEBHOOK_CONFIGURED,
             target_type="organisation",
             target_id=organisation.pk,
-            before={"webhook_url": current.webhook_url, "secret_set": bool(current.webhook_secret)},
-            after={"webhook_url": url, "secret_set": bool(secret), "secret_changed": secret != current.webhook_secret},
+            before={"webhook_url": current.webhook_url, "secret_set": bool(current.webhook_secret_encrypted)},
+            after={"webhook_url": url, "secret_set": bool(secret), "secret_changed": secret != stored},
         )
-        current.webhook_url, current.webhook_secret = url, secret
+        current.webhook_url = url
+        current.webhook_secret_encrypted = secret_encrypt(secret) if secret else ""
     current.save()
     _caches_invalidate(CONFIG_NAMESPACE)
     return current
@@ -1394,6 +1397,15 @@ def budget_alert_webhook_send(*, alert_id: int) -> str:
         if not billing or not billing.webhook_url:
             m.BudgetAlert.objects.filter(pk=alert.pk).update(webhook_status="none")
             return "skipped"
+        secret = secret_decrypt(billing.webhook_secret_encrypted)
+        if not secret:
+            # Retrying cannot help: the key that encrypted the secret is gone until an admin sets it again.
+            logger.error(
+                "budget alert %s: the webhook secret cannot be decrypted (encryption key changed); set it again",
+                alert.pk,
+            )
+            m.BudgetAlert.objects.filter(pk=alert.pk).update(webhook_status="failed")
+            return "failed"
         m.BudgetAlert.objects.filter(pk=alert.pk).update(webhook_attempts=alert.webhook_attempts + 1)
     budget = alert.budget
     body = json.dumps(
@@ -1413,8 +1425,7 @@ def budget_alert_webhook_send(*, alert_id: int) -> str:
     headers = {
         "Content-Type": "application/json",
         "X-Steward-Timestamp": str(timestamp),
-        "X-Steward-Signature": "sha256="
-        + webhook_signature(secret=billing.webhook_secret, timestamp=timestamp, body=body),
+        "X-Steward-Signature": "sha256=" + webhook_signature(secret=secret, timestamp=timestamp, body=body),
         "User-Agent": "Steward-Webhook/1",
     }
     try:

@@ -56,7 +56,7 @@ class Deployment(TimeStampedModel):
     # litellm: a litellm model string such as "anthropic/claude-3-5-haiku-latest".
     model = models.CharField(max_length=200)
     api_base = models.CharField(max_length=500, blank=True)
-    # Either the name of an environment variable holding the key, or a Fernet token (proxy.crypto).
+    # Either the name of an environment variable holding the key, or a Fernet token (core.crypto).
     credential_env = models.CharField(max_length=200, blank=True)
     credential_encrypted = models.TextField(blank=True)
     weight = models.PositiveIntegerField(default=1)

@@ -15,8 +15,8 @@ from django.db import close_old_connections
 from django.db.models import QuerySet
 
 from accounts.models import Organisation
+from core.crypto import secret_decrypt
 from core.invalidation import LocalCache
-from proxy.crypto import secret_decrypt
 from proxy.models import Deployment, DeploymentKind, ModelRoute, ProxySettings, RequestBody, RequestLog
 from proxy.services import ROUTES_NAMESPACE
 

@@ -18,9 +18,9 @@ from django.utils import timezone
 from accounts.models import Organisation
 from audit.actions import Action
 from audit.services import Actor, audit_event_record
+from core.crypto import secret_encrypt
 from core.errors import Conflict, ValidationFailed
 from core.invalidation import invalidate
-from proxy.crypto import secret_encrypt
 from proxy.models import Deployment, DeploymentKind, ModelRoute, ProxySettings, RequestBody, RoutingStrategy
 
 ROUTES_NAMESPACE = "routes"

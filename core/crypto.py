@@ -1,8 +1,9 @@
-"""Encryption at rest for deployment credentials (Fernet: AES-128-CBC + HMAC-SHA256).
+"""Encryption at rest for stored secrets: deployment credentials, webhook signing secrets (Fernet:
+AES-128-CBC + HMAC-SHA256).
 
 The key comes from STEWARD_ENCRYPTION_KEY (a Fernet key, or any passphrase, which is stretched
 with SHA-256) and otherwise is derived from SECRET_KEY, so development works out of the box;
-production sets its own key so SECRET_KEY can rotate without re-encrypting credentials.
+production sets its own key so SECRET_KEY can rotate without re-encrypting secrets.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def _fernet(material: str) -> Fernet:
     try:
         return Fernet(material.encode())
     except ValueError:
+        # The label dates from when only credentials were encrypted; changing it would orphan every
+        # secret already stored under a passphrase.
         digest = hashlib.sha256(b"steward.proxy.credentials\x00" + material.encode()).digest()
         return Fernet(base64.urlsafe_b64encode(digest))
 
