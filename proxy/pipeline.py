@@ -916,21 +916,22 @@ class ProxyRequest:
         first, batches, closer, finished = result
         if self.cache_key:
             self.cache_parts = []
-        # The response head goes out with the first events sent (`_forward`), or with the whole stream
-        # when it is held to the end (`answer`): one write, even with the settlement's turn between.
+        # The response head goes out with the first events, in the same write (`_forward`).
         t_stream = time.perf_counter()
         self.timings["call_upstream"] = round((t_stream - t) * 1000, 3)
         deployment = self.deployment
         attempt = self.attempts[-1]
         try:
-            # A batch known to be the stream's last waits for [DONE] and goes out with it, one write
-            # instead of two; with a fast upstream that is often the first batch, i.e. everything.
-            await self._forward(first, hold=finished())
-            if not self.tail:
-                # The first token is out: let streams still waiting for theirs (already woken, in the
-                # loop's ready queue) go ahead of this one's remaining chunks, settlement and log.
-                await asyncio.sleep(0)
+            # The first batch goes out at once, even when it is the whole stream: holding it for
+            # [DONE] saved a write but put the settlement and a loop turn in front of the first token
+            # (measured: 0.3-0.4 ms of time to first token at 16 streams, for no CPU saved).
+            await self._forward(first)
+            # The first token is out: let streams still waiting for theirs (already woken, in the
+            # loop's ready queue) go ahead of this one's remaining chunks, settlement and log.
+            await asyncio.sleep(0)
             async for batch in batches:
+                # A later batch known to be the stream's last waits for [DONE] and goes out with it,
+                # one write instead of two.
                 await self._forward(batch, hold=finished())
         except (TransientUpstreamError, PermanentUpstreamError) as exc:
             attempt.update(status="error", error_type=exc.code, http_status=exc.status)
