@@ -834,8 +834,7 @@ def billing_settings_update(
                 raise ValidationFailed("webhook_url must be an http(s) URL", param="webhook_url") from exc
         # A stored secret that no longer decrypts (the encryption key changed) counts as unset, so a
         # URL alone cannot be saved over it: the admin is asked for the secret again.
-        stored = secret_decrypt(current.webhook_secret_encrypted) if current.webhook_secret_encrypted else ""
-        stored = stored or ""
+        stored = (secret_decrypt(current.webhook_secret_encrypted) or "") if current.webhook_secret_encrypted else ""
         secret = stored if webhook_secret is None else webhook_secret
         if url and len(secret) < 16:
             raise ValidationFailed("webhook_secret must have at least 16 characters", param="webhook_secret")

@@ -14,20 +14,23 @@ socket past READ_HIGH_WATER bytes). A request that finds its pooled connection c
 server before any byte of the answer is sent again once on a new connection: the server dropped
 an idle connection and never saw it. Waits are bounded by deadlines (`Pool.request(timeout=)`,
 `Response.read(timeout=)`): a response that misses one fails with `Timeout` and drops its
-connection. What it does not do: proxies from the environment, HTTP/2,
-redirects, cookies; OpenAI-compatible APIs need none of them.
+connection. Proxies come from the environment as curl and requests read it (`proxy_for`): an
+https origin through a CONNECT tunnel, an http one in absolute form. What it does not do: HTTP/2,
+redirects, cookies, proxies that are not plain http://; OpenAI-compatible APIs need none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import math
 import ssl
 import time
+import urllib.request
 import zlib
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -49,15 +52,51 @@ class Timeout(HTTPClientError):
 
 
 @dataclass(frozen=True, slots=True)
+class Proxy:
+    """The HTTP proxy through which an origin is reached."""
+
+    host: str
+    port: int
+    authorization: bytes  # a Proxy-Authorization header line, or b""
+
+
+def proxy_for(scheme: str, host: str) -> Proxy | None:
+    """The proxy the environment names for `scheme://host`, read as curl and requests read it:
+    HTTPS_PROXY or HTTP_PROXY by the origin's scheme, else ALL_PROXY (lower-case names too), and
+    none for the hosts and domains NO_PROXY lists. Credentials in the proxy's URL are sent as Basic
+    authorization. Raises HTTPClientError for a proxy that is not plain http://."""
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get(scheme) or proxies.get("all")
+    if not url or urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        port = 0
+    if parts.scheme != "http" or not parts.hostname or not port:
+        raise HTTPClientError(f"the proxy {url!r} for {scheme}://{host} is not an http://host:port URL")
+    authorization = b""
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        authorization = b"Proxy-Authorization: Basic %s\r\n" % base64.b64encode(credentials)
+    return Proxy(parts.hostname, port, authorization)
+
+
+@dataclass(frozen=True, slots=True)
 class Origin:
     scheme: str
     host: str
     port: int
     path: str
     key: tuple[str, str, int]
-    head: bytes  # the request line and Host header
+    head: bytes  # the request line and Host header (and the proxy's authorization, in absolute form)
+    authority: bytes  # host:port, as CONNECT names it
+    proxy: Proxy | None
 
 
+# Parsed once per URL, proxy included: the environment is read when a deployment's URL is first
+# called, not on every request.
 _origins: dict[str, Origin] = {}
 
 
@@ -73,17 +112,52 @@ def origin_of(url: str) -> Origin:
         default = 443 if parts.scheme == "https" else 80
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         host_header = (host if port == default else f"{host}:{port}").encode("idna")
+        proxy = proxy_for(parts.scheme, parts.hostname)
+        if proxy is not None and parts.scheme == "http":
+            # A plain-http origin goes to the proxy in absolute form (a CONNECT to port 80 is
+            # commonly refused); https goes through a tunnel, so the proxy never sees the request.
+            head = b"POST http://%s%s HTTP/1.1\r\nHost: %s\r\n%s" % (
+                host_header,
+                path.encode(),
+                host_header,
+                proxy.authorization,
+            )
+        else:
+            head = b"POST %s HTTP/1.1\r\nHost: %s\r\n" % (path.encode(), host_header)
         origin = Origin(
             parts.scheme,
             parts.hostname,
             port,
             path,
             (parts.scheme, parts.hostname, port),
-            b"POST %s HTTP/1.1\r\nHost: %s\r\n" % (path.encode(), host_header),
+            head,
+            f"{host}:{port}".encode("idna"),
+            proxy,
         )
         if len(_origins) < 10_000:
             _origins[url] = origin
     return origin
+
+
+class _Tunnel(asyncio.Protocol):
+    """Reads a proxy's answer to CONNECT, after which the connection carries TLS to the origin."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.answer = loop.create_future()
+        self.received = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        if self.answer.done():
+            return
+        if b"\r\n\r\n" in self.received:
+            self.answer.set_result(self.received)
+        elif len(self.received) > 65_536:
+            self.answer.set_exception(HTTPClientError("the proxy's answer to CONNECT has no end"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(HTTPClientError(f"the proxy closed the connection during CONNECT ({exc})"))
 
 
 class _Connection(asyncio.Protocol):
@@ -428,16 +502,54 @@ class Pool:
     async def _connect(self, origin: Origin) -> _Connection:
         key = origin.key
         tls = origin.scheme == "https"
+        proxy = origin.proxy
+        if proxy is not None and tls:
+            return await self._tunnel(origin, proxy)
+        host, port = (origin.host, origin.port) if proxy is None else (proxy.host, proxy.port)
         try:
             _transport, conn = await self.loop.create_connection(
                 lambda: _Connection(self, key),
-                origin.host,
-                origin.port,
+                host,
+                port,
                 ssl=self._ssl_context() if tls else None,
                 server_hostname=origin.host if tls else None,
             )
         except (OSError, ssl.SSLError) as exc:
-            raise HTTPClientError(f"cannot connect to {origin.host}:{origin.port}: {exc}") from exc
+            via = f" through the proxy {host}:{port}" if proxy is not None else ""
+            raise HTTPClientError(f"cannot connect to {origin.host}:{origin.port}{via}: {exc}") from exc
+        return conn
+
+    async def _tunnel(self, origin: Origin, proxy: Proxy) -> _Connection:
+        """A connection to an https origin through `proxy`: CONNECT, then TLS to the origin inside."""
+        where = f"the proxy {proxy.host}:{proxy.port}"
+        try:
+            transport, tunnel = await self.loop.create_connection(lambda: _Tunnel(self.loop), proxy.host, proxy.port)
+        except OSError as exc:
+            raise HTTPClientError(f"cannot connect to {where}: {exc}") from exc
+        try:
+            transport.write(
+                b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (origin.authority, origin.authority, proxy.authorization)
+            )
+            head, _, early = (await tunnel.answer).partition(b"\r\n\r\n")
+            status_line = head.split(b"\r\n", 1)[0]
+            version, _, rest = status_line.partition(b" ")
+            status = rest[:3]
+            if not version.startswith(b"HTTP/") or not status.isdigit() or not 200 <= int(status) < 300:
+                raise HTTPClientError(
+                    f"{where} refused a tunnel to {origin.authority.decode()}: {status_line.decode('latin-1')[:200]}"
+                )
+            if early:
+                raise HTTPClientError(f"{where} sent bytes of its own into the tunnel to {origin.authority.decode()}")
+            conn = _Connection(self, origin.key)
+            tls_transport = await self.loop.start_tls(transport, conn, self._ssl_context(), server_hostname=origin.host)
+        except (OSError, ssl.SSLError) as exc:
+            transport.close()
+            raise HTTPClientError(f"cannot connect to {origin.host}:{origin.port} through {where}: {exc}") from exc
+        except BaseException:
+            transport.close()
+            raise
+        # start_tls hands the protocol its transport without calling connection_made.
+        conn.connection_made(tls_transport)
         return conn
 
     async def request(self, url: str, headers: bytes, body: bytes, timeout: float | None = None) -> Response:

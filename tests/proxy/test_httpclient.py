@@ -4,11 +4,14 @@ that framing, keep-alive and failures are exactly what each test says."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import ssl
+from urllib.parse import urlsplit
 
 import pytest
 import trustme
+import uvloop
 
 from proxy import httpclient
 
@@ -377,3 +380,151 @@ def test_a_server_that_never_answers_misses_the_request_deadline():
             pool.close()
 
     run(scenario())
+
+
+# --- proxies from the environment ---------------------------------------------------------------
+
+
+class ForwardProxy:
+    """An HTTP proxy written here: CONNECT tunnels and absolute-form requests, each connection piped
+    to its target. Records every request head it gets; with `credentials`, refuses others with 407."""
+
+    def __init__(self, credentials: bytes | None = None):
+        self.credentials = credentials
+        self.heads: list[bytes] = []
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+    async def _serve(self, reader, writer):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.heads.append(head)
+            lines = head.split(b"\r\n")
+            method, target, _ = lines[0].split(b" ")
+            if self.credentials is not None:
+                expected = b"Proxy-Authorization: Basic " + base64.b64encode(self.credentials)
+                if expected not in lines:
+                    writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+                    return
+            if method == b"CONNECT":
+                host, port = target.rsplit(b":", 1)
+                up_reader, up_writer = await asyncio.open_connection(host.decode(), int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                url = urlsplit(target.decode())
+                up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port)
+                up_writer.write(head.replace(target, url.path.encode(), 1))
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def _echo(server, reader, writer):
+    while (body := await server.read_request(reader)) is not None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+
+@pytest.fixture
+def proxy_env(monkeypatch):
+    """A clean proxy environment, and origins parsed afresh (they keep the proxy they were read with)."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setattr(httpclient, "_origins", {})
+    return monkeypatch
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_https_goes_through_the_proxys_connect_tunnel_with_its_credentials(proxy_env, loop, tmp_path):
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    # A private CA as an operator would trust it (README): the system trust store reads SSL_CERT_FILE.
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    proxy_env.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+
+    async def main():
+        async with Server(_echo, ssl_context=server_context) as server, ForwardProxy(b"steward:p@ss") as proxy:
+            proxy_env.setenv("HTTPS_PROXY", f"http://steward:p%40ss@127.0.0.1:{proxy.port}")
+            pool = httpclient.Pool(asyncio.get_running_loop())
+            try:
+                for _ in range(2):  # the second request reuses the tunnel
+                    response, body = await _client_request(pool, server.url("https", "localhost"))
+                    assert (response.status, body) == (200, BODY)
+            finally:
+                pool.close()
+            return server, proxy
+
+    factory = None if loop == "asyncio" else uvloop.new_event_loop  # Steward serves on uvloop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        server, proxy = runner.run(main())
+    [connect] = proxy.heads
+    assert connect.startswith(f"CONNECT localhost:{server.port} HTTP/1.1\r\n".encode())
+    assert b"Proxy-Authorization: Basic " + base64.b64encode(b"steward:p@ss") in connect
+    # The request itself travelled inside TLS: the proxy saw only the CONNECT.
+    assert server.connections == 1 and len(server.requests) == 2
+    assert server.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+
+
+def test_http_goes_to_the_proxy_in_absolute_form_and_no_proxy_hosts_go_direct(proxy_env):
+    async def main():
+        async with Server(_echo) as server, ForwardProxy() as proxy:
+            proxy_env.setenv("http_proxy", proxy.url)
+            pool = httpclient.Pool(asyncio.get_running_loop())
+            response, body = await _client_request(pool, server.url())
+            assert (response.status, body) == (200, BODY)
+            proxy_env.setenv("NO_PROXY", "localhost,127.0.0.1")
+            httpclient._origins.clear()
+            _, direct = await _client_request(pool, server.url("http", "localhost"))
+            assert direct == BODY
+            pool.close()
+            return server, proxy
+
+    server, proxy = run(main())
+    [head] = proxy.heads
+    assert head.startswith(f"POST http://127.0.0.1:{server.port}/v1/chat/completions HTTP/1.1\r\n".encode())
+    # The upstream got the origin-form request the proxy passed on, then the direct one.
+    assert [r.split(b"\r\n")[0] for r in server.requests] == [b"POST /v1/chat/completions HTTP/1.1"] * 2
+    assert server.connections == 2
+
+
+def test_a_proxy_that_refuses_or_is_unusable_is_a_client_error_naming_it(proxy_env):
+    async def main():
+        async with ForwardProxy(b"user:secret") as proxy:
+            proxy_env.setenv("HTTPS_PROXY", proxy.url)  # no credentials: 407
+            pool = httpclient.Pool(asyncio.get_running_loop())
+            with pytest.raises(httpclient.HTTPClientError, match=r"refused a tunnel to localhost:9.*407"):
+                await pool.request("https://localhost:9/v1", b"", BODY)
+            proxy_env.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
+            httpclient._origins.clear()
+            with pytest.raises(httpclient.HTTPClientError, match="not an http://host:port URL"):
+                await pool.request("https://localhost:9/v1", b"", BODY)
+            proxy_env.setenv("HTTPS_PROXY", "http://127.0.0.1:1")
+            httpclient._origins.clear()
+            with pytest.raises(httpclient.HTTPClientError, match=r"cannot connect to the proxy 127\.0\.0\.1:1\b"):
+                await pool.request("https://localhost:9/v1", b"", BODY)
+            pool.close()
+
+    run(main())
