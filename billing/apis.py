@@ -29,6 +29,7 @@ from billing.selectors import (
     key_spend,
     prices_list,
     usage_report,
+    webhook_secret_state,
 )
 from billing.services import (
     billing_settings_update,
@@ -407,13 +408,19 @@ class BillingSettingsApi(APIView):
     class OutputSerializer(serializers.Serializer):
         fail_open = serializers.BooleanField()
         webhook_url = serializers.CharField()
-        webhook_secret_set = serializers.BooleanField()
+        webhook_secret_set = serializers.BooleanField(help_text="A secret is stored and can be used to sign.")
+        webhook_secret_unreadable = serializers.BooleanField(
+            help_text="A secret is stored but no longer decrypts (the encryption key changed): alerts fail "
+            "unsent until it is set again."
+        )
 
     def _out(self, settings_row) -> dict:
+        state = webhook_secret_state(settings_row=settings_row)
         return {
             "fail_open": settings_row.fail_open,
             "webhook_url": settings_row.webhook_url,
-            "webhook_secret_set": bool(settings_row.webhook_secret_encrypted),
+            "webhook_secret_set": state == "set",
+            "webhook_secret_unreadable": state == "unreadable",
         }
 
     @extend_schema(operation_id="billing_settings_retrieve", responses=OutputSerializer, tags=["billing"])

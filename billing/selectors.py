@@ -24,6 +24,7 @@ from billing.services import (
     budget_spent_from_ledger,
     rollup_rows_compute,
 )
+from core.crypto import secret_decrypt
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +280,14 @@ def billing_settings_get(*, organisation) -> m.BillingSettings:
     return m.BillingSettings.objects.filter(organisation=organisation).first() or m.BillingSettings(
         organisation=organisation
     )
+
+
+def webhook_secret_state(*, settings_row: m.BillingSettings) -> str:
+    """ "unset", "set", or "unreadable": stored under an encryption key that has since changed, so
+    alerts fail unsent until an admin sets the secret again."""
+    if not settings_row.webhook_secret_encrypted:
+        return "unset"
+    return "set" if secret_decrypt(settings_row.webhook_secret_encrypted) is not None else "unreadable"
 
 
 @dataclass

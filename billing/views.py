@@ -23,6 +23,7 @@ from billing.selectors import (
     prices_list,
     top_spenders,
     usage_report,
+    webhook_secret_state,
 )
 from billing.services import billing_settings_update, budget_create, budget_delete, budget_update, price_set
 from core.errors import ApplicationError
@@ -259,4 +260,8 @@ def billing_settings(request):
             else:
                 messages.success(request, "Billing settings saved.")
                 return redirect("billing:settings")
-    return render(request, "billing/settings.html", {"form": form, "current": current})
+    return render(
+        request,
+        "billing/settings.html",
+        {"form": form, "current": current, "secret_state": webhook_secret_state(settings_row=current)},
+    )

@@ -27,7 +27,8 @@ PROXY_PREFIX = "/v1/"
 
 
 async def application(scope, receive, send):
-    if scope["type"] == "http" and scope["path"].startswith(PROXY_PREFIX):
+    # `/v1` itself too, so that a client's base URL missing its path gets an OpenAI error, not Django's page.
+    if scope["type"] == "http" and (scope["path"].startswith(PROXY_PREFIX) or scope["path"] == "/v1"):
         await proxy_application(scope, receive, send)
         return
     if scope["type"] == "lifespan":

@@ -29,7 +29,7 @@ ROUTES = {
 }
 
 
-async def _send_plain_error(send, error: ProxyError) -> None:
+async def _send_plain_error(send, error: ProxyError, headers: tuple = ()) -> None:
     body = error.body()
     await send(
         {
@@ -39,6 +39,7 @@ async def _send_plain_error(send, error: ProxyError) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 *error.headers(),
+                *headers,
             ],
         }
     )
@@ -93,6 +94,7 @@ async def application(scope, receive, send):
             ProxyError(
                 405, f"{scope['path']} accepts {method} only.", code="method_not_allowed", type="invalid_request_error"
             ),
+            ((b"allow", method.encode()),),
         )
         return
     request = ProxyRequest(scope, receive, send, endpoint)

@@ -124,12 +124,37 @@ def test_settings_and_key_ceiling_through_the_api(client, admin, api_key_factory
         {"webhook_url": "https://hooks.example.com/x", "webhook_secret": "0123456789abcdef!"},
         content_type="application/json",
     ).json()
-    assert body == {"fail_open": False, "webhook_url": "https://hooks.example.com/x", "webhook_secret_set": True}
+    assert body == {
+        "fail_open": False,
+        "webhook_url": "https://hooks.example.com/x",
+        "webhook_secret_set": True,
+        "webhook_secret_unreadable": False,
+    }
     response = client.put(
         f"/api/v1/billing/api-keys/{key.pk}/cost-ceiling/", {"max_request_cost": "0.5"}, content_type="application/json"
     )
     assert response.json()["max_request_cost"] == "0.500000000000"
     assert KeyCostCeiling.objects.get(api_key=key).max_request_cost == Decimal("0.5")
+
+
+def test_a_secret_that_no_longer_decrypts_is_reported_as_unreadable_not_set(client, admin, settings):
+    login(client, admin)
+    client.put(
+        "/api/v1/billing/settings/",
+        {"webhook_url": "https://hooks.example.com/x", "webhook_secret": "0123456789abcdef!"},
+        content_type="application/json",
+    )
+    settings.STEWARD_ENCRYPTION_KEY = "a different key, as after a rotation without re-encrypting"
+    body = client.get("/api/v1/billing/settings/").json()
+    assert (body["webhook_secret_set"], body["webhook_secret_unreadable"]) == (False, True)
+    page = client.get("/usage/settings/").content.decode()
+    assert "unreadable: set it again" in page and '<span class="badge">set</span>' not in page
+    client.put(
+        "/api/v1/billing/settings/", {"webhook_secret": "a new secret of 16+ chars"}, content_type="application/json"
+    )
+    body = client.get("/api/v1/billing/settings/").json()
+    assert (body["webhook_secret_set"], body["webhook_secret_unreadable"]) == (True, False)
+    assert '<span class="badge">set</span>' in client.get("/usage/settings/").content.decode()
 
 
 def test_roles_and_organisations_are_enforced(client, viewer, outsider, api_key_factory, organisation, system_actor):

@@ -79,8 +79,10 @@ def test_model_not_allowed_is_403_and_logged(proxy, api_key_factory):
 def test_unknown_model_and_url_are_404(proxy):
     _envelope(post(proxy, {**CHAT, "model": "gpt-unknown"}), 404, "model_not_found", param="model")
     _envelope(post(proxy, CHAT, path="/nothing/here"), 404, "unknown_url")
+    _envelope(requests.post(proxy.url, json=CHAT, headers=proxy.headers(), timeout=5), 404, "unknown_url")
     response = requests.get(proxy.url + "/chat/completions", headers=proxy.headers(), timeout=5)
     _envelope(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
 
 
 def test_body_too_large_is_413(proxy, settings):
