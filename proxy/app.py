@@ -13,7 +13,7 @@ import gc
 import logging
 
 from core.redis import aredis_client, bounded
-from proxy import upstream
+from proxy import metrics, upstream
 from proxy.admission import scripts_load
 from proxy.errors import ProxyError
 from proxy.pipeline import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, ProxyRequest
@@ -83,12 +83,14 @@ async def application(scope, receive, send):
     if route is None and path.startswith("/v1/models/"):
         route = ROUTES["/v1/models"]  # one model: the pipeline reads its id from the path
     if route is None:
+        metrics.count("unknown", "rejected")
         await _send_plain_error(
             send, ProxyError(404, f"Unknown URL {scope['path']}.", code="unknown_url", type="invalid_request_error")
         )
         return
     method, endpoint = route
     if scope["method"] != method:
+        metrics.count(endpoint, "rejected")
         await _send_plain_error(
             send,
             ProxyError(

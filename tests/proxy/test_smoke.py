@@ -40,6 +40,15 @@ def test_chat_completion_round_trip_metrics_and_stage_timings(proxy, dev_upstrea
         for line in metrics.splitlines()
     )
 
+    def unknown_urls() -> float:
+        text = requests.get(proxy.url.removesuffix("/v1") + "/metrics", timeout=5).text
+        line = 'steward_proxy_requests_total{endpoint="unknown",status="rejected"} '
+        return sum(float(x.removeprefix(line)) for x in text.splitlines() if x.startswith(line))
+
+    before = unknown_urls()
+    assert requests.get(f"{proxy.url}/nowhere", headers=proxy.headers(), timeout=10).status_code == 404
+    assert unknown_urls() == before + 1
+
 
 def test_demo_seed_is_idempotent_and_prints_curl_lines(organisation, admin, django_capture_on_commit_callbacks):
     from audit.services import Actor
