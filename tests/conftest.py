@@ -106,6 +106,17 @@ def _clean_redis_for_db_tests(request):
     yield
 
 
+@pytest.fixture
+def global_prices(db):
+    """The global price table (litellm's cost map and the development models' demo prices). A data
+    migration fills it, but a transactional test's flush empties it, so put it back when it is gone."""
+    from billing.models import Price
+    from billing.services import prices_seed
+
+    if not Price.objects.filter(organisation__isnull=True, model="gpt-4o").exists():
+        prices_seed()
+
+
 # --- personas --------------------------------------------------------------------------------
 
 

@@ -35,21 +35,12 @@ def run_async():
 
 @pytest.fixture(autouse=True)
 def _global_prices(request):
-    """The global price table comes from a data migration; a transactional test's flush (here or in
-    another app) empties it, so put it back when it is gone."""
+    """Every billing test that uses the database has the global price table (see `global_prices`)."""
     if "transactional_db" in request.fixturenames:
         request.getfixturevalue("transactional_db")
-    elif "db" in request.fixturenames:
-        request.getfixturevalue("db")
-    else:
-        yield
+    elif "db" not in request.fixturenames:
         return
-    from billing.models import Price
-    from billing.services import prices_seed
-
-    if not Price.objects.filter(organisation__isnull=True, model="gpt-4o").exists():
-        prices_seed()
-    yield
+    request.getfixturevalue("global_prices")
 
 
 @pytest.fixture

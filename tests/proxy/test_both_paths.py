@@ -1,0 +1,180 @@
+"""Every governance stage applies the same whether a deployment is called directly (OpenAI-compatible
+upstreams) or through litellm: the same requests, the same assertions, once per path."""
+
+from __future__ import annotations
+
+import threading
+import time
+from decimal import Decimal
+
+import openai
+import pytest
+import requests
+
+from billing.models import UsageLine
+from billing.services import budget_create
+from registry import services as registry
+from safety import services as safety
+from safety.policies import FilterAction, FilterDecision, hold_decision
+from tests.proxy.conftest import ACTOR, log_of, route_with_deployments, wait_for
+from tests.proxy.test_streaming import raw_stream
+
+DEPLOYMENTS = {
+    "direct": {"kind": "openai_compatible", "model": "dev-small"},
+    "litellm": {"kind": "litellm", "model": "openai/dev-small", "credential_secret": "upstream-key"},
+}
+# dev-small's seeded price, per token.
+PROMPT_PRICE, COMPLETION_PRICE = Decimal("0.0000005"), Decimal("0.0000015")
+
+
+class Policy:
+    """Pre: redacts the word "secret". Post: blocks a reply that echoes "BLOCKME" and holds one that
+    echoes "HOLDME" until the test releases it."""
+
+    name = "both-paths"
+
+    def __init__(self):
+        self.holds = []
+
+    async def pre(self, *, context, body):
+        if "messages" not in body:
+            return FilterDecision(FilterAction.ALLOW, self.name)
+        messages = [
+            {**m, "content": m["content"].replace("secret", "[redacted]")} if isinstance(m.get("content"), str) else m
+            for m in body.get("messages", [])
+        ]
+        return FilterDecision(FilterAction.ALLOW, self.name, body={**body, "messages": messages})
+
+    async def post(self, *, context, response, streamed):
+        text = str(response)
+        if "BLOCKME" in text:
+            return FilterDecision(FilterAction.BLOCK, self.name, reason="echoed BLOCKME")
+        if "HOLDME" in text:
+            decision = hold_decision(policy=self.name, reason="echoed HOLDME")
+            self.holds.append(decision.hold_id)
+            return decision
+        return FilterDecision(FilterAction.ALLOW, self.name)
+
+
+@pytest.fixture(params=sorted(DEPLOYMENTS))
+def governed(request, proxy, organisation, dev_upstream, global_prices):
+    route_with_deployments(
+        organisation, "governed", [{"api_base": dev_upstream.url, **DEPLOYMENTS[request.param]}], cache_enabled=True
+    )
+    prompt = registry.prompt_create(organisation=organisation, name="governed-prompt", actor=ACTOR)
+    version = registry.prompt_version_create(
+        prompt=prompt,
+        messages=[{"role": "system", "content": "Answer {{ who }}."}],
+        model="governed",
+        params={"max_tokens": 40},
+        variables=[{"name": "who", "type": "string", "required": True}],
+        commit_message="v1",
+        actor=ACTOR,
+    )
+    registry.label_move(prompt=prompt, label="production", version=version, reason="ship", actor=ACTOR)
+    budget_create(organisation=organisation, actor=ACTOR, name="Roomy", scope="organisation", amount=Decimal("10"))
+    policy = Policy()
+    safety.policy_install(organisation_id=organisation.id, policy=policy)
+    yield policy, version
+    safety.policy_install(organisation_id=organisation.id, policy=None)
+
+
+def ledger(request_id: str) -> list[UsageLine]:
+    log_of(request_id)  # the ledger lines are written with the log record
+    return list(UsageLine.objects.filter(request_id=request_id))
+
+
+def test_prompt_filters_cost_log_and_cache(proxy, dev_upstream, governed):
+    _, version = governed
+    client = openai.OpenAI(base_url=proxy.url, api_key=proxy.secret, max_retries=0)
+    ask = dict(
+        model="governed",
+        messages=[{"role": "user", "content": "my secret question"}],
+        extra_body={"prompt": {"name": "governed-prompt", "label": "production", "variables": {"who": "Ada"}}},
+    )
+    raw = client.chat.completions.with_raw_response.create(**ask)
+    completion = raw.parse()
+    assert raw.headers["x-steward-prompt-version"] == "governed-prompt:1"
+    sent = dev_upstream.stats()["last_request"]
+    assert sent["messages"] == [
+        {"role": "system", "content": "Answer Ada."},
+        {"role": "user", "content": "my [redacted] question"},
+    ]
+    assert sent["max_tokens"] == 40
+    row = log_of(raw.headers["x-request-id"])
+    assert (row.status, row.prompt_version_id, row.cache_hit) == ("ok", version.id, False)
+    assert (row.prompt_tokens, row.completion_tokens) == (
+        completion.usage.prompt_tokens,
+        completion.usage.completion_tokens,
+    )
+    [line] = ledger(raw.headers["x-request-id"])
+    assert line.basis == "priced"
+    assert line.cost == row.prompt_tokens * PROMPT_PRICE + row.completion_tokens * COMPLETION_PRICE > 0
+
+    upstream_calls = dev_upstream.stats()["requests"]
+    again = client.chat.completions.with_raw_response.create(**ask)
+    assert again.headers["x-steward-cache"] == "hit"
+    assert again.parse().choices[0].message.content == completion.choices[0].message.content
+    assert dev_upstream.stats()["requests"] == upstream_calls
+    cached = log_of(again.headers["x-request-id"])
+    assert cached.status == "cached" and cached.cache_hit
+    assert sum(line.cost for line in ledger(again.headers["x-request-id"])) == 0
+
+
+def test_embeddings_and_completions_are_logged_and_priced(proxy, governed):
+    client = openai.OpenAI(base_url=proxy.url, api_key=proxy.secret, max_retries=0)
+    embedded = client.embeddings.with_raw_response.create(model="governed", input=["one text", "another"])
+    assert len(embedded.parse().data) == 2
+    completed = client.completions.with_raw_response.create(model="governed", prompt="Once upon", max_tokens=8)
+    assert completed.parse().choices[0].text
+    for raw, endpoint in ((embedded, "embeddings"), (completed, "completions")):
+        row = log_of(raw.headers["x-request-id"])
+        assert (row.status, row.endpoint) == ("ok", endpoint) and row.prompt_tokens > 0
+        [line] = ledger(raw.headers["x-request-id"])
+        assert line.basis == "priced" and line.cost > 0
+
+
+def test_post_filter_block_and_hold(proxy, governed):
+    policy, _ = governed
+    url, headers = f"{proxy.url}/chat/completions", proxy.headers()
+
+    def ask(text):
+        body = {"model": "governed", "messages": [{"role": "user", "content": text}]}
+        return requests.post(url, json=body, headers=headers, timeout=15)
+
+    blocked = ask("say BLOCKME")
+    assert blocked.status_code == 400 and blocked.json()["error"]["code"] == "content_policy_violation"
+    row = log_of(blocked.headers["x-request-id"])
+    assert row.status == "rejected" and row.completion_tokens > 0  # the upstream's tokens are still accounted
+
+    result = {}
+    caller = threading.Thread(target=lambda: result.setdefault("held", ask("say HOLDME")))
+    caller.start()
+    wait_for(lambda: policy.holds, timeout=5, interval=0.02)
+    time.sleep(0.2)
+    assert "held" not in result  # parked until a reviewer decides
+    safety.hold_resolve(hold_id=policy.holds[0], allow=True)
+    caller.join(10)
+    assert result["held"].status_code == 200 and "HOLDME" in result["held"].text
+
+
+def test_a_hang_up_cancels_the_upstream_and_is_logged(proxy, dev_upstream, governed):
+    dev_upstream.control(chunk_delay_ms=100, reply=" ".join(f"w{i}" for i in range(200)))
+    sock, received = raw_stream(
+        proxy,
+        {"model": "governed", "stream": True, "messages": [{"role": "user", "content": "long"}]},
+        read_until=b"w3",
+    )
+    request_id = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in received.split(b"\r\n")
+        if line.lower().startswith(b"x-request-id")
+    )
+    hung_up = time.monotonic()
+    sock.close()
+    wait_for(lambda: dev_upstream.stats()["cancelled"] == 1, timeout=1.0, interval=0.02)
+    assert time.monotonic() - hung_up < 1.0
+    row = log_of(request_id, timeout=30)
+    assert row.status == "cancelled" and row.completion_tokens > 0
+    [line] = ledger(request_id)
+    assert line.cost > 0  # what was produced before the hang-up is paid for
