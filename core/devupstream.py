@@ -58,6 +58,8 @@ class Stats:
     in_flight: int = 0
     max_in_flight: int = 0
     cancelled_tokens: list[int] = field(default_factory=list)
+    # Client ports in order of first request: how many connections the callers opened.
+    client_ports: list[int] = field(default_factory=list)
     last_request: dict | None = None
     last_headers: dict | None = None
 
@@ -143,6 +145,9 @@ class DevUpstream:
 
     async def _admit(self, request: web.Request) -> tuple[dict | None, web.Response | None]:
         self.stats.requests += 1
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer and peer[1] not in self.stats.client_ports:
+            self.stats.client_ports.append(peer[1])
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):

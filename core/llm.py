@@ -6,6 +6,7 @@ package: this deployment must never reach out to the internet at import time.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 from typing import Any
@@ -76,12 +77,102 @@ def _as_dict(obj: Any) -> dict:
     return obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else dict(obj)
 
 
-def _call_kwargs(*, model: str, api_base: str | None, api_key: str | None, timeout: float) -> dict:
+def _provider_fields_drop(data: dict) -> dict:
+    # litellm adds `provider_specific_fields` to choices and messages: not part of the OpenAI format.
+    for choice in data.get("choices") or ():
+        if isinstance(choice, dict):
+            choice.pop("provider_specific_fields", None)
+            for part in ("message", "delta"):
+                if isinstance(choice.get(part), dict):
+                    choice[part].pop("provider_specific_fields", None)
+    return data
+
+
+def _openai_chunks(chunk: dict, *, text: bool) -> list[dict]:
+    """One litellm stream chunk as the OpenAI wire format has it: every choice carries its
+    `finish_reason` and its `delta` (chat) or `text` (completions), and the usage comes alone, in a
+    chunk whose `choices` is empty. litellm omits those fields and puts the usage on a chunk with an
+    empty choice (or, for some providers, on the last content chunk), which strict clients misread
+    (the openai SDK yields `text=None`)."""
+    _provider_fields_drop(chunk)
+    choices = [c for c in chunk.get("choices") or () if isinstance(c, dict)]
+    for choice in choices:
+        if text:
+            if choice.get("text") is None:
+                choice["text"] = ""
+            choice.setdefault("logprobs", None)
+        elif choice.get("delta") is None:
+            choice["delta"] = {}
+        choice.setdefault("finish_reason", None)
+    usage = chunk.get("usage")
+    if not usage:
+        chunk.pop("usage", None)
+        return [chunk]
+    empty = all(not c["finish_reason"] and not (c["text"] if text else c["delta"]) for c in choices)
+    if empty:
+        chunk["choices"] = []
+        return [chunk]
+    del chunk["usage"]
+    alone = {k: v for k, v in chunk.items() if k != "choices"}
+    alone["choices"], alone["usage"] = [], usage
+    return [chunk, alone]
+
+
+# Per event loop: (api_base, api_key) -> AsyncOpenAI. A client's connections belong to its loop.
+_text_clients: dict[int, tuple[asyncio.AbstractEventLoop, dict[tuple[str, str], Any]]] = {}
+
+
+def _openai_text_client(*, model: str, api_base: str | None, api_key: str | None, timeout: float):
+    """A pooled client for text completions on OpenAI-compatible deployments, or None to let
+    litellm choose.
+
+    For those, litellm builds a new AsyncOpenAI client, with its own connection pool, on every call
+    and never closes it: a new TCP connection per request, and an "Unclosed client session" error
+    in the log when the collector finds it. (Chat and embeddings reuse cached clients.)
+    """
+    if not api_key:
+        return None  # litellm falls back to its own settings and environment
+    lm = _litellm()
+    try:
+        provider = lm.get_llm_provider(model=model, api_base=api_base)[1]
+    except Exception:
+        return None
+    if provider not in ("openai", "text-completion-openai"):
+        return None
+    import openai
+
+    loop = asyncio.get_running_loop()
+    entry = _text_clients.get(id(loop))
+    if entry is None or entry[0] is not loop:
+        for key in [k for k, (other, _) in _text_clients.items() if other.is_closed()]:
+            del _text_clients[key]
+        entry = _text_clients[id(loop)] = (loop, {})
+    clients = entry[1]
+    client = clients.get((api_base or "", api_key))
+    if client is None:
+        client = clients[(api_base or "", api_key)] = openai.AsyncOpenAI(
+            api_key=api_key, base_url=api_base or None, max_retries=0
+        )
+    return client.with_options(timeout=timeout)  # shares the connection pool
+
+
+async def clients_close() -> None:
+    """Close this event loop's pooled clients (at shutdown)."""
+    entry = _text_clients.pop(id(asyncio.get_running_loop()), None)
+    for client in entry[1].values() if entry else ():
+        await client.close()
+
+
+def _call_kwargs(*, model: str, api_base: str | None, api_key: str | None, timeout: float, text: bool = False) -> dict:
     kwargs: dict[str, Any] = {"model": model, "timeout": timeout, "num_retries": 0}
     if api_base:
         kwargs["api_base"] = api_base
     if api_key:
         kwargs["api_key"] = api_key
+    if text:
+        client = _openai_text_client(model=model, api_base=api_base, api_key=api_key, timeout=timeout)
+        if client is not None:
+            kwargs["client"] = client
     return kwargs
 
 
@@ -94,7 +185,9 @@ async def acall(
     """
     lm = _litellm()
     params = {k: v for k, v in body.items() if k not in ("model", "stream", "stream_options")}
-    kwargs = _call_kwargs(model=model, api_base=api_base, api_key=api_key, timeout=timeout)
+    kwargs = _call_kwargs(
+        model=model, api_base=api_base, api_key=api_key, timeout=timeout, text=endpoint == "completions"
+    )
     try:
         if endpoint == "embeddings":
             response = await lm.aembedding(**kwargs, **params)
@@ -106,7 +199,7 @@ async def acall(
         raise _map_error(exc, name=name) from exc
     data = _as_dict(response)
     data.pop("_hidden_params", None)
-    return data
+    return _provider_fields_drop(data)
 
 
 async def astream(
@@ -118,7 +211,9 @@ async def astream(
     """
     lm = _litellm()
     params = {k: v for k, v in body.items() if k not in ("model", "stream", "stream_options")}
-    kwargs = _call_kwargs(model=model, api_base=api_base, api_key=api_key, timeout=timeout)
+    kwargs = _call_kwargs(
+        model=model, api_base=api_base, api_key=api_key, timeout=timeout, text=endpoint == "completions"
+    )
     try:
         if endpoint == "completions":
             stream = await lm.atext_completion(**kwargs, **params, stream=True, stream_options={"include_usage": True})
@@ -127,10 +222,13 @@ async def astream(
     except Exception as exc:
         raise _map_error(exc, name=name) from exc
 
+    text = endpoint == "completions"
+
     async def chunks():
         try:
             async for chunk in stream:
-                yield _as_dict(chunk)
+                for part in _openai_chunks(_as_dict(chunk), text=text):
+                    yield part
         except Exception as exc:
             raise _map_error(exc, name=name) from exc
 

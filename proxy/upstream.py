@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from core import llm
 from core.errors import PermanentUpstreamError, TransientUpstreamError
 from proxy import httpclient
 
@@ -38,9 +39,11 @@ def pool() -> httpclient.Pool:
 
 
 async def pools_close() -> None:
+    """Close this event loop's upstream connections: the direct pool and litellm's pooled clients."""
     p = _pools.pop(id(asyncio.get_running_loop()), None)
     if p is not None:
         p.close()
+    await llm.clients_close()
 
 
 def _headers(api_key: str | None, request_id: str) -> bytes:

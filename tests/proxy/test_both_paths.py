@@ -3,6 +3,7 @@ upstreams) or through litellm: the same requests, the same assertions, once per 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from decimal import Decimal
@@ -132,6 +133,32 @@ def test_embeddings_and_completions_are_logged_and_priced(proxy, governed):
         assert (row.status, row.endpoint) == ("ok", endpoint) and row.prompt_tokens > 0
         [line] = ledger(raw.headers["x-request-id"])
         assert line.basis == "priced" and line.cost > 0
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+def test_streams_are_in_the_openai_wire_format(proxy, governed, path, include_usage):
+    """Every choice has its finish_reason and its delta (chat) or text string (completions); the
+    usage, when asked for, comes alone in a last chunk with no choices."""
+    body = {"model": "governed", "stream": True, "max_tokens": 4, "stream_options": {"include_usage": include_usage}}
+    body.update({"messages": [{"role": "user", "content": "hi"}]} if path == "/chat/completions" else {"prompt": "Hi"})
+    response = requests.post(proxy.url + path, json=body, headers=proxy.headers(), timeout=15)
+    events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    if include_usage:
+        *chunks, usage = chunks
+        assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 4
+    for chunk in chunks:
+        assert "usage" not in chunk and len(chunk["choices"]) == 1
+        [choice] = chunk["choices"]
+        assert "finish_reason" in choice
+        if path == "/completions":
+            assert isinstance(choice["text"], str)
+        else:
+            assert isinstance(choice["delta"], dict)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
 
 
 def test_post_filter_block_and_hold(proxy, governed):

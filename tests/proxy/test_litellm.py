@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import openai
 import pytest
+import requests
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm  # (after the env var: no network at import)
@@ -99,3 +101,22 @@ def test_litellm_kind_transient_errors_fail_over(proxy, organisation, dev_upstre
     assert raw.headers["x-steward-model-deployment"] == "b"
     row = log_of(raw.headers["x-request-id"])
     assert [(a["deployment"], a["status"]) for a in row.attempts] == [("a", "error"), ("b", "ok")]
+
+
+def test_litellm_kind_text_completions_reuse_a_pooled_connection(proxy, organisation, dev_upstream, caplog):
+    """Left to itself, litellm opens a new client, and connection, for every OpenAI text completion
+    and never closes it. (Streams are closed by the openai SDK before the body's last bytes, which
+    costs their connection: that one is not reused either way.)"""
+    route_with_deployments(
+        organisation,
+        "lm-text",
+        [{"api_base": dev_upstream.url, "kind": "litellm", "model": "openai/dev-small", "credential_secret": "k"}],
+    )
+    body = {"model": "lm-text", "prompt": "Once upon", "max_tokens": 3}
+    for _ in range(8):
+        response = requests.post(f"{proxy.url}/completions", json=body, headers=proxy.headers(), timeout=15)
+        assert response.status_code == 200 and response.json()["choices"][0]["text"].startswith("Steward")
+    assert dev_upstream.stats()["requests"] == 8
+    assert len(dev_upstream.stats()["client_ports"]) == 1
+    gc.collect()
+    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
