@@ -47,6 +47,8 @@ class Knobs:
     omit_usage: bool = False
     split_multibyte: bool = False
     reply: str | None = None
+    # When set, every /v1 endpoint answers 401 unless sent `Authorization: Bearer <api_key>`.
+    api_key: str | None = None
 
 
 @dataclass
@@ -133,7 +135,25 @@ class DevUpstream:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "name": self.name})
 
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        if self.knobs.api_key is None or request.headers.get("Authorization") == f"Bearer {self.knobs.api_key}":
+            return None
+        return web.json_response(
+            {
+                "error": {
+                    "message": "Incorrect API key provided.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            },
+            status=401,
+        )
+
     async def list_models(self, request: web.Request) -> web.Response:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
         data = [{"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
@@ -155,6 +175,10 @@ class DevUpstream:
         self.stats.last_request = body
         self.stats.last_headers = {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"}
         self.stats.last_headers["authorization_present"] = "authorization" in {k.lower() for k in request.headers}
+        refused = self._unauthorized(request)
+        if refused is not None:
+            self.stats.failed += 1
+            return None, refused
         if self.knobs.hang:
             await asyncio.sleep(3600)
         if self.knobs.fail_status and (self.knobs.fail_count is None or self.knobs.fail_count > 0):

@@ -56,6 +56,23 @@ class TransientUpstreamError(ApplicationError):
     code = "upstream_error"
 
 
+class DeploymentMisconfigured(TransientUpstreamError):
+    """The provider refused Steward's credentials (401, 403) or does not serve the model there
+    (404): the deployment is at fault, not the request. Another deployment may serve it, and the
+    failure counts towards this one's circuit (it fails every request alike). The client gets 502:
+    its own key and model were accepted; passing the upstream's 401 on would blame its key."""
+
+    status = 502
+    code = "upstream_misconfigured"
+
+    STATUSES = frozenset({401, 403, 404})
+
+    @classmethod
+    def for_status(cls, status: int, *, deployment: str, message: str) -> DeploymentMisconfigured:
+        what = "the deployment's credentials were refused" if status in (401, 403) else "it does not serve this model"
+        return cls(f"Upstream {deployment} answered HTTP {status}: {what} ({message})")
+
+
 class PermanentUpstreamError(ApplicationError):
     """Retrying will not help: the provider rejected the request itself."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -44,9 +45,12 @@ def _status_of(exc: Exception) -> int | None:
     return status if isinstance(status, int) else None
 
 
+_LITELLM_PREFIX = re.compile(r"^(litellm\.\w+: )?(\w+Error: )?(\w+Exception - )?")
+
+
 def _map_error(exc: Exception, *, name: str) -> Exception:
     """litellm's exception zoo onto core.errors: transient (retry elsewhere) or permanent."""
-    from core.errors import PermanentUpstreamError, TransientUpstreamError
+    from core.errors import DeploymentMisconfigured, PermanentUpstreamError, TransientUpstreamError
 
     lm = _litellm()
     transient_types = (
@@ -59,8 +63,11 @@ def _map_error(exc: Exception, *, name: str) -> Exception:
         TimeoutError,
     )
     status = _status_of(exc)
-    message = str(getattr(exc, "message", None) or exc)[:500]
-    if isinstance(exc, transient_types) or (status is not None and status >= 500):
+    # "litellm.BadRequestError: OpenAIException - <the provider's message>": keep the provider's words.
+    message = _LITELLM_PREFIX.sub("", str(getattr(exc, "message", None) or exc))[:500]
+    if status in DeploymentMisconfigured.STATUSES:
+        error = DeploymentMisconfigured.for_status(status, deployment=name, message=message)
+    elif isinstance(exc, transient_types) or (status is not None and status >= 500):
         error = TransientUpstreamError(f"Upstream {name}: {message}", code="upstream_error")
         if isinstance(exc, lm.exceptions.Timeout | TimeoutError):
             error.status, error.code = 504, "upstream_timeout"

@@ -74,6 +74,10 @@ def deployment_check(deployment, *, timeout: float = 5.0) -> tuple[bool, float, 
         latency = (time.perf_counter() - started) * 1000
         if response.status_code >= 500 or response.status_code == 429:
             return False, latency, f"HTTP {response.status_code}"
+        if response.status_code in (401, 403):
+            # Steward's credentials are refused: every request would fail. (A 404 only says this
+            # server has no /models, which many OpenAI-compatible ones lack.)
+            return False, latency, f"HTTP {response.status_code}: credentials refused"
         return True, latency, ""
     except requests.RequestException as exc:
         return False, (time.perf_counter() - started) * 1000, type(exc).__name__

@@ -4,8 +4,10 @@ One connection pool per event loop (connections cannot cross loops); uvicorn's l
 or the first request does.
 
 Errors are mapped onto the project's own: `TransientUpstreamError` (connect errors, timeouts, 408,
-409, 429, 5xx: worth another deployment) and `PermanentUpstreamError` (the upstream rejected the
-request itself: retrying elsewhere will not help; its status and message go back to the client).
+409, 429, 5xx: worth another deployment), `DeploymentMisconfigured` (401, 403, 404: the deployment's
+credentials or model are wrong; worth another deployment, and a 502 for the client) and
+`PermanentUpstreamError` (the upstream rejected the request itself: retrying elsewhere will not
+help; its status and message go back to the client).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import orjson
 
 from core import llm
-from core.errors import PermanentUpstreamError, TransientUpstreamError
+from core.errors import DeploymentMisconfigured, PermanentUpstreamError, TransientUpstreamError
 from proxy import httpclient
 
 _pools: dict[int, httpclient.Pool] = {}
@@ -71,6 +73,8 @@ def _raise_for(status: int, raw: bytes, deployment_name: str):
     message = _error_message(status, raw)
     if status in TRANSIENT_STATUSES:
         error = TransientUpstreamError(f"Upstream {deployment_name}: {message}", code="upstream_error")
+    elif status in DeploymentMisconfigured.STATUSES:
+        error = DeploymentMisconfigured.for_status(status, deployment=deployment_name, message=message)
     else:
         error = PermanentUpstreamError(message, code="upstream_rejected")
         # A request the provider refused (bad parameter, unknown model there) keeps its status for the client.

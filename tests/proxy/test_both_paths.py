@@ -205,3 +205,13 @@ def test_a_hang_up_cancels_the_upstream_and_is_logged(proxy, dev_upstream, gover
     assert row.status == "cancelled" and row.completion_tokens > 0
     [line] = ledger(request_id)
     assert line.cost > 0  # what was produced before the hang-up is paid for
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_refused_credentials_are_the_deployments_fault_not_the_clients(proxy, dev_upstream, governed, stream):
+    dev_upstream.control(api_key="not-the-deployments-key")
+    body = {"model": "governed", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    response = requests.post(f"{proxy.url}/chat/completions", json=body, headers=proxy.headers(), timeout=15)
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "upstream_misconfigured"
+    assert log_of(response.headers["x-request-id"]).attempts[0]["http_status"] == 401

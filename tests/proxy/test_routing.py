@@ -152,3 +152,55 @@ def test_active_health_check_opens_and_closes_circuits(organisation, dev_upstrea
     deployment_update(deployment=bad, api_base=dev_upstream.url, actor=ACTOR)
     assert deployments_check_all(timeout=1)[bad.id] is True
     assert deployment_health_snapshot(deployment_ids=[bad.id])[bad.id]["state"] == "closed"
+
+
+def test_a_deployment_whose_credentials_are_refused_is_routed_around_and_its_circuit_opens(
+    proxy, organisation, dev_upstream, dev_upstream_b, settings
+):
+    """An upstream 401 blames the deployment's credentials, not the client's key: another
+    deployment serves the request, the failures open the circuit, and with nowhere else to go
+    the client gets 502, not a 401 that would send it checking its own key."""
+    settings.STEWARD_PROXY_CIRCUIT_FAILURES = 2
+    dev_upstream.control(api_key="the-right-key")
+    _, (stale, _) = route_with_deployments(
+        organisation,
+        "keyed",
+        [
+            {"api_base": dev_upstream.url, "name": "stale", "credential_secret": "an-old-key", "weight": 10_000},
+            {"api_base": dev_upstream_b.url, "name": "other", "weight": 1},
+        ],
+    )
+    response = chat(proxy, "keyed")
+    assert response.status_code == 200 and response.headers["x-steward-model-deployment"] == "other"
+    [refused, served] = log_of(response.headers["x-request-id"]).attempts
+    assert (refused["deployment"], refused["http_status"], refused["error_type"]) == (
+        "stale",
+        401,
+        "upstream_misconfigured",
+    )
+    assert served["status"] == "ok"
+    chat(proxy, "keyed")
+    assert deployment_health_snapshot(deployment_ids=[stale.id])[stale.id]["state"] == "open"
+
+    route_with_deployments(
+        organisation, "keyed-alone", [{"api_base": dev_upstream.url, "credential_secret": "an-old-key"}]
+    )
+    response = chat(proxy, "keyed-alone")
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["code"] == "upstream_misconfigured" and "credentials" in error["message"]
+
+    # The active check sees the refusal too, and keeps the circuit open instead of closing it.
+    assert deployments_check_all(timeout=1)[stale.id] is False
+    assert (
+        "credentials refused"
+        in deployment_health_snapshot(deployment_ids=[stale.id])[stale.id]["active_check"]["error"]
+    )
+
+
+def test_a_model_the_upstream_does_not_serve_is_a_502(proxy, organisation, dev_upstream):
+    route_with_deployments(organisation, "typo", [{"api_base": dev_upstream.url, "model": "dev-smal"}])
+    response = chat(proxy, "typo")
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "upstream_misconfigured"
+    assert log_of(response.headers["x-request-id"]).attempts[0]["http_status"] == 404
