@@ -49,6 +49,8 @@ class Knobs:
     reply: str | None = None
     # When set, every /v1 endpoint answers 401 unless sent `Authorization: Bearer <api_key>`.
     api_key: str | None = None
+    # Sent as Retry-After with injected failures (as providers do with their 429s).
+    retry_after: int | None = None
 
 
 @dataclass
@@ -158,9 +160,11 @@ class DevUpstream:
         return web.json_response({"object": "list", "data": data})
 
     def _error(self, status: int, message: str) -> web.Response:
+        headers = {"Retry-After": str(self.knobs.retry_after)} if self.knobs.retry_after is not None else None
         return web.json_response(
             {"error": {"message": message, "type": "dev_upstream_error", "param": None, "code": str(status)}},
             status=status,
+            headers=headers,
         )
 
     async def _admit(self, request: web.Request) -> tuple[dict | None, web.Response | None]:

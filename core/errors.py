@@ -56,6 +56,20 @@ class TransientUpstreamError(ApplicationError):
     code = "upstream_error"
 
 
+def upstream_rate_limited(deployment: str, message: str, retry_after: str | None) -> TransientUpstreamError:
+    """A provider's 429: worth another deployment; if it is the last word, the client gets a 429
+    too, with the provider's `Retry-After` (in seconds) when it sent one, so it backs off as it
+    would have against the provider."""
+    error = TransientUpstreamError(f"Upstream {deployment} is rate limited: {message}", code="upstream_rate_limited")
+    error.status = 429
+    try:
+        seconds = float(retry_after) if retry_after else None
+    except ValueError:
+        seconds = None  # an HTTP date: rare from providers, and the default wait is short anyway
+    error.retry_after = seconds if seconds is not None and 0 <= seconds <= 3600 else None
+    return error
+
+
 class DeploymentMisconfigured(TransientUpstreamError):
     """The provider refused Steward's credentials (401, 403) or does not serve the model there
     (404): the deployment is at fault, not the request. Another deployment may serve it, and the

@@ -50,7 +50,12 @@ _LITELLM_PREFIX = re.compile(r"^(litellm\.\w+: )?(\w+Error: )?(\w+Exception - )?
 
 def _map_error(exc: Exception, *, name: str) -> Exception:
     """litellm's exception zoo onto core.errors: transient (retry elsewhere) or permanent."""
-    from core.errors import DeploymentMisconfigured, PermanentUpstreamError, TransientUpstreamError
+    from core.errors import (
+        DeploymentMisconfigured,
+        PermanentUpstreamError,
+        TransientUpstreamError,
+        upstream_rate_limited,
+    )
 
     lm = _litellm()
     transient_types = (
@@ -67,6 +72,11 @@ def _map_error(exc: Exception, *, name: str) -> Exception:
     message = _LITELLM_PREFIX.sub("", str(getattr(exc, "message", None) or exc))[:500]
     if status in DeploymentMisconfigured.STATUSES:
         error = DeploymentMisconfigured.for_status(status, deployment=name, message=message)
+    elif isinstance(exc, lm.exceptions.RateLimitError) or status == 429:
+        # The provider's headers: litellm keeps them apart from the response it attaches.
+        headers = getattr(exc, "litellm_response_headers", None) or {}
+        retry_after = headers.get("retry-after") if hasattr(headers, "get") else None
+        error = upstream_rate_limited(name, message, retry_after)
     elif isinstance(exc, transient_types) or (status is not None and status >= 500):
         error = TransientUpstreamError(f"Upstream {name}: {message}", code="upstream_error")
         if isinstance(exc, lm.exceptions.Timeout | TimeoutError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import orjson
 
 from core import llm
-from core.errors import DeploymentMisconfigured, PermanentUpstreamError, TransientUpstreamError
+from core.errors import DeploymentMisconfigured, PermanentUpstreamError, TransientUpstreamError, upstream_rate_limited
 from proxy import httpclient
 
 _pools: dict[int, httpclient.Pool] = {}
@@ -69,9 +69,11 @@ def _error_message(status: int, raw: bytes) -> str:
     return f"upstream answered HTTP {status}"
 
 
-def _raise_for(status: int, raw: bytes, deployment_name: str):
+def _raise_for(status: int, raw: bytes, deployment_name: str, retry_after: str | None = None):
     message = _error_message(status, raw)
-    if status in TRANSIENT_STATUSES:
+    if status == 429:
+        error = upstream_rate_limited(deployment_name, message, retry_after)
+    elif status in TRANSIENT_STATUSES:
         error = TransientUpstreamError(f"Upstream {deployment_name}: {message}", code="upstream_error")
     elif status in DeploymentMisconfigured.STATUSES:
         error = DeploymentMisconfigured.for_status(status, deployment=deployment_name, message=message)
@@ -108,7 +110,7 @@ async def _raise_for_response(resp: httpclient.Response, name: str):
     except httpclient.HTTPClientError:
         resp.close()
         raw = b""
-    _raise_for(resp.status, raw, name)
+    _raise_for(resp.status, raw, name, resp.headers.get("retry-after"))
 
 
 async def call_json(*, url: str, payload: bytes, api_key: str | None, timeout: float, request_id: str, name: str):

@@ -215,3 +215,17 @@ def test_refused_credentials_are_the_deployments_fault_not_the_clients(proxy, de
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] == "upstream_misconfigured"
     assert log_of(response.headers["x-request-id"]).attempts[0]["http_status"] == 401
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_rate_limited_upstream_is_a_429_with_its_retry_after(proxy, dev_upstream, governed, stream):
+    """The provider's 429 reaches the client as a 429 (after the retries found no other
+    deployment), with the provider's Retry-After, so the client backs off as it would have."""
+    dev_upstream.control(fail_status=429, retry_after=7)
+    body = {"model": "governed", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    response = requests.post(f"{proxy.url}/chat/completions", json=body, headers=proxy.headers(), timeout=15)
+    assert response.status_code == 429, response.text
+    assert response.json()["error"]["code"] == "upstream_rate_limited"
+    assert response.headers["retry-after"] == "7"
+    row = log_of(response.headers["x-request-id"])
+    assert row.status == "error" and row.attempts[0]["http_status"] == 429
