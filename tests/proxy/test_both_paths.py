@@ -18,7 +18,7 @@ from registry import services as registry
 from safety import services as safety
 from safety.policies import FilterAction, FilterDecision, hold_decision
 from tests.proxy.conftest import ACTOR, log_of, route_with_deployments, wait_for
-from tests.proxy.test_streaming import raw_stream
+from tests.proxy.test_streaming import hang_up_mid_stream
 
 DEPLOYMENTS = {
     "direct": {"kind": "openai_compatible", "model": "dev-small"},
@@ -186,21 +186,7 @@ def test_post_filter_block_and_hold(proxy, governed):
 
 
 def test_a_hang_up_cancels_the_upstream_and_is_logged(proxy, dev_upstream, governed):
-    dev_upstream.control(chunk_delay_ms=100, reply=" ".join(f"w{i}" for i in range(200)))
-    sock, received = raw_stream(
-        proxy,
-        {"model": "governed", "stream": True, "messages": [{"role": "user", "content": "long"}]},
-        read_until=b"w3",
-    )
-    request_id = next(
-        line.split(b":", 1)[1].strip().decode()
-        for line in received.split(b"\r\n")
-        if line.lower().startswith(b"x-request-id")
-    )
-    hung_up = time.monotonic()
-    sock.close()
-    wait_for(lambda: dev_upstream.stats()["cancelled"] == 1, timeout=1.0, interval=0.02)
-    assert time.monotonic() - hung_up < 1.0
+    request_id = hang_up_mid_stream(proxy, dev_upstream, "governed")
     row = log_of(request_id, timeout=30)
     assert row.status == "cancelled" and row.completion_tokens > 0
     [line] = ledger(request_id)

@@ -41,6 +41,27 @@ def raw_stream(proxy, body: dict, *, read_until: bytes | None = None, max_second
     return sock, received
 
 
+def hang_up_mid_stream(proxy, dev_upstream, model: str) -> str:
+    """Start a long, slow stream of `model`, hang up after a few tokens, and check the upstream
+    saw the cancellation within a second. Returns the request id."""
+    dev_upstream.control(chunk_delay_ms=100, reply=" ".join(f"w{i}" for i in range(200)))
+    sock, received = raw_stream(
+        proxy,
+        {"model": model, "stream": True, "messages": [{"role": "user", "content": "long"}]},
+        read_until=b"w3",
+    )
+    request_id = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in received.split(b"\r\n")
+        if line.lower().startswith(b"x-request-id")
+    )
+    hung_up = time.monotonic()
+    sock.close()
+    wait_for(lambda: dev_upstream.stats()["cancelled"] == 1, timeout=1.0, interval=0.02)
+    assert time.monotonic() - hung_up < 1.0
+    return request_id
+
+
 def test_multibyte_characters_split_across_writes_arrive_intact(proxy, dev_upstream):
     reply = "naïve café 😀🎉 日本語のテキスト 中文字符 ✓ done"
     dev_upstream.control(split_multibyte=True, reply=reply)
@@ -73,21 +94,7 @@ def test_keep_alive_comment_while_waiting_for_a_slow_first_token(proxy, dev_upst
 
 
 def test_client_disconnect_cancels_the_upstream_and_is_logged(proxy, dev_upstream):
-    dev_upstream.control(chunk_delay_ms=100, reply=" ".join(f"w{i}" for i in range(200)))
-    sock, received = raw_stream(
-        proxy,
-        {"model": "dev-small", "stream": True, "messages": [{"role": "user", "content": "long"}]},
-        read_until=b"w3",
-    )
-    request_id = next(
-        line.split(b":", 1)[1].strip().decode()
-        for line in received.split(b"\r\n")
-        if line.lower().startswith(b"x-request-id")
-    )
-    hung_up = time.monotonic()
-    sock.close()
-    wait_for(lambda: dev_upstream.stats()["cancelled"] == 1, timeout=1.0, interval=0.02)
-    assert time.monotonic() - hung_up < 1.0
+    request_id = hang_up_mid_stream(proxy, dev_upstream, "dev-small")
     produced = dev_upstream.stats()["cancelled_tokens"][0]
     assert 3 <= produced < 200
     row = log_of(request_id, timeout=30)
