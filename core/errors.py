@@ -71,20 +71,22 @@ def upstream_rate_limited(deployment: str, message: str, retry_after: str | None
 
 
 class DeploymentMisconfigured(TransientUpstreamError):
-    """The provider refused Steward's credentials (401, 403) or does not serve the model there
-    (404): the deployment is at fault, not the request. Another deployment may serve it, and the
-    failure counts towards this one's circuit (it fails every request alike). The client gets 502:
-    its own key and model were accepted; passing the upstream's 401 on would blame its key."""
+    """The provider refused Steward's credentials (401, 403): the deployment is at fault, not the
+    request. Another deployment may serve it, and the failure counts towards this one's circuit
+    (it fails every request alike). The client gets 502: its own key was accepted; passing the
+    upstream's 401 on would blame it.
+
+    A 404 is not one of these: it may be about the request (a chat model asked for a text
+    completion), and a circuit opened by it would refuse the deployment's other traffic too."""
 
     status = 502
     code = "upstream_misconfigured"
 
-    STATUSES = frozenset({401, 403, 404})
+    STATUSES = frozenset({401, 403})
 
     @classmethod
     def for_status(cls, status: int, *, deployment: str, message: str) -> DeploymentMisconfigured:
-        what = "the deployment's credentials were refused" if status in (401, 403) else "it does not serve this model"
-        return cls(f"Upstream {deployment} answered HTTP {status}: {what} ({message})")
+        return cls(f"Upstream {deployment} refused the deployment's credentials (HTTP {status}): {message}")
 
 
 class PermanentUpstreamError(ApplicationError):

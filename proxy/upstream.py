@@ -4,8 +4,8 @@ One connection pool per event loop (connections cannot cross loops); uvicorn's l
 or the first request does.
 
 Errors are mapped onto the project's own: `TransientUpstreamError` (connect errors, timeouts, 408,
-409, 429, 5xx: worth another deployment), `DeploymentMisconfigured` (401, 403, 404: the deployment's
-credentials or model are wrong; worth another deployment, and a 502 for the client) and
+409, 429, 5xx: worth another deployment), `DeploymentMisconfigured` (401, 403: the deployment's
+credentials are refused; worth another deployment, and a 502 for the client) and
 `PermanentUpstreamError` (the upstream rejected the request itself: retrying elsewhere will not
 help; its status and message go back to the client).
 """

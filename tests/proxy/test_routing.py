@@ -198,9 +198,16 @@ def test_a_deployment_whose_credentials_are_refused_is_routed_around_and_its_cir
     )
 
 
-def test_a_model_the_upstream_does_not_serve_is_a_502(proxy, organisation, dev_upstream):
-    route_with_deployments(organisation, "typo", [{"api_base": dev_upstream.url, "model": "dev-smal"}])
-    response = chat(proxy, "typo")
-    assert response.status_code == 502, response.text
-    assert response.json()["error"]["code"] == "upstream_misconfigured"
-    assert log_of(response.headers["x-request-id"]).attempts[0]["http_status"] == 404
+def test_an_upstream_404_goes_back_to_the_client_and_leaves_the_circuit_alone(
+    proxy, organisation, dev_upstream, settings
+):
+    """A 404 may be about the request (a chat model asked for a text completion): it is not the
+    deployment's fault, so the client gets it and the deployment's other traffic is untouched."""
+    settings.STEWARD_PROXY_CIRCUIT_FAILURES = 1
+    typo = {"api_base": dev_upstream.url, "model": "dev-smal"}
+    _, (deployment,) = route_with_deployments(organisation, "typo", [typo])
+    for _ in range(2):
+        response = chat(proxy, "typo")
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == "upstream_rejected"
+    assert deployment_health_snapshot(deployment_ids=[deployment.id])[deployment.id]["state"] == "closed"
