@@ -4,12 +4,12 @@ import hmac
 from dataclasses import dataclass
 from datetime import datetime
 
-from asgiref.sync import sync_to_async
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from accounts.models import ApiKey, Membership, Organisation, Team
 from accounts.services import API_KEY_PREFIX, API_KEYS_NAMESPACE, api_key_hash
+from core.db import aread
 from core.invalidation import LocalCache
 
 SESSION_ORGANISATION_KEY = "steward_organisation_id"
@@ -134,7 +134,7 @@ async def aapi_key_authenticate(raw: str | None) -> ApiKeyPrincipal | None:
     found = _principals.get(secret_hash)
     if found is None:
         epoch = _principals.epoch()
-        found = await sync_to_async(_principal_load, thread_sensitive=False)(secret_hash)
+        found = await aread(_principal_load, secret_hash)
         _principals.set(secret_hash, found, epoch=epoch)
     return _principal_check(raw, secret_hash, found)
 

@@ -59,6 +59,7 @@ from billing.money import (
 )
 from core.conf import hot
 from core.crypto import secret_decrypt, secret_encrypt
+from core.db import read_retrying
 from core.errors import ApplicationError, ValidationFailed
 from core.invalidation import LocalCache, invalidate
 from core.redis import Script, ScriptCall, abatch, redis_client
@@ -91,19 +92,12 @@ INPUT_OVERHEAD_TOKENS = 16
 
 
 def _db_read_retrying(fn, *args):
-    """The proxy runs outside Django's request cycle, so nothing recycles a connection that the
-    database dropped (restart, failover): retry once on a fresh one, then report the budget store
-    unavailable (503) rather than failing the request with an internal error."""
-    from django.db import DatabaseError, InterfaceError, OperationalError, connection
+    """`core.db.read_retrying`, reporting the budget store unavailable (503) rather than failing
+    the request with an internal error when the database stays unreachable."""
+    from django.db import DatabaseError
 
     try:
-        return fn(*args)
-    except (OperationalError, InterfaceError):
-        if connection.in_atomic_block:
-            raise
-        connection.close()
-    try:
-        return fn(*args)
+        return read_retrying(fn, *args)
     except DatabaseError as exc:
         raise BudgetUnavailable("Budgets cannot be checked right now (the database is unreachable).") from exc
 

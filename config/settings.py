@@ -339,6 +339,8 @@ STEWARD_PROXY_MAX_ATTEMPTS = _env_int("STEWARD_PROXY_MAX_ATTEMPTS", 4, minimum=1
 STEWARD_PROXY_HEALTH_CHECK_SECONDS = _env_float("STEWARD_PROXY_HEALTH_CHECK_SECONDS", 30.0, minimum=1.0)
 STEWARD_PROXY_HOLD_TIMEOUT_SECONDS = _env_float("STEWARD_PROXY_HOLD_TIMEOUT_SECONDS", 300.0, minimum=1.0)
 STEWARD_PROXY_LOG_STREAM_MAXLEN = _env_int("STEWARD_PROXY_LOG_STREAM_MAXLEN", 2_000_000, minimum=10_000)
+# Records held in memory per process while Redis cannot take them (see proxy.requestlog.LogBuffer).
+STEWARD_PROXY_LOG_SPILL_MAX = _env_int("STEWARD_PROXY_LOG_SPILL_MAX", 100_000, minimum=1_000)
 STEWARD_PROXY_LOG_DRAIN_SECONDS = _env_float("STEWARD_PROXY_LOG_DRAIN_SECONDS", 1.0, minimum=0.2)
 STEWARD_AUDIT_ACTOR_SYSTEM = "system"
 # Billing: a budget reservation of a process that died is given back after this many seconds

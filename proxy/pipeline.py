@@ -27,6 +27,7 @@ from decimal import Decimal
 
 import orjson
 import redis.exceptions
+from django.db import InterfaceError, OperationalError
 
 from accounts.selectors import aapi_key_authenticate
 from billing import services as billing
@@ -283,6 +284,19 @@ class ProxyRequest:
             self.disconnected = True
             self.status = "cancelled"
             self.http_status = 499
+        except (OperationalError, InterfaceError) as exc:
+            # A cold cache (a new key, a prompt or route just changed) needs the database; while it
+            # is unreachable that is a 503 to retry, not an internal error.
+            logger.warning("database unreachable in the proxy pipeline: %s", exc)
+            self.fail(
+                ProxyError(
+                    503,
+                    "Steward cannot reach its database right now; retry shortly.",
+                    code="database_unavailable",
+                    retry_after=1,
+                    outcome="error",
+                )
+            )
         except Exception:
             logger.exception("unexpected error in the proxy pipeline")
             self.fail(internal_error(self.request_id))

@@ -22,6 +22,7 @@ Record format (also what billing.services.usage_lines_record receives, one dict 
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -130,6 +131,18 @@ def records_write(records: list[dict]) -> int:
         if last_used:
             api_keys_mark_used(last_used=last_used)
     return len(new)
+
+
+def _records_write_direct(records: list[dict]) -> int:
+    """`records_write` from a worker thread of the proxy, which has no request cycle to close its
+    connection: a stale one is dropped first, and this thread's is closed after."""
+    from django.db import close_old_connections, connection
+
+    close_old_connections()
+    try:
+        return records_write([r for r in records if r.get("organisation_id") is not None and r.get("request_id")])
+    finally:
+        connection.close()
 
 
 def _decode(entries) -> tuple[list[bytes], list[dict]]:
@@ -263,15 +276,24 @@ class LogBuffer:
     Requests finishing in the same turn of the event loop (many, under load) share one Redis round
     trip. A record waits here for less than a turn (or until 256 are queued); a process killed in
     that window loses those records, the price of not paying a round trip per request.
+
+    Records that Redis does not take (it is down) go to a spill queue in memory, bounded by
+    STEWARD_PROXY_LOG_SPILL_MAX (the oldest go first, counted in the log), which one task empties:
+    into Redis again once it answers, else straight into PostgreSQL with `records_write` on a
+    thread (idempotent, as the consumer's writes are), else it waits a second and tries again.
     """
 
     FLUSH_AT = 256
+    SPILL_BATCH = 500
 
     def __init__(self, loop) -> None:
         self.loop = loop
         self.items: list[bytes] = []
         self.handle = None
         self.tasks: set = set()
+        self.spill: collections.deque[bytes] = collections.deque()
+        self.spill_task = None
+        self.spill_dropped = 0
 
     def add(self, record: bytes) -> None:
         self.items.append(record)
@@ -291,24 +313,63 @@ class LogBuffer:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _write(self, items: list[bytes]) -> None:
+    @staticmethod
+    async def _xadd(items: list[bytes]) -> None:
         from core.redis import Command, abatch
 
         maxlen = hot.STEWARD_PROXY_LOG_STREAM_MAXLEN
-        try:
-            results = await abatch([Command("XADD", STREAM_KEY, "MAXLEN", "~", maxlen, "*", "r", raw) for raw in items])
-            failed = [r for r in results if isinstance(r, Exception)]
-            if failed:
-                raise failed[0]
-        except Exception:
-            logger.exception("%d request records could not be handed to Redis", len(items))
+        results = await abatch([Command("XADD", STREAM_KEY, "MAXLEN", "~", maxlen, "*", "r", raw) for raw in items])
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            raise failed[0]
 
-    async def flush(self) -> None:
+    async def _write(self, items: list[bytes]) -> None:
+        try:
+            await self._xadd(items)
+        except Exception as exc:
+            logger.warning("%d request records could not be handed to Redis (%s); spilled", len(items), exc)
+            self._spill(items)
+
+    def _spill(self, items: list[bytes]) -> None:
+        self.spill.extend(items)
+        excess = len(self.spill) - hot.STEWARD_PROXY_LOG_SPILL_MAX
+        for _ in range(max(0, excess)):
+            self.spill.popleft()
+        if excess > 0:
+            self.spill_dropped += excess
+            logger.error("request-log spill full: %d records dropped so far", self.spill_dropped)
+        if self.spill_task is None or self.spill_task.done():
+            self.spill_task = self.loop.create_task(self._spill_empty())
+
+    async def _spill_empty(self) -> None:
+        import asyncio
+
+        from asgiref.sync import sync_to_async
+
+        while self.spill:
+            batch = [self.spill.popleft() for _ in range(min(self.SPILL_BATCH, len(self.spill)))]
+            try:
+                await self._xadd(batch)
+            except Exception:
+                try:
+                    records = [orjson.loads(raw) for raw in batch]
+                    await sync_to_async(_records_write_direct, thread_sensitive=False)(records)
+                except Exception as exc:
+                    logger.warning("request-log spill: Redis and PostgreSQL refused %d records: %s", len(batch), exc)
+                    self.spill.extendleft(reversed(batch))  # back in front, in their order
+                    await asyncio.sleep(1.0)
+
+    async def flush(self, spill_timeout: float = 5.0) -> None:
+        """Hand over what is buffered; at shutdown, also give the spill a few seconds to empty."""
+        import asyncio
+
         self._flush_now()
         if self.tasks:
-            import asyncio
-
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.spill_task is not None and not self.spill_task.done():
+            await asyncio.wait({self.spill_task}, timeout=spill_timeout)
+            if self.spill:
+                logger.error("%d spilled request records lost at shutdown", len(self.spill))
 
 
 _buffers: dict[int, LogBuffer] = {}

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
-from django.db import close_old_connections
 from django.db.models import QuerySet
 
 from accounts.models import Organisation
 from core.crypto import secret_decrypt
+from core.db import aread
 from core.invalidation import LocalCache
 from proxy.models import Deployment, DeploymentKind, ModelRoute, ProxySettings, RequestBody, RequestLog
 from proxy.services import ROUTES_NAMESPACE
@@ -184,10 +183,7 @@ def routing_table(*, organisation_id: int) -> RoutingTable:
     return table
 
 
-def _routing_table_load_in_thread(organisation_id: int) -> RoutingTable:
-    # Worker threads live outside Django's request cycle, which is what normally retires broken or
-    # expired connections (after a database restart, say); do it here so a miss never reuses one.
-    close_old_connections()
+def _routing_table_load(organisation_id: int) -> RoutingTable:
     return routing_table_load(organisation_id=organisation_id)
 
 
@@ -196,7 +192,7 @@ async def arouting_table(*, organisation_id: int) -> RoutingTable:
     table = _tables.get(organisation_id)
     if table is None:
         epoch = _tables.epoch()
-        table = await sync_to_async(_routing_table_load_in_thread, thread_sensitive=False)(organisation_id)
+        table = await aread(_routing_table_load, organisation_id)
         _tables.set(organisation_id, table, epoch=epoch)
     return table
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from accounts.models import Organisation
+from core.db import aread
 from core.errors import NotFound, ValidationFailed
 from core.invalidation import LocalCache
 from registry.models import DEFAULT_LABEL, Label, LabelMove, PromotionRequest, PromotionStatus, Prompt, PromptVersion
@@ -154,7 +154,7 @@ async def aprompt_resolve(
     found = _resolved.get(key)
     if found is None:
         epoch = _resolved.epoch()
-        found = await sync_to_async(_resolve_load, thread_sensitive=False)(organisation_id, name, kind, ref)
+        found = await aread(_resolve_load, organisation_id, name, kind, ref)
         _resolved.set(key, found, epoch=epoch)
     return _finish(found, variables)
 

@@ -4,9 +4,11 @@ resumes by itself when Redis is back."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 
+import orjson
 import pytest
 import requests
 
@@ -62,3 +64,65 @@ def test_requests_are_refused_at_once_while_redis_is_down_and_served_when_it_ret
     start()
     assert ask().status_code == 200
     assert ask(stream=True).status_code == 200
+
+
+def test_records_redis_cannot_take_are_written_to_postgresql_directly(own_redis, proxy):
+    """The refusals of a Redis outage are requests too: their records go from the spill straight
+    into PostgreSQL (no consumer involved), once each."""
+    from proxy.models import RequestLog
+
+    _, stop = own_redis
+    stop()
+    headers = proxy.headers()
+    body = {"model": "dev-small", "messages": [{"role": "user", "content": "hi"}]}
+    ids = []
+    for _ in range(3):
+        response = requests.post(f"{proxy.url}/chat/completions", json=body, headers=headers, timeout=30)
+        assert response.status_code == 503
+        ids.append(response.headers["x-request-id"])
+    deadline = time.monotonic() + 15
+    while RequestLog.objects.filter(request_id__in=ids).count() < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows = RequestLog.objects.filter(request_id__in=ids)
+    assert sorted(r.request_id for r in rows) == sorted(ids)
+    assert {(r.status, r.http_status, r.error_type) for r in rows} == {("error", 503, "limits_unavailable")}
+
+
+def test_spilled_records_wait_out_both_stores_and_go_to_redis_first(own_redis, organisation, settings):
+    """With PostgreSQL refusing too, the spill holds the records and tries again; once Redis
+    answers it takes them, and the consumer writes each once."""
+    from django.utils import timezone
+
+    from proxy.models import RequestLog
+    from proxy.requestlog import LogBuffer, request_log_drain
+
+    start, stop = own_redis
+    stop()
+    database = settings.DATABASES["default"]
+    real_port = database["PORT"]
+    ids = [f"spill-{i}" for i in range(3)]
+    at = timezone.now().isoformat()
+    records = [
+        {"request_id": rid, "organisation_id": organisation.pk, "status": "error", "http_status": 503, "started_at": at}
+        for rid in ids
+    ]
+
+    async def outage_then_recovery():
+        buffer = LogBuffer(asyncio.get_running_loop())
+        # New connections (the spill's thread opens one) go to a closed port, as in an outage.
+        database["PORT"] = str(free_port())
+        try:
+            for record in records:
+                buffer.add(orjson.dumps(record))
+            await asyncio.sleep(1.5)  # Redis and PostgreSQL have both refused at least once
+            assert len(buffer.spill) == 3
+            await asyncio.to_thread(start)  # Redis is back, PostgreSQL still is not
+            await buffer.flush(spill_timeout=10)
+            assert not buffer.spill
+        finally:
+            database["PORT"] = real_port
+
+    asyncio.run(outage_then_recovery())
+    request_log_drain()
+    request_log_drain()  # a second drain finds nothing new: no duplicates
+    assert sorted(RequestLog.objects.filter(request_id__in=ids).values_list("request_id", flat=True)) == ids

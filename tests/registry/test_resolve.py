@@ -129,7 +129,7 @@ async def test_async_resolve_is_served_from_memory_once_warm(labelled, organisat
         raise AssertionError("a warm resolve must not load from the database or hop threads")
 
     monkeypatch.setattr(selectors, "_resolve_load", refuse)
-    monkeypatch.setattr(selectors, "sync_to_async", refuse)
+    monkeypatch.setattr(selectors, "aread", refuse)
     # Caches are only trusted while the invalidation poller has seen Redis within 1.5 s; on a loaded
     # CI machine its thread can be late, and then resolving rightly goes back to the database.
     _registry.poll_once()
