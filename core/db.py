@@ -19,8 +19,9 @@ T = TypeVar("T")
 
 
 def read_retrying(fn: Callable[..., T], *args) -> T:
-    """Call `fn(*args)` on a usable connection, retrying once on a fresh one. Inside a transaction
-    the connection is left as it is (closing it would end the transaction)."""
+    """Call `fn(*args)` (a read, or a write that is safe to repeat) on a usable connection, retrying
+    once on a fresh one. Inside a transaction the connection is left as it is (closing it would end
+    the transaction)."""
     if not connection.in_atomic_block:
         connection.close_if_unusable_or_obsolete()
     try:

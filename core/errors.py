@@ -56,18 +56,21 @@ class TransientUpstreamError(ApplicationError):
     code = "upstream_error"
 
 
-def upstream_rate_limited(deployment: str, message: str, retry_after: str | None) -> TransientUpstreamError:
+class UpstreamRateLimited(TransientUpstreamError):
     """A provider's 429: worth another deployment; if it is the last word, the client gets a 429
     too, with the provider's `Retry-After` (in seconds) when it sent one, so it backs off as it
     would have against the provider."""
-    error = TransientUpstreamError(f"Upstream {deployment} is rate limited: {message}", code="upstream_rate_limited")
-    error.status = 429
-    try:
-        seconds = float(retry_after) if retry_after else None
-    except ValueError:
-        seconds = None  # an HTTP date: rare from providers, and the default wait is short anyway
-    error.retry_after = seconds if seconds is not None and 0 <= seconds <= 3600 else None
-    return error
+
+    status = 429
+    code = "upstream_rate_limited"
+
+    def __init__(self, *, deployment: str, message: str, retry_after: str | None):
+        super().__init__(f"Upstream {deployment} is rate limited: {message}")
+        try:
+            seconds = float(retry_after) if retry_after else None
+        except ValueError:
+            seconds = None  # an HTTP date: rare from providers, and the default wait is short anyway
+        self.retry_after = seconds if seconds is not None and 0 <= seconds <= 3600 else None
 
 
 class DeploymentMisconfigured(TransientUpstreamError):
@@ -84,9 +87,8 @@ class DeploymentMisconfigured(TransientUpstreamError):
 
     STATUSES = frozenset({401, 403})
 
-    @classmethod
-    def for_status(cls, status: int, *, deployment: str, message: str) -> DeploymentMisconfigured:
-        return cls(f"Upstream {deployment} refused the deployment's credentials (HTTP {status}): {message}")
+    def __init__(self, *, status: int, deployment: str, message: str):
+        super().__init__(f"Upstream {deployment} refused the deployment's credentials (HTTP {status}): {message}")
 
 
 class PermanentUpstreamError(ApplicationError):

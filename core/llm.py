@@ -54,7 +54,7 @@ def _map_error(exc: Exception, *, name: str) -> Exception:
         DeploymentMisconfigured,
         PermanentUpstreamError,
         TransientUpstreamError,
-        upstream_rate_limited,
+        UpstreamRateLimited,
     )
 
     lm = _litellm()
@@ -71,12 +71,12 @@ def _map_error(exc: Exception, *, name: str) -> Exception:
     # "litellm.BadRequestError: OpenAIException - <the provider's message>": keep the provider's words.
     message = _LITELLM_PREFIX.sub("", str(getattr(exc, "message", None) or exc))[:500]
     if status in DeploymentMisconfigured.STATUSES:
-        error = DeploymentMisconfigured.for_status(status, deployment=name, message=message)
+        error = DeploymentMisconfigured(status=status, deployment=name, message=message)
     elif isinstance(exc, lm.exceptions.RateLimitError) or status == 429:
         # The provider's headers: litellm keeps them apart from the response it attaches.
         headers = getattr(exc, "litellm_response_headers", None) or {}
         retry_after = headers.get("retry-after") if hasattr(headers, "get") else None
-        error = upstream_rate_limited(name, message, retry_after)
+        error = UpstreamRateLimited(deployment=name, message=message, retry_after=retry_after)
     elif isinstance(exc, transient_types) or (status is not None and status >= 500):
         error = TransientUpstreamError(f"Upstream {name}: {message}", code="upstream_error")
         if isinstance(exc, lm.exceptions.Timeout | TimeoutError):

@@ -34,6 +34,7 @@ from django.db import transaction
 from django.utils.dateparse import parse_datetime
 
 from core.conf import hot
+from core.db import aread
 from core.redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -131,18 +132,6 @@ def records_write(records: list[dict]) -> int:
         if last_used:
             api_keys_mark_used(last_used=last_used)
     return len(new)
-
-
-def _records_write_direct(records: list[dict]) -> int:
-    """`records_write` from a worker thread of the proxy, which has no request cycle to close its
-    connection: a stale one is dropped first, and this thread's is closed after."""
-    from django.db import close_old_connections, connection
-
-    close_old_connections()
-    try:
-        return records_write([r for r in records if r.get("organisation_id") is not None and r.get("request_id")])
-    finally:
-        connection.close()
 
 
 def _decode(entries) -> tuple[list[bytes], list[dict]]:
@@ -344,16 +333,13 @@ class LogBuffer:
     async def _spill_empty(self) -> None:
         import asyncio
 
-        from asgiref.sync import sync_to_async
-
         while self.spill:
             batch = [self.spill.popleft() for _ in range(min(self.SPILL_BATCH, len(self.spill)))]
             try:
                 await self._xadd(batch)
             except Exception:
                 try:
-                    records = [orjson.loads(raw) for raw in batch]
-                    await sync_to_async(_records_write_direct, thread_sensitive=False)(records)
+                    await aread(records_write, [orjson.loads(raw) for raw in batch])
                 except Exception as exc:
                     logger.warning("request-log spill: Redis and PostgreSQL refused %d records: %s", len(batch), exc)
                     self.spill.extendleft(reversed(batch))  # back in front, in their order

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import orjson
 
 from core import llm
-from core.errors import DeploymentMisconfigured, PermanentUpstreamError, TransientUpstreamError, upstream_rate_limited
+from core.errors import DeploymentMisconfigured, PermanentUpstreamError, TransientUpstreamError, UpstreamRateLimited
 from proxy import httpclient
 
 _pools: dict[int, httpclient.Pool] = {}
@@ -72,11 +72,11 @@ def _error_message(status: int, raw: bytes) -> str:
 def _raise_for(status: int, raw: bytes, deployment_name: str, retry_after: str | None = None):
     message = _error_message(status, raw)
     if status == 429:
-        error = upstream_rate_limited(deployment_name, message, retry_after)
+        error = UpstreamRateLimited(deployment=deployment_name, message=message, retry_after=retry_after)
     elif status in TRANSIENT_STATUSES:
         error = TransientUpstreamError(f"Upstream {deployment_name}: {message}", code="upstream_error")
     elif status in DeploymentMisconfigured.STATUSES:
-        error = DeploymentMisconfigured.for_status(status, deployment=deployment_name, message=message)
+        error = DeploymentMisconfigured(status=status, deployment=deployment_name, message=message)
     else:
         error = PermanentUpstreamError(message, code="upstream_rejected")
         # A request the provider refused (bad parameter, unknown model there) keeps its status for the client.
