@@ -1,4 +1,7 @@
-"""Management API for API keys, members and teams (admins only)."""
+"""Management API for API keys, members, invitations and teams (admins only).
+
+Members join only by accepting an invitation (a one-time link); nothing here adds an existing user.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,26 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.forms import INT_MAX
-from accounts.models import ApiKey, Membership, Team
+from accounts.invitations import invitation_create, invitation_revoke
+from accounts.models import ApiKey, Invitation, Membership, Team
 from accounts.permissions import RoleRequired
 from accounts.roles import Role
-from accounts.selectors import api_key_get, api_keys_list, members_list, membership_get, teams_list
-from accounts.services import api_key_create, api_key_revoke, member_add, membership_roles_change, team_create
+from accounts.selectors import (
+    api_key_get,
+    api_keys_list,
+    invitation_get,
+    invitations_pending,
+    members_list,
+    membership_get,
+    teams_list,
+)
+from accounts.services import (
+    api_key_create,
+    api_key_revoke,
+    membership_remove,
+    membership_roles_change,
+    team_create,
+)
 from core.api import Pagination
 from core.errors import ValidationFailed
 from core.schema import PAGE_PARAMETERS, paginated
@@ -176,18 +194,14 @@ class MemberOutputSerializer(serializers.ModelSerializer):
         fields = ["id", "user_id", "username", "roles", "created_at"]
 
 
-class MemberListCreateApi(APIView):
-    """GET lists members with their roles; POST adds an existing user by user name."""
+class MemberListApi(APIView):
+    """GET lists members with their roles. People join by accepting an invitation (POST /invitations/)."""
 
     permission_classes = [IsAuthenticated, RoleRequired]
     required_roles = (Role.ADMIN,)
 
     class OutputSerializer(MemberOutputSerializer):
         pass
-
-    class CreateInputSerializer(serializers.Serializer):
-        username = serializers.CharField(max_length=150)
-        roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices), min_length=1)
 
     @extend_schema(
         operation_id="members_list", parameters=PAGE_PARAMETERS, responses=paginated(OutputSerializer), tags=["members"]
@@ -197,16 +211,113 @@ class MemberListCreateApi(APIView):
         page = paginator.paginate_queryset(members_list(organisation=request.org.organisation), request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
+
+def _membership_or_404(request, membership_id: int) -> Membership:
+    try:
+        return membership_get(organisation=request.org.organisation, membership_id=membership_id)
+    except Membership.DoesNotExist:
+        raise Http404 from None
+
+
+class MemberRemoveApi(APIView):
+    """DELETE takes a member out of the organisation (not the last admin: 409)."""
+
+    permission_classes = [IsAuthenticated, RoleRequired]
+    required_roles = (Role.ADMIN,)
+
+    @extend_schema(operation_id="members_remove", responses={204: None}, tags=["members"])
+    def delete(self, request, membership_id: int):
+        membership_remove(membership=_membership_or_404(request, membership_id), actor=request.org.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class InvitationOutputSerializer(serializers.ModelSerializer):
+    invited_by = serializers.CharField(source="invited_by.get_username", default=None, allow_null=True)
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "email", "username", "roles", "invited_by", "created_at", "expires_at"]
+
+
+class InvitationListCreateApi(APIView):
+    """GET lists pending invitations; POST invites someone by email address or user name.
+
+    The answer to POST is the same whether or not a user of that name or address exists (202, the
+    same body): the invitation is only an offer, which the person accepts through its link. The link
+    is in this response only (and in the mail sent to the person when an address is known)."""
+
+    permission_classes = [IsAuthenticated, RoleRequired]
+    required_roles = (Role.ADMIN,)
+
+    class OutputSerializer(InvitationOutputSerializer):
+        pass
+
+    class CreateInputSerializer(serializers.Serializer):
+        email = serializers.CharField(max_length=254, required=False, allow_blank=True, default="")
+        username = serializers.CharField(max_length=150, required=False, allow_blank=True, default="")
+        roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices), min_length=1)
+
+    class CreateOutputSerializer(InvitationOutputSerializer):
+        link = serializers.SerializerMethodField(help_text="The one-time link to accept; shown in this response only.")
+
+        class Meta(InvitationOutputSerializer.Meta):
+            fields = [*InvitationOutputSerializer.Meta.fields, "link"]
+
+        def get_link(self, invitation) -> str:
+            return self.context["link"]
+
     @extend_schema(
-        operation_id="members_add", request=CreateInputSerializer, responses={201: OutputSerializer}, tags=["members"]
+        operation_id="invitations_list",
+        parameters=PAGE_PARAMETERS,
+        responses=paginated(OutputSerializer),
+        tags=["members"],
+    )
+    def get(self, request):
+        paginator = Pagination()
+        page = paginator.paginate_queryset(
+            invitations_pending(organisation=request.org.organisation), request, view=self
+        )
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="invitations_create",
+        request=CreateInputSerializer,
+        responses={202: CreateOutputSerializer},
+        tags=["members"],
     )
     def post(self, request):
         serializer = self.CreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        membership = member_add(
-            organisation=request.org.organisation, actor=request.org.actor, **serializer.validated_data
+        created = invitation_create(
+            organisation=request.org.organisation,
+            actor=request.org.actor,
+            invited_by=request.org.user,
+            **serializer.validated_data,
         )
-        return Response(self.OutputSerializer(membership).data, status=status.HTTP_201_CREATED)
+        body = self.CreateOutputSerializer(created.invitation, context={"link": created.link}).data
+        response = Response(body, status=status.HTTP_202_ACCEPTED)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class InvitationRevokeApi(APIView):
+    """Withdraw a pending invitation (idempotent): its link stops working at once."""
+
+    permission_classes = [IsAuthenticated, RoleRequired]
+    required_roles = (Role.ADMIN,)
+
+    class OutputSerializer(InvitationOutputSerializer):
+        class Meta(InvitationOutputSerializer.Meta):
+            fields = [*InvitationOutputSerializer.Meta.fields, "revoked_at", "accepted_at"]
+
+    @extend_schema(operation_id="invitations_revoke", request=None, responses=OutputSerializer, tags=["members"])
+    def post(self, request, invitation_id: int):
+        try:
+            invitation = invitation_get(organisation=request.org.organisation, invitation_id=invitation_id)
+        except Invitation.DoesNotExist:
+            raise Http404 from None
+        invitation = invitation_revoke(invitation=invitation, actor=request.org.actor)
+        return Response(self.OutputSerializer(invitation).data)
 
 
 class MemberRolesApi(APIView):
@@ -225,10 +336,7 @@ class MemberRolesApi(APIView):
         operation_id="members_roles_set", request=InputSerializer, responses=OutputSerializer, tags=["members"]
     )
     def put(self, request, membership_id: int):
-        try:
-            membership = membership_get(organisation=request.org.organisation, membership_id=membership_id)
-        except Membership.DoesNotExist:
-            raise Http404 from None
+        membership = _membership_or_404(request, membership_id)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         membership = membership_roles_change(

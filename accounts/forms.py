@@ -77,9 +77,31 @@ class ApiKeyCreateForm(forms.Form):
         return value
 
 
-class MemberAddForm(forms.Form):
-    username = forms.CharField(max_length=150, label="User name")
+class InvitationCreateForm(forms.Form):
+    email = forms.EmailField(required=False, label="Email address")
+    username = forms.CharField(max_length=150, required=False, label="or the user name of someone with an account")
     roles = RolesField(required=True)
+
+    def clean(self):
+        data = super().clean()
+        if bool(data.get("email")) == bool((data.get("username") or "").strip()):
+            raise forms.ValidationError("Give either an email address or a user name.")
+        return data
+
+
+class InvitationNewAccountForm(forms.Form):
+    username = forms.CharField(max_length=150, label="Choose a user name")
+    email = forms.EmailField(required=False, label="Email address (optional)")
+    password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}), label="Password")
+    password_again = forms.CharField(
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}), label="Password again"
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("password") and data.get("password") != data.get("password_again"):
+            self.add_error("password_again", "The two passwords differ.")
+        return data
 
 
 class MemberRolesForm(forms.Form):

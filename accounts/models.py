@@ -84,3 +84,41 @@ class ApiKey(TimeStampedModel):
     def is_active(self) -> bool:
         now = timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class Invitation(TimeStampedModel):
+    """An admin's offer of a membership, which the invited person accepts through a one-time link.
+
+    Nobody becomes a member of an organisation without accepting: an admin cannot attach an
+    existing user (and then read their sign-ins in the audit trail). Only a SHA-256 of the token is
+    kept; the link is shown to the inviting admin once and mailed when an address is known.
+    """
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField(blank=True)
+    username = models.CharField(max_length=150, blank=True)
+    roles = models.JSONField(default=list)
+    token_hash = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["organisation", "accepted_at", "revoked_at"])]
+
+    def __str__(self) -> str:
+        return f"invitation of {self.email or self.username} to {self.organisation}"
+
+    @property
+    def recipient(self) -> str:
+        return self.email or self.username
+
+    @property
+    def is_pending(self) -> bool:
+        return self.accepted_at is None and self.revoked_at is None and self.expires_at > timezone.now()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime
@@ -7,7 +8,7 @@ from datetime import datetime
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from accounts.models import ApiKey, Membership, Organisation, Team
+from accounts.models import ApiKey, Invitation, Membership, Organisation, Team
 from accounts.services import API_KEY_PREFIX, API_KEYS_NAMESPACE, api_key_hash
 from core.db import aread
 from core.invalidation import LocalCache
@@ -149,3 +150,39 @@ def teams_list(*, organisation: Organisation) -> QuerySet[Team]:
         .annotate(member_count=Count("memberships", distinct=True), api_key_count=Count("api_keys", distinct=True))
         .order_by("name")
     )
+
+
+def invitations_pending(*, organisation: Organisation) -> QuerySet[Invitation]:
+    """Invitations not yet accepted, withdrawn or expired, newest first."""
+    return (
+        Invitation.objects.filter(
+            organisation=organisation, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+        )
+        .select_related("invited_by")
+        .order_by("-created_at")
+    )
+
+
+def invitation_get(*, organisation: Organisation, invitation_id: int) -> Invitation:
+    return Invitation.objects.get(organisation=organisation, pk=invitation_id)
+
+
+def invitation_pending_get(*, token: str) -> Invitation | None:
+    """The pending (not used, revoked or expired) invitation of `token`, or None."""
+    if not token or len(token) > 128:
+        return None
+    return (
+        Invitation.objects.select_related("organisation")
+        .filter(
+            token_hash=invitation_token_hash(token),
+            accepted_at__isnull=True,
+            revoked_at__isnull=True,
+            expires_at__gt=timezone.now(),
+        )
+        .first()
+    )
+
+
+def invitation_token_hash(token: str) -> str:
+    # The token carries 256 bits of randomness: a fast hash keeps it useless to whoever reads the table.
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -13,7 +13,7 @@ from accounts.models import ApiKey, Membership, Organisation, Team
 from accounts.roles import ROLE_VALUES, Role
 from audit.actions import Action
 from audit.services import Actor, audit_event_record
-from core.errors import Conflict, NotFound, ValidationFailed
+from core.errors import Conflict, ValidationFailed
 from core.invalidation import invalidate
 
 API_KEY_PREFIX = "stw_"
@@ -89,41 +89,53 @@ def membership_set(*, organisation: Organisation, user, roles: list[str], actor:
     return membership
 
 
-def member_add(*, organisation: Organisation, username: str, roles: list[str], actor: Actor) -> Membership:
-    """Add an existing user (by user name) to `organisation`. NotFound if there is no such user,
-    Conflict if they are a member already (change their roles instead)."""
-    user = get_user_model().objects.filter(username=(username or "").strip()).first()
-    if user is None:
-        raise NotFound(f"No user named {username!r}.", param="username")
-    if not roles:
-        raise ValidationFailed("Give the new member at least one role.", param="roles")
-    with transaction.atomic():
-        if Membership.objects.filter(organisation=organisation, user=user).exists():
-            raise Conflict(f"{user.get_username()} is already a member.", param="username")
-        return membership_set(organisation=organisation, user=user, roles=roles, actor=actor)
-
-
 def membership_roles_change(*, membership: Membership, roles: list[str], actor: Actor) -> Membership:
     """Change a member's roles, refusing to leave the organisation without any admin."""
     roles = roles_validate(roles)
     with transaction.atomic():
-        # Lock every admin membership of the organisation so two demotions cannot both pass the check.
-        # (Filtered in Python: SQLite, the dev default, has no JSON containment lookup.)
-        admins = [
-            m.id
-            for m in Membership.objects.select_for_update().filter(organisation_id=membership.organisation_id)
-            if ROLE_ADMIN in m.roles
-        ]
+        admins = _admin_ids_locked(membership.organisation_id)
         if membership.id in admins and ROLE_ADMIN not in roles and len(admins) == 1:
             raise Conflict("This is the organisation's last admin; make someone else admin first.", param="roles")
         return membership_set(organisation=membership.organisation, user=membership.user, roles=roles, actor=actor)
 
 
-def user_login_record(*, user, ip_address: str | None = None) -> int:
-    """Audit a successful sign-in in every organisation the user belongs to; returns how many.
+def _admin_ids_locked(organisation_id: int) -> list[int]:
+    # Lock every membership of the organisation so two demotions or removals cannot both pass the check.
+    # (Filtered in Python: SQLite, the dev default, has no JSON containment lookup.)
+    return [
+        m.id
+        for m in Membership.objects.select_for_update().filter(organisation_id=organisation_id)
+        if ROLE_ADMIN in m.roles
+    ]
 
-    Failed attempts are not audited here (django-axes counts them and locks the account), so a
-    stranger cannot grow an organisation's trail by guessing passwords.
+
+def membership_remove(*, membership: Membership, actor: Actor) -> None:
+    """Take a user out of an organisation (not the last admin: Conflict). Their sessions fall back to
+    another organisation of theirs, or to nothing. Audited."""
+    with transaction.atomic():
+        admins = _admin_ids_locked(membership.organisation_id)
+        if admins == [membership.id]:
+            raise Conflict("This is the organisation's last admin; make someone else admin first.", param="membership")
+        before = {"username": membership.user.get_username(), "roles": membership.roles}
+        organisation_id, user_id = membership.organisation_id, membership.user_id
+        membership.delete()
+        audit_event_record(
+            organisation_id=organisation_id,
+            actor=actor,
+            action=Action.MEMBER_REMOVED,
+            target_type="user",
+            target_id=user_id,
+            before=before,
+        )
+
+
+def user_login_record(*, user, ip_address: str | None = None) -> int:
+    """Audit a successful sign-in in every organisation the user belongs to at that moment; returns how many.
+
+    Only those organisations see the event and its address: memberships exist only by the user's own
+    acceptance of an invitation (or by an operator), so no admin can pull someone into their
+    organisation to read where they sign in from. Failed attempts are not audited here (django-axes
+    counts them and locks the account), so a stranger cannot grow an organisation's trail by guessing.
     """
     organisation_ids = list(Membership.objects.filter(user=user).values_list("organisation_id", flat=True))
     with transaction.atomic():

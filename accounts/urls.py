@@ -12,5 +12,8 @@ urlpatterns = [
     path("api-keys/<int:key_id>/revoke/", views.api_key_revoke_view, name="api_key_revoke"),
     path("members/", views.member_list, name="member_list"),
     path("members/<int:membership_id>/", views.member_edit, name="member_edit"),
+    path("members/<int:membership_id>/remove/", views.member_remove, name="member_remove"),
+    path("invitations/<int:invitation_id>/revoke/", views.invitation_revoke_view, name="invitation_revoke"),
+    path("invitations/accept/<str:token>/", views.invitation_accept_view, name="invitation_accept"),
     path("teams/", views.team_list, name="team_list"),
 ]

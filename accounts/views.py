@@ -1,20 +1,32 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.contrib.auth import login as auth_login
 from django.contrib.auth import views as auth_views
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from accounts.forms import ApiKeyCreateForm, MemberAddForm, MemberRolesForm, TeamCreateForm
-from accounts.models import ApiKey, Membership
+from accounts.client_ip import client_ip_address
+from accounts.forms import (
+    ApiKeyCreateForm,
+    InvitationCreateForm,
+    InvitationNewAccountForm,
+    MemberRolesForm,
+    TeamCreateForm,
+)
+from accounts.invitations import invitation_accept, invitation_accept_new_user, invitation_create, invitation_revoke
+from accounts.models import ApiKey, Invitation, Membership
 from accounts.permissions import role_required
 from accounts.roles import Role
 from accounts.selectors import (
     SESSION_ORGANISATION_KEY,
     api_key_get,
     api_keys_list,
+    invitation_get,
+    invitation_pending_get,
+    invitations_pending,
     members_list,
     membership_get,
     memberships_for_user,
@@ -23,7 +35,7 @@ from accounts.selectors import (
 from accounts.services import (
     api_key_create,
     api_key_revoke,
-    member_add,
+    membership_remove,
     membership_roles_change,
     team_create,
     user_login_record,
@@ -37,7 +49,7 @@ class LoginView(auth_views.LoginView):
 
     def form_valid(self, form):
         response = super().form_valid(form)
-        user_login_record(user=form.get_user(), ip_address=self.request.META.get("REMOTE_ADDR"))
+        user_login_record(user=form.get_user(), ip_address=client_ip_address(self.request))
         return response
 
 
@@ -45,7 +57,7 @@ logout_view = auth_views.LogoutView.as_view()
 
 
 @require_POST
-@role_required()
+@role_required(allow_without_roles=True)
 def organisation_switch(request):
     wanted = request.POST.get("organisation_id", "")
     if wanted.isdigit() and memberships_for_user(user=request.user).filter(organisation_id=int(wanted)).exists():
@@ -106,21 +118,98 @@ def api_key_revoke_view(request, key_id: int):
 # --- members and teams ---------------------------------------------------------------------
 
 
+@never_cache
 @require_http_methods(["GET", "POST"])
 @role_required(Role.ADMIN)
 def member_list(request):
+    """Members, pending invitations, and the invitation form. The link of a new invitation is rendered
+    in the POST response only (the same page whether or not such a user exists)."""
     organisation = request.org.organisation
-    form = MemberAddForm(request.POST if request.method == "POST" else None)
+    form = InvitationCreateForm(request.POST if request.method == "POST" else None)
+    created = None
     if request.method == "POST" and form.is_valid():
         try:
-            membership = member_add(organisation=organisation, actor=request.org.actor, **form.cleaned_data)
+            created = invitation_create(
+                organisation=organisation, actor=request.org.actor, invited_by=request.user, **form.cleaned_data
+            )
         except ApplicationError as exc:
             _form_error(form, exc)
         else:
-            messages.success(request, f"{membership.user.get_username()} added.")
-            return redirect("accounts:member_list")
+            form = InvitationCreateForm()
     members = members_list(organisation=organisation).prefetch_related("teams")
-    return render(request, "accounts/member_list.html", {"members": members, "form": form, "roles": Role})
+    context = {
+        "members": members,
+        "invitations": invitations_pending(organisation=organisation),
+        "form": form,
+        "created": created,
+        "roles": Role,
+    }
+    return render(request, "accounts/member_list.html", context)
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def member_remove(request, membership_id: int):
+    try:
+        membership = membership_get(organisation=request.org.organisation, membership_id=membership_id)
+    except Membership.DoesNotExist:
+        raise Http404 from None
+    try:
+        membership_remove(membership=membership, actor=request.org.actor)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{membership.user.get_username()} removed from the organisation.")
+    return redirect("accounts:member_list")
+
+
+@require_POST
+@role_required(Role.ADMIN)
+def invitation_revoke_view(request, invitation_id: int):
+    try:
+        invitation = invitation_get(organisation=request.org.organisation, invitation_id=invitation_id)
+    except Invitation.DoesNotExist:
+        raise Http404 from None
+    invitation_revoke(invitation=invitation, actor=request.org.actor)
+    messages.success(request, f"Invitation of {invitation.recipient} withdrawn.")
+    return redirect("accounts:member_list")
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def invitation_accept_view(request, token: str):
+    """The invited person's page (no sign-in needed to open it). Signed in, they accept as themselves;
+    otherwise they sign in first or create an account, which joins the organisation at once."""
+    invitation = invitation_pending_get(token=token)
+    if invitation is None:
+        return render(request, "accounts/invitation_invalid.html", status=404)
+    form = InvitationNewAccountForm(
+        request.POST if request.method == "POST" and not request.user.is_authenticated else None
+    )
+    if request.method == "POST":
+        try:
+            if request.user.is_authenticated:
+                membership = invitation_accept(token=token, user=request.user)
+            elif form.is_valid():
+                data = form.cleaned_data
+                membership = invitation_accept_new_user(
+                    token=token, username=data["username"], password=data["password"], email=data["email"]
+                )
+                auth_login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
+                user_login_record(user=membership.user, ip_address=client_ip_address(request))
+            else:
+                membership = None
+        except ApplicationError as exc:
+            if request.user.is_authenticated:
+                messages.error(request, exc.message)
+            else:
+                _form_error(form, exc)
+        else:
+            if membership is not None:
+                request.session[SESSION_ORGANISATION_KEY] = membership.organisation_id
+                messages.success(request, f"Welcome to {membership.organisation.name}.")
+                return redirect("core:home")
+    return render(request, "accounts/invitation_accept.html", {"invitation": invitation, "form": form})
 
 
 @require_http_methods(["GET", "POST"])

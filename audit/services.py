@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -72,7 +74,25 @@ def event_canonical(event: AuditEvent) -> str:
     )
 
 
+def _derived_key(purpose: bytes) -> bytes:
+    # One secret, two uses kept apart: the chain's links and the checkpoints' signatures.
+    return hmac.new(settings.STEWARD_AUDIT_KEY.encode(), purpose, hashlib.sha256).digest()
+
+
 def event_hash(event: AuditEvent) -> str:
+    """HMAC-SHA256 of the event's canonical form under STEWARD_AUDIT_KEY.
+
+    Keyed rather than a plain digest: with write access to the database (triggers dropped) one
+    could otherwise edit an event and recompute every later link; without the key, which lives
+    outside the database, the recomputed links do not verify.
+    """
+    return hmac.new(
+        _derived_key(b"steward audit chain v2"), event_canonical(event).encode(), hashlib.sha256
+    ).hexdigest()
+
+
+def event_hash_sha256(event: AuditEvent) -> str:
+    """The unkeyed digest chains were made of before the key (audit migration 0004 re-keys them)."""
     return hashlib.sha256(event_canonical(event).encode()).hexdigest()
 
 
@@ -166,23 +186,54 @@ def _event_problem(event: AuditEvent, *, expected_seq: int, prev_hash: str) -> s
     return None
 
 
-def _organisation_chain_verify(organisation_id: int) -> tuple[int, ChainBreak | None]:
-    """Walk one chain; returns (events checked, first break or None)."""
+def _organisation_chain_verify(
+    organisation_id: int, checkpoints: list[Checkpoint] | None = None
+) -> tuple[int, ChainBreak | None, AuditEvent | None]:
+    """Walk one chain; returns (events checked, first break or None, last event).
+
+    Each checkpoint's event must still be on the chain with the hash the checkpoint recorded, and
+    the chain must reach the latest checkpoint (a chain cut short and re-headed verifies otherwise).
+    """
     head = AuditChainHead.objects.filter(organisation_id=organisation_id).first()
+    expected = {checkpoint.seq: checkpoint for checkpoint in checkpoints or ()}
     expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
-    last_id = None
+    last = None
     events = AuditEvent.objects.filter(organisation_id=organisation_id).order_by("seq").iterator(chunk_size=2000)
     for event in events:
         problem = _event_problem(event, expected_seq=expected_seq, prev_hash=prev_hash)
+        checkpoint = expected.get(event.seq)
+        if (
+            problem is None
+            and checkpoint is not None
+            and (event.id, event.hash) != (checkpoint.event_id, checkpoint.hash)
+        ):
+            problem = (
+                f"differs from the checkpoint taken {checkpoint.taken_at} (it recorded event id {checkpoint.event_id} "
+                f"with hash {checkpoint.hash[:16]}…, the chain now has id {event.id} with {event.hash[:16]}…): "
+                "the chain was rewritten after the checkpoint"
+            )
         if problem:
-            return checked, ChainBreak(organisation_id, event.seq, event.id, problem)
+            return checked, ChainBreak(organisation_id, event.seq, event.id, problem), last
         checked += 1
-        expected_seq, prev_hash, last_id = event.seq + 1, event.hash, event.id
+        expected_seq, prev_hash, last = event.seq + 1, event.hash, event
     last_seq = expected_seq - 1
+    last_id = last.id if last else None
+    beyond = [checkpoint for seq, checkpoint in expected.items() if seq > last_seq]
+    if beyond:
+        latest = max(beyond, key=lambda checkpoint: checkpoint.seq)
+        problem = (
+            f"the checkpoint taken {latest.taken_at} records event #{latest.seq} (id {latest.event_id}) "
+            f"but the chain ends at #{last_seq} (events removed from the end?)"
+        )
+        return checked, ChainBreak(organisation_id, latest.seq, latest.event_id, problem), last
     if head is None:
         if last_seq:
-            return checked, ChainBreak(organisation_id, last_seq, last_id, "events exist but the chain head is missing")
-        return checked, None
+            return (
+                checked,
+                ChainBreak(organisation_id, last_seq, last_id, "events exist but the chain head is missing"),
+                last,
+            )
+        return checked, None, last
     if head.last_seq != last_seq or head.last_hash != prev_hash:
         problem = (
             f"chain head says #{head.last_seq} but the last event is #{last_seq}"
@@ -191,8 +242,8 @@ def _organisation_chain_verify(organisation_id: int) -> tuple[int, ChainBreak | 
         )
         if head.last_seq > last_seq:
             problem += " (rows removed from the end?)"
-        return checked, ChainBreak(organisation_id, last_seq or None, last_id, problem)
-    return checked, None
+        return checked, ChainBreak(organisation_id, last_seq or None, last_id, problem), last
+    return checked, None, last
 
 
 @contextlib.contextmanager
@@ -209,21 +260,35 @@ def _consistent_snapshot():
         yield
 
 
-def audit_chain_verify(*, organisation_ids: list[int] | None = None) -> ChainVerification:
-    """Walk the hash chains of `organisation_ids` (all organisations with events or a head if None).
+def _organisations_with_chains() -> list[int]:
+    ids = set(AuditChainHead.objects.values_list("organisation_id", flat=True))
+    ids |= set(AuditEvent.objects.order_by().values_list("organisation_id", flat=True).distinct())
+    return sorted(ids)
+
+
+def audit_chain_verify(
+    *, organisation_ids: list[int] | None = None, checkpoints: list[Checkpoint] | None = None
+) -> ChainVerification:
+    """Walk the hash chains of `organisation_ids` (all organisations with events, a head or a
+    checkpoint if None).
 
     Pure read: checks that seq runs 1..N without gaps, that each prev_hash is the previous event's
-    hash, that each hash recomputes from the row (audit.services.event_hash), and that the chain
-    head agrees with the last event. Memory stays flat: events are streamed.
+    hash, that each hash recomputes from the row under the audit key (audit.services.event_hash),
+    that the chain head agrees with the last event, and that every checkpoint (exported earlier by
+    `audit_checkpoints_take`, signatures already checked) still matches. Memory stays flat: events
+    are streamed.
     """
+    by_organisation: dict[int, list[Checkpoint]] = {}
+    for checkpoint in checkpoints or ():
+        by_organisation.setdefault(checkpoint.organisation_id, []).append(checkpoint)
     if organisation_ids is None:
-        ids = set(AuditChainHead.objects.values_list("organisation_id", flat=True))
-        ids |= set(AuditEvent.objects.order_by().values_list("organisation_id", flat=True).distinct())
-        organisation_ids = sorted(ids)
+        organisation_ids = sorted(set(_organisations_with_chains()) | set(by_organisation))
     total, breaks = 0, []
     for organisation_id in organisation_ids:
         with _consistent_snapshot():
-            checked, chain_break = _organisation_chain_verify(organisation_id)
+            checked, chain_break, _last = _organisation_chain_verify(
+                organisation_id, by_organisation.get(organisation_id)
+            )
         total += checked
         if chain_break is not None:
             breaks.append(chain_break)
@@ -233,6 +298,116 @@ def audit_chain_verify(*, organisation_ids: list[int] | None = None) -> ChainVer
         first_broken=breaks[0] if breaks else None,
         broken=breaks,
     )
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointInvalid(ValueError):
+    """A checkpoint line that is not valid JSON, lacks a field, or whose signature does not verify."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The signed head of one organisation's chain at one moment: shipped to storage the database's
+    administrators cannot write, it pins the chain up to `seq`. Signed with HMAC-SHA256 under a key
+    derived from STEWARD_AUDIT_KEY (so verifying needs that key, as verifying the chain does)."""
+
+    organisation_id: int
+    organisation: str
+    seq: int
+    event_id: int
+    hash: str
+    count: int
+    event_created_at: str
+    taken_at: str
+
+    def payload(self) -> dict:
+        return {
+            "v": CHECKPOINT_VERSION,
+            "organisation_id": self.organisation_id,
+            "organisation": self.organisation,
+            "seq": self.seq,
+            "event_id": self.event_id,
+            "hash": self.hash,
+            "count": self.count,
+            "event_created_at": self.event_created_at,
+            "taken_at": self.taken_at,
+        }
+
+    def signature(self) -> str:
+        key = _derived_key(b"steward audit checkpoint v1")
+        return hmac.new(key, _canonical_json(self.payload()).encode(), hashlib.sha256).hexdigest()
+
+    def as_line(self) -> str:
+        return _canonical_json({**self.payload(), "signature": self.signature()})
+
+
+def checkpoint_parse(line: str) -> Checkpoint:
+    """The checkpoint in one exported line; raises CheckpointInvalid unless its signature verifies."""
+    try:
+        data = json.loads(line)
+        checkpoint = Checkpoint(
+            organisation_id=int(data["organisation_id"]),
+            organisation=str(data["organisation"]),
+            seq=int(data["seq"]),
+            event_id=int(data["event_id"]),
+            hash=str(data["hash"]),
+            count=int(data["count"]),
+            event_created_at=str(data["event_created_at"]),
+            taken_at=str(data["taken_at"]),
+        )
+        signature = str(data["signature"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointInvalid(f"not a checkpoint ({type(exc).__name__}: {exc})") from None
+    if data.get("v") != CHECKPOINT_VERSION:
+        raise CheckpointInvalid(f"unknown checkpoint version {data.get('v')!r}")
+    if not hmac.compare_digest(signature, checkpoint.signature()):
+        raise CheckpointInvalid(
+            f"signature does not verify for organisation {checkpoint.organisation} (forged, altered, or "
+            "signed with another STEWARD_AUDIT_KEY)"
+        )
+    return checkpoint
+
+
+@dataclass(frozen=True)
+class CheckpointRun:
+    checkpoints: list[Checkpoint]
+    broken: list[ChainBreak]
+
+
+def audit_checkpoints_take(*, organisation_ids: list[int] | None = None) -> CheckpointRun:
+    """Sign the head of each organisation's chain, after verifying that chain.
+
+    Pure read. A chain that does not verify gets no checkpoint (signing it would vouch for the
+    damage); it is returned in `broken` instead. Organisations without events are skipped.
+    """
+    if organisation_ids is None:
+        organisation_ids = _organisations_with_chains()
+    taken_at = timezone.now().isoformat()
+    checkpoints, broken = [], []
+    for organisation_id in organisation_ids:
+        with _consistent_snapshot():
+            checked, chain_break, last = _organisation_chain_verify(organisation_id)
+            slug = last.organisation.slug if last is not None and chain_break is None else ""
+        if chain_break is not None:
+            broken.append(chain_break)
+        elif last is not None:
+            checkpoints.append(
+                Checkpoint(
+                    organisation_id=organisation_id,
+                    organisation=slug,
+                    seq=last.seq,
+                    event_id=last.id,
+                    hash=last.hash,
+                    count=checked,
+                    event_created_at=last.created_at.isoformat(),
+                    taken_at=taken_at,
+                )
+            )
+    return CheckpointRun(checkpoints=checkpoints, broken=broken)
 
 
 def audit_verification_request(*, organisation, requested_by=None) -> AuditVerification:

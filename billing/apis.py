@@ -154,6 +154,8 @@ class SpendApi(APIView):
     passes `api_key_id`."""
 
     permission_classes = [IsAuthenticated, RoleRequired]
+    # The one management endpoint a proxy-only key (no roles) may call: `_own_key_only` confines it to itself.
+    allows_keys_without_roles = True
 
     class FilterSerializer(serializers.Serializer):
         api_key_id = serializers.IntegerField(required=False, min_value=1)
@@ -217,6 +219,7 @@ class _PriceOutputSerializer(serializers.ModelSerializer):
             "max_output_tokens",
             "currency",
             "source",
+            "free",
             "created_by",
             "created_at",
             "scope",
@@ -255,6 +258,7 @@ class PriceListCreateApi(APIView):
             max_digits=32, decimal_places=18, min_value=Decimal(0), required=False, default=Decimal(0)
         )
         max_output_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+        free = serializers.BooleanField(required=False, default=False)
 
     class OutputSerializer(_PriceOutputSerializer):
         pass

@@ -102,6 +102,11 @@ class PriceForm(forms.Form):
     cache_write_per_million = forms.DecimalField(required=False, min_value=0, decimal_places=12, max_digits=30)
     reasoning_per_million = forms.DecimalField(required=False, min_value=0, decimal_places=12, max_digits=30)
     request_fee = forms.DecimalField(required=False, min_value=0, decimal_places=12, max_digits=30)
+    free = forms.BooleanField(
+        required=False,
+        label="Free on purpose",
+        help_text="This model costs nothing (e.g. self-hosted): every rate above must be 0. Audited.",
+    )
 
 
 class BillingSettingsForm(forms.Form):

@@ -47,6 +47,9 @@ class Price(models.Model):
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
     currency = models.CharField(max_length=3, default="USD")
     source = models.CharField(max_length=16, choices=PriceSource.choices, default=PriceSource.MANUAL)
+    # An administrator declared the model free on purpose (a self-hosted model, say): every rate is
+    # zero. A zero price without this flag is still a price, but only this flag says someone chose it.
+    free = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.CharField(max_length=200, blank=True, default="")
 

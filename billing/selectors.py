@@ -16,7 +16,7 @@ from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from billing import models as m
-from billing.money import ZERO, local_day, period_bounds
+from billing.money import ZERO, day_bounds, local_day, period_bounds
 from billing.services import (
     ROLLUP_DIMENSIONS,
     billing_config_load,
@@ -361,3 +361,62 @@ def key_spend(*, organisation, api_key_id: int, since: dt.datetime) -> dict:
         "prompt_tokens": agg["prompt_tokens"] or 0,
         "completion_tokens": agg["completion_tokens"] or 0,
     }
+
+
+def model_price_known(*, organisation_id: int, model: str, deployment_id: int | None = None) -> bool:
+    """Whether a price (an administrator's deliberate "free" included) is in force now for `model`
+    as the organisation's deployment `deployment_id` would be billed. Without one, a hard budget
+    cannot bound the model's calls: deployments of it are not enabled and budgeted calls refused."""
+    from billing.services import price_resolve
+
+    at = timezone.now()
+    return price_resolve(organisation_id=organisation_id, model=model, deployment_id=deployment_id, at=at) is not None
+
+
+def models_unpriced(*, organisation_id: int, targets: list[tuple[str, int | None]]) -> list[str]:
+    """The models among (model, deployment id) pairs that have no price in force now, each once, in order."""
+    missing: list[str] = []
+    for model, deployment_id in targets:
+        if model not in missing and not model_price_known(
+            organisation_id=organisation_id, model=model, deployment_id=deployment_id
+        ):
+            missing.append(model)
+    return missing
+
+
+def requests_unpriced(*, organisation_id: int, request_ids: list[str]) -> set[str]:
+    """Those of the requests whose ledger has a line priced at nothing because no price was known."""
+    if not request_ids:
+        return set()
+    return set(
+        m.UsageLine.objects.filter(
+            organisation_id=organisation_id, request_id__in=request_ids, basis=m.CostBasis.NO_PRICE
+        ).values_list("request_id", flat=True)
+    )
+
+
+def request_usage_lines(*, organisation_id: int, request_id: str) -> list[m.UsageLine]:
+    """The ledger lines of one request, one per attempt."""
+    return list(m.UsageLine.objects.filter(organisation_id=organisation_id, request_id=request_id).order_by("attempt"))
+
+
+def unpriced_usage(*, organisation, filters: UsageFilters) -> list[dict]:
+    """Per model, the calls recorded at no cost because no price was known, in the report's range:
+    their real cost is unknown, so the usage page says so rather than let them pass as free."""
+    date_from, date_to = _range(organisation=organisation, filters=filters)
+    start, _ = day_bounds(date_from, organisation.time_zone)
+    _, end = day_bounds(date_to, organisation.time_zone)
+    lines = m.UsageLine.objects.filter(
+        organisation_id=organisation.pk, basis=m.CostBasis.NO_PRICE, started_at__gte=start, started_at__lt=end
+    )
+    if filters.team_id is not None:
+        lines = lines.filter(team_id=filters.team_id)
+    if filters.api_key_id is not None:
+        lines = lines.filter(api_key_id=filters.api_key_id)
+    if filters.model:
+        lines = lines.filter(model=filters.model)
+    return list(
+        lines.values("model")
+        .annotate(lines=Count("id"), prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"))
+        .order_by("model")
+    )

@@ -9,6 +9,10 @@ Contract (the proxy depends on exactly these names and signatures):
 - `abudget_settle(...)` at the "settle cost" stage with the request's actual cost (use
   `acost_compute` to price the usage first).
 - `abudget_release(...)` when the request fails or is cancelled before anything was produced.
+- `abudget_extend(...)` before a retry that follows an attempt the provider may have billed (a
+  timeout): the reservation holds the worst case once more, or `BudgetExceeded` refuses the retry.
+- `PriceUnknown` (HTTP 503, code `price_unknown`) from the reserve stage when a hard budget or cost
+  ceiling applies but a model the request may reach has no price.
 - The same in parts, for a caller that sends the Redis work together with its own in one round
   trip (the proxy does, with its admission check and its release of limits):
   `abudget_reserve_plan(...)` gives the reservation's script call and `abudget_reserve_complete(...)`
@@ -58,7 +62,7 @@ from billing.money import (
     period_bounds,
 )
 from core.conf import hot
-from core.crypto import secret_decrypt, secret_encrypt
+from core.crypto import RotationReport, secret_decrypt, secret_encrypt, secrets_reencrypt
 from core.db import read_retrying
 from core.errors import ApplicationError, ValidationFailed
 from core.invalidation import LocalCache, invalidate
@@ -136,6 +140,25 @@ class BudgetUnavailable(ApplicationError):
     code = "budget_unavailable"
 
 
+class PriceUnknown(ApplicationError):
+    """A hard budget or cost ceiling applies but a model the request may reach has no price, so its
+    worst case cannot be bounded. 503, not 400: the request is fine, Steward's configuration is not
+    (like `no_deployment`), and it counts as an error an operator must fix by setting a price or
+    marking the model free; the client cannot change anything to get through."""
+
+    status = 503
+    code = "price_unknown"
+
+    def __init__(self, model: str):
+        super().__init__(
+            f"No price is known for model {model!r}, so the budgets of this request cannot be enforced; "
+            "an administrator must set a price for it (or mark it free).",
+            param="model",
+            extra={"model": model},
+        )
+        self.model = model
+
+
 @dataclass(frozen=True)
 class BudgetScope:
     organisation_id: int
@@ -155,6 +178,8 @@ class Reservation:
     worst_case: Decimal = ZERO
     # True when Redis was unreachable and the organisation chose to fail open.
     failed_open: bool = False
+    # budget id -> its window (limit, name, period end), for holding more before a retry
+    windows: dict = field(default_factory=dict, repr=False)
 
     @property
     def empty(self) -> bool:
@@ -321,11 +346,16 @@ async def acost_compute(
     return cost_from_price(price=price, model=model, usage=usage)
 
 
-def worst_case_cost(*, price: PriceInfo | None, input_text_bytes: int, max_output_tokens: int | None) -> Decimal:
+def worst_case_cost(
+    *, price: PriceInfo | None, input_text_bytes: int, max_output_tokens: int | None, choices: int = 1
+) -> Decimal:
     """Upper bound of a request's cost: every input byte a token (no tokenizer emits more tokens
-    than bytes) at the dearer of input and cache-write rates, and all output at the dearer of output
-    and reasoning rates."""
-    if price is None:
+    than bytes) at the dearer of input and cache-write rates, and all output of every choice (`n`,
+    or a completion's `best_of` candidates, all of which the provider bills) at the dearer of output
+    and reasoning rates. `input_text_bytes` is the size of the body as sent upstream (after prompt
+    rendering), not the client's. Zero without a price: callers that enforce a limit must refuse
+    (`PriceUnknown`) rather than treat an unknown cost as zero."""
+    if price is None:  # zero: the caller decides (see abudget_reserve_plan)
         return ZERO
     out = max_output_tokens if max_output_tokens is not None else price.max_output_tokens
     if out is None:
@@ -334,16 +364,17 @@ def worst_case_cost(*, price: PriceInfo | None, input_text_bytes: int, max_outpu
     total = (
         price.request_fee
         + input_tokens * max(price.input, price.cache_write)
-        + max(out, 0) * max(price.output, price.reasoning)
+        + max(out, 0) * max(choices, 1) * max(price.output, price.reasoning)
     )
     return money(total)
 
 
-def prices_seed(*, price_model=None, now: datetime | None = None) -> int:
+def prices_seed(*, price_model=None, now: datetime | None = None, litellm: bool = True) -> int:
     """Insert the global price table from litellm's bundled cost map, plus demo prices for the
     development models. Idempotent: models already in the global table are left alone (a changed
     price is a new effective-dated row, made with `price_set`). Returns how many rows were added.
-    `price_model` lets a data migration pass its historical model."""
+    `price_model` lets a data migration pass its historical model; `litellm=False` adds only the
+    development models' rows (a few, where the whole map is thousands)."""
     from core.llm import model_cost_map
 
     Price = price_model or m.Price
@@ -351,7 +382,7 @@ def prices_seed(*, price_model=None, now: datetime | None = None) -> int:
         Price.objects.filter(organisation__isnull=True, deployment_id__isnull=True).values_list("model", flat=True)
     )
     rows = []
-    for name, info in model_cost_map().items():
+    for name, info in (model_cost_map() if litellm else {}).items():
         if name in known or name == "sample_spec" or len(name) > 200:
             continue
         input_price = decimal_from_price(info.get("input_cost_per_token"))
@@ -411,6 +442,7 @@ def _price_public(price: m.Price) -> dict:
         "cache_write_per_token": None if price.cache_write_per_token is None else str(price.cache_write_per_token),
         "reasoning_per_token": None if price.reasoning_per_token is None else str(price.reasoning_per_token),
         "request_fee": str(price.request_fee),
+        "free": price.free,
     }
 
 
@@ -434,12 +466,28 @@ def price_set(
     reasoning_per_token: Decimal | None = None,
     request_fee: Decimal = ZERO,
     max_output_tokens: int | None = None,
+    free: bool = False,
 ) -> m.Price:
     """Add an organisation's price for a model (or one deployment) from `effective_from` (default:
-    now) on. Past costs keep the price they were computed with. Audited (price.changed)."""
+    now) on. Past costs keep the price they were computed with. Audited (price.changed).
+
+    `free=True` declares the model free on purpose (every rate must be zero, and is recorded so):
+    the only way to serve a model at no cost under a hard budget or to enable a deployment of a
+    model that has no price, since an unknown price never counts as zero."""
     model = (model or "").strip()
     if not model or len(model) > 200:
         raise ValidationFailed("model is required (at most 200 characters)", param="model")
+    if free:
+        for name, value in [
+            ("input_per_token", input_per_token),
+            ("output_per_token", output_per_token),
+            ("cached_input_per_token", cached_input_per_token),
+            ("cache_write_per_token", cache_write_per_token),
+            ("reasoning_per_token", reasoning_per_token),
+            ("request_fee", request_fee),
+        ]:
+            if value:
+                raise ValidationFailed(f"a free model cannot have a {name} above zero", param=name)
     for name, value in [
         ("input_per_token", input_per_token),
         ("output_per_token", output_per_token),
@@ -479,6 +527,7 @@ def price_set(
                 request_fee=request_fee or ZERO,
                 max_output_tokens=max_output_tokens,
                 source=m.PriceSource.MANUAL,
+                free=bool(free),
                 created_by=actor.label[:200],
             )
     except IntegrityError as exc:
@@ -807,6 +856,8 @@ def billing_settings_update(
     from django.core.exceptions import ValidationError
     from django.core.validators import URLValidator
 
+    from core import egress
+
     current, _ = m.BillingSettings.objects.select_for_update().get_or_create(organisation=organisation)
     if fail_open is not None and fail_open != current.fail_open:
         audit_event_record(
@@ -826,6 +877,11 @@ def billing_settings_update(
                 URLValidator(schemes=["http", "https"])(url)
             except ValidationError as exc:
                 raise ValidationFailed("webhook_url must be an http(s) URL", param="webhook_url") from exc
+            if refusal := egress.url_refusal(url):
+                # Host names are checked when the webhook is sent, on the address it resolves to.
+                raise ValidationFailed(
+                    f"webhook_url is not allowed by the egress policy: {refusal}", param="webhook_url"
+                )
         # A stored secret that no longer decrypts (the encryption key changed) counts as unset, so a
         # URL alone cannot be saved over it: the admin is asked for the secret again.
         stored = (secret_decrypt(current.webhook_secret_encrypted) or "") if current.webhook_secret_encrypted else ""
@@ -847,6 +903,19 @@ def billing_settings_update(
     current.save()
     _caches_invalidate(CONFIG_NAMESPACE)
     return current
+
+
+def webhook_secrets_rotate() -> RotationReport:
+    """Re-encrypt every organisation's webhook signing secret under the newest encryption key
+    (`manage.py secrets_rotate`). Idempotent and safe while the app runs (core.crypto.secrets_reencrypt);
+    the secrets themselves do not change, so nothing is audited and no cache holds them."""
+    return secrets_reencrypt(
+        queryset=m.BillingSettings.objects.all(),
+        field_name="webhook_secret_encrypted",
+        label="webhook signing secrets",
+        describe=lambda row: f"organisation {row['organisation_id']}",
+        describe_fields=("organisation_id",),
+    )
 
 
 @transaction.atomic
@@ -883,6 +952,7 @@ def _lua(name: str) -> str:
 
 RESERVE = Script(_lua("reserve"))
 SETTLE = Script(_lua("settle"))
+EXTEND = Script(_lua("extend"))
 
 
 def _budget_key_prefix(rule: BudgetRule, period_start: datetime) -> str:
@@ -957,10 +1027,15 @@ async def abudget_reserve_plan(
     input_text_bytes: int,
     max_output_tokens: int | None,
     alternatives: tuple[tuple[str, int | None], ...] = (),
+    choices: int = 1,
 ) -> ReservePlan:
     """Price the request's worst case and name the budgets it must be reserved against (see
     `abudget_reserve`). No Redis access; raises `CostCeilingExceeded` at once when the worst case is
-    above the key's per-request ceiling."""
+    above the key's per-request ceiling, and `PriceUnknown` when a hard budget or a ceiling applies
+    but one of the models has no price (its cost could not be bounded, so it is never taken as 0).
+
+    `input_text_bytes` is the size of the request as sent upstream; `choices` how many completions
+    the provider generates and bills (`n`, or `best_of` for a text completion)."""
     rid = request_id or uuid.uuid4().hex
     config = await abilling_config_get(scope.organisation_id)
     reservation = Reservation(id=rid, scope=scope)
@@ -968,16 +1043,24 @@ async def abudget_reserve_plan(
         return ReservePlan(reservation)
     now = timezone.now()
     worst = ZERO
+    unpriced = None
     for candidate_model, candidate_deployment in ((model, deployment_id), *alternatives):
         price = await aprice_resolve(
             organisation_id=scope.organisation_id, model=candidate_model, deployment_id=candidate_deployment, at=now
         )
+        if price is None:
+            unpriced = unpriced or candidate_model
+            continue
         worst = max(
             worst,
-            worst_case_cost(price=price, input_text_bytes=input_text_bytes, max_output_tokens=max_output_tokens),
+            worst_case_cost(
+                price=price, input_text_bytes=input_text_bytes, max_output_tokens=max_output_tokens, choices=choices
+            ),
         )
     reservation.worst_case = worst
     ceiling = config.ceilings.get(scope.api_key_id) if scope.api_key_id is not None else None
+    if unpriced is not None and (ceiling is not None or budget_windows(config, scope, now)):
+        raise PriceUnknown(unpriced)
     if ceiling is not None and worst > ceiling:
         raise CostCeilingExceeded(
             f"This request could cost up to {worst} USD, above this key's limit of {ceiling} USD per request; "
@@ -1000,6 +1083,7 @@ async def abudget_reserve_plan(
         args.extend((window.limit_nano, amount_nano, window.expire_at_ms))
         reservation.amounts[window.rule_key] = amount
         reservation.keys[window.rule_key] = window.prefix
+        reservation.windows[window.rule_key] = window
     return ReservePlan(reservation, RESERVE.call(keys, args), config, windows, now)
 
 
@@ -1072,6 +1156,58 @@ async def abudget_reserve_send(plan: ReservePlan) -> Reservation:
     except Exception as exc:
         result = exc
     return await abudget_reserve_complete(plan, result)
+
+
+async def abudget_extend(*, reservation: Reservation) -> None:
+    """Hold the request's worst case once more, on top of what its reservation holds: before a
+    retry that follows an attempt the provider may have billed (it timed out after reading the
+    request), so every attempt's cost stays within what was reserved. All or nothing across the
+    budgets; raises `BudgetExceeded` when one cannot cover it (the retry is not made) and
+    `BudgetUnavailable` when Redis cannot be reached (unless the organisation fails open).
+    Nothing to do for a request no hard budget covers. The settle stage gives back the unused rest."""
+    if reservation.empty or not reservation.windows:
+        return
+    extra = nano_ceil(reservation.worst_case)
+    if extra <= 0:
+        return
+    now = timezone.now()
+    expiry_ms = int(now.timestamp() * 1000) + int(hot.STEWARD_BILLING_RESERVATION_TTL_SECONDS * 1000)
+    keys: list[str] = []
+    args: list = [reservation.id, expiry_ms, len(reservation.keys)]
+    rule_keys = list(reservation.keys)
+    for rule_key in rule_keys:
+        keys.extend(_period_keys(reservation.keys[rule_key]))
+        args.extend((reservation.windows[rule_key].limit_nano, extra))
+    try:
+        [result] = await abatch([EXTEND.call(keys, args)])
+        if isinstance(result, Exception):
+            raise result
+    except Exception as exc:
+        if not _is_redis_error(exc):
+            raise
+        config = await abilling_config_get(reservation.scope.organisation_id)
+        if config.fail_open:
+            logger.warning("billing: Redis unreachable, organisation %s fails open", config.organisation_id)
+            return
+        raise BudgetUnavailable(
+            "Budgets cannot be checked right now (the budget store is unreachable); the request was not retried.",
+            extra={"retry_after": 5},
+        ) from exc
+    status = int(result[0])
+    if status == 1:
+        for rule_key in rule_keys:
+            reservation.amounts[rule_key] = nano_to_decimal(nano_ceil(reservation.amounts[rule_key]) + extra)
+        return
+    window = reservation.windows[rule_keys[int(result[1]) - 1]]
+    if status == 0:
+        raise BudgetExceeded(
+            f"Budget '{window.rule.name}' cannot cover a retry of this request (worst case "
+            f"{reservation.worst_case} USD more, after an attempt that timed out).",
+            budget_name=window.rule.name,
+            resets_at=window.end,
+            retry_after=_retry_after(window.end, now),
+        )
+    raise BudgetUnavailable("The budget reservation of this request lapsed; it was not retried.")
 
 
 def _is_redis_error(exc: BaseException) -> bool:
@@ -1382,6 +1518,8 @@ def budget_alert_webhook_send(*, alert_id: int) -> str:
 
     import requests
 
+    from core import egress
+
     with transaction.atomic():
         alert = m.BudgetAlert.objects.select_for_update().select_related("budget").filter(pk=alert_id).first()
         if alert is None or alert.webhook_status == "sent":
@@ -1421,8 +1559,15 @@ def budget_alert_webhook_send(*, alert_id: int) -> str:
         "X-Steward-Signature": "sha256=" + webhook_signature(secret=secret, timestamp=timestamp, body=body),
         "User-Agent": "Steward-Webhook/1",
     }
+    # Through the egress policy (the URL is an admin's; the check is on the address connected to).
+    # A refused address is not retried: it stays refused until the URL or the policy changes.
     try:
-        response = requests.post(billing.webhook_url, data=body, headers=headers, timeout=5, allow_redirects=False)
+        with egress.requests_session() as session:
+            response = session.post(billing.webhook_url, data=body, headers=headers, timeout=5, allow_redirects=False)
+    except egress.EgressDenied as exc:
+        logger.warning("budget alert %s: webhook not sent: %s", alert.pk, exc)
+        m.BudgetAlert.objects.filter(pk=alert.pk).update(webhook_status="failed")
+        return "failed"
     except requests.RequestException as exc:
         raise WebhookTransientError(str(exc)) from exc
     if response.status_code >= 500 or response.status_code == 429:

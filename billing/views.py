@@ -22,6 +22,7 @@ from billing.selectors import (
     budgets_status,
     prices_list,
     top_spenders,
+    unpriced_usage,
     usage_report,
     webhook_secret_state,
 )
@@ -61,6 +62,7 @@ def usage_home(request):
             css_class="tokens",
         ),
         "spenders": top_spenders(organisation=organisation, filters=filters),
+        "unpriced": unpriced_usage(organisation=organisation, filters=filters),
         "budgets": budgets_status(organisation=organisation),
         "alerts": budget_alerts_current(organisation=organisation),
         "query": request.GET.urlencode(),
@@ -193,7 +195,8 @@ def budget_remove(request, budget_id: int):
 @require_http_methods(["GET", "POST"])
 def price_list(request):
     organisation = request.org.organisation
-    form = PriceForm()
+    # The models page links here with ?model=<name> for a model that has no price yet.
+    form = PriceForm(initial={"model": request.GET.get("model", "").strip()[:200]})
     if request.method == "POST":
         if not _is_admin(request):
             raise PermissionDenied
@@ -218,6 +221,7 @@ def price_list(request):
                     cache_write_per_token=per_token("cache_write_per_million"),
                     reasoning_per_token=per_token("reasoning_per_million"),
                     request_fee=data.get("request_fee") or Decimal(0),
+                    free=bool(data.get("free")),
                 )
             except ApplicationError as exc:
                 form.add_error(exc.param if exc.param in form.fields else None, exc.message)

@@ -6,8 +6,12 @@ message naming the variable, instead of failing later inside a request.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
+import re
 import secrets
+import stat
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -64,6 +68,49 @@ def _env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (true/false); got {raw!r}")
 
 
+def _env_names(name: str, default: str) -> tuple[str, ...]:
+    """Comma-separated environment variable names; a trailing `*` makes one a prefix."""
+    raw = os.environ.get(name)
+    value = raw if raw is not None and raw.strip() else default
+    entries = tuple(e.strip() for e in value.split(",") if e.strip())
+    for entry in entries:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*\*?", entry):
+            raise ImproperlyConfigured(
+                f"{name} must list variable names or prefixes ending in * (such as OPENAI_API_KEY,STEWARD_UPSTREAM_*); "
+                f"got {entry!r}"
+            )
+    return entries
+
+
+def _env_networks(name: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or CIDR networks (normalised); empty means none."""
+    entries = tuple(e.strip() for e in os.environ.get(name, "").split(",") if e.strip())
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(str(ipaddress.ip_network(entry, strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name} must list IP addresses or networks (such as 10.0.0.5,10.1.0.0/16); got {entry!r}"
+            ) from None
+    return tuple(networks)
+
+
+def _env_egress_hosts(name: str) -> tuple[str, ...]:
+    """Comma-separated host names, `*.domain` suffixes, IP addresses or CIDR networks (lower-cased)."""
+    entries = tuple(e.strip().lower().rstrip(".") for e in os.environ.get(name, "").split(",") if e.strip())
+    for entry in entries:
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_network(entry, strict=False)
+            continue
+        if not re.fullmatch(r"(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*", entry):
+            raise ImproperlyConfigured(
+                f"{name} must list host names, *.domain suffixes, IP addresses or CIDR networks "
+                f"(such as vllm.internal,*.corp.example,10.0.0.5,10.1.0.0/16); got {entry!r}"
+            )
+    return entries
+
+
 def _env_url(name: str, default: str | None, *, schemes: tuple[str, ...]) -> str | None:
     raw = os.environ.get(name)
     value = raw.strip() if raw and raw.strip() else default
@@ -79,8 +126,48 @@ STEWARD_ENV = _env_choice("STEWARD_ENV", ("dev", "prod"), "dev")
 IS_PROD = STEWARD_ENV == "prod"
 DEBUG = _env_bool("STEWARD_DEBUG", not IS_PROD) and not IS_PROD
 
+
+def _var_dir_make_private(path: Path) -> None:
+    """var/ holds the dev database, the embedded Redis socket and generated secrets: only the user
+    may enter it (0700) and read what is in it (0600). Files left readable by an older version (or
+    a umask of 022) are narrowed at every start; files of other users are left alone."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        path.chmod(0o700)
+    for child in path.iterdir():
+        try:
+            mode = child.lstat().st_mode
+            if stat.S_ISREG(mode) and mode & 0o077:
+                child.chmod(0o600)
+            elif stat.S_ISDIR(mode) and mode & 0o077:
+                child.chmod(0o700)
+        except (FileNotFoundError, PermissionError):
+            continue
+
+
+def _var_secret(name: str) -> str:
+    """A random secret generated once under VAR_DIR (0600) and kept, so restarts reuse it.
+
+    Written to a private temporary file and linked into place: concurrent first starts (web,
+    worker, test workers) all end up reading the one secret that won, never a half-written file.
+    """
+    path = VAR_DIR / name
+    if not path.exists():
+        temporary = VAR_DIR / f".{name}.{os.getpid()}.tmp"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    return path.read_text().strip()
+
+
 if not IS_PROD:
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _var_dir_make_private(VAR_DIR)
 
 # --- secret key ----------------------------------------------------------------------------
 SECRET_KEY = os.environ.get("SECRET_KEY", "").strip()
@@ -88,17 +175,25 @@ if not SECRET_KEY:
     if IS_PROD:
         raise ImproperlyConfigured("SECRET_KEY is required when STEWARD_ENV=prod")
     # Generated once and kept, so sessions and encrypted demo secrets survive restarts.
-    key_file = VAR_DIR / "secret_key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
-    SECRET_KEY = key_file.read_text().strip()
+    SECRET_KEY = _var_secret("secret_key")
 elif len(SECRET_KEY) < 32:
     raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters long")
 
-# Key for secrets stored encrypted at rest (upstream credentials). Defaults to one derived
-# from SECRET_KEY so dev works; production should set its own to rotate independently.
-STEWARD_ENCRYPTION_KEY = os.environ.get("STEWARD_ENCRYPTION_KEY", "").strip() or None
+# Keys for secrets stored encrypted at rest (core.crypto): comma-separated, newest first; each a
+# Fernet key or a passphrase (stretched with HKDF). Dev falls back to a key derived from SECRET_KEY;
+# production must set its own, so that the two rotate apart (`manage.py secrets_rotate`).
+# Kept as given (core.crypto splits it): a passphrase stored before lists existed may hold a comma.
+STEWARD_ENCRYPTION_KEY = os.environ.get("STEWARD_ENCRYPTION_KEY", "").strip(" \t\n,") or None
+if IS_PROD and not STEWARD_ENCRYPTION_KEY:
+    raise ImproperlyConfigured(
+        "STEWARD_ENCRYPTION_KEY is required when STEWARD_ENV=prod (a Fernet key: python -c "
+        "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
+    )
+# The services `manage.py secrets_rotate` calls: one per app that stores secrets with core.crypto.
+STEWARD_SECRET_ROTATIONS = (
+    "proxy.services.deployment_credentials_rotate",
+    "billing.services.webhook_secrets_rotate",
+)
 
 # --- hosts ---------------------------------------------------------------------------------
 _hosts = os.environ.get("STEWARD_ALLOWED_HOSTS", "").strip()
@@ -122,6 +217,12 @@ try:
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    _sqlite_file = Path(str(DATABASES["default"]["NAME"]))
+    if str(_sqlite_file) != ":memory:" and _sqlite_file.parent.is_dir() and not _sqlite_file.exists():
+        # Created here, private, rather than by SQLite under the umask (0644); SQLite gives its
+        # -wal and -shm files the database file's mode.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(_sqlite_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     DATABASES["default"]["OPTIONS"] = {
         # WAL and a busy timeout let the web process and the worker share the file.
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
@@ -258,10 +359,18 @@ LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "core:home"
 LOGOUT_REDIRECT_URL = "accounts:login"
 
-# Login attempts: locked per user name and address after repeated failures.
+# Reverse proxies whose X-Forwarded-For is believed (addresses or CIDRs; none by default). The
+# client address (login lock-out, the sign-in audit) is REMOTE_ADDR unless that is one of these; then
+# the right-most forwarded address that is not. `make run` passes the same list to uvicorn's
+# --forwarded-allow-ips, whose own default (127.0.0.1) let any local process forge the header.
+STEWARD_TRUSTED_PROXIES = _env_networks("STEWARD_TRUSTED_PROXIES")
+
+# Login attempts: locked per user name (from any address: a forged or rotated address does not reset
+# the count) and per user name and address, after repeated failures.
 AXES_FAILURE_LIMIT = _env_int("STEWARD_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = _env_float("STEWARD_LOGIN_COOLOFF_MINUTES", 15, minimum=0.1) / 60
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_PARAMETERS = ["username", ["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "accounts.client_ip.client_ip_address"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "accounts/login_locked.html"
 AXES_VERBOSE = False
@@ -326,23 +435,81 @@ STEWARD_WORKERS = _env_int("STEWARD_WORKERS", 1, minimum=1, maximum=64)
 STEWARD_PORT = _env_int("PORT", 8000, minimum=1, maximum=65535)
 STEWARD_DEV_UPSTREAM_PORT = _env_int("STEWARD_DEV_UPSTREAM_PORT", 8100, minimum=1, maximum=65535)
 STEWARD_PUBLIC_URL = os.environ.get("STEWARD_PUBLIC_URL", f"http://127.0.0.1:{STEWARD_PORT}").rstrip("/")
+# Days an invitation link stays valid (it also stops working once used or withdrawn).
+STEWARD_INVITATION_DAYS = _env_int("STEWARD_INVITATION_DAYS", 7, minimum=1, maximum=90)
+# Mail (invitations): SMTP when EMAIL_HOST is set, else printed to the console (dev) or not sent (prod;
+# the inviting admin still gets the link to pass on).
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "").strip()
+EMAIL_PORT = _env_int("EMAIL_PORT", 587, minimum=1, maximum=65535)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = _env_bool("EMAIL_USE_TLS", True)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "").strip() or "steward@localhost"
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+elif IS_PROD:
+    EMAIL_BACKEND = "django.core.mail.backends.dummy.EmailBackend"
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 # Seconds a process may serve a cached API key, label or route after it changed elsewhere.
 STEWARD_INVALIDATION_POLL_SECONDS = _env_float("STEWARD_INVALIDATION_POLL_SECONDS", 0.5, minimum=0.05)
 STEWARD_MAX_TEMPLATE_CHARS = _env_int("STEWARD_MAX_TEMPLATE_CHARS", 100_000, minimum=100)
 STEWARD_PROXY_MAX_BODY_BYTES = _env_int("STEWARD_PROXY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 STEWARD_PROXY_MAX_IN_FLIGHT = _env_int("STEWARD_PROXY_MAX_IN_FLIGHT", 512, minimum=1)
+# Requests per process still sending their body (not yet holding an in-flight slot), and the time a
+# request has, from its headers on, to send all of its body (408 after it).
+STEWARD_PROXY_MAX_BODY_READERS = _env_int("STEWARD_PROXY_MAX_BODY_READERS", 256, minimum=1)
+STEWARD_PROXY_BODY_TIMEOUT_SECONDS = _env_float("STEWARD_PROXY_BODY_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 # Proxy hot path (proxy/): streaming keep-alive, circuit breaker, retries, request-log stream.
 STEWARD_PROXY_KEEPALIVE_SECONDS = _env_float("STEWARD_PROXY_KEEPALIVE_SECONDS", 5.0, minimum=0.05)
 STEWARD_PROXY_CIRCUIT_FAILURES = _env_int("STEWARD_PROXY_CIRCUIT_FAILURES", 3, minimum=1)
 STEWARD_PROXY_CIRCUIT_COOLDOWN_SECONDS = _env_float("STEWARD_PROXY_CIRCUIT_COOLDOWN_SECONDS", 30.0, minimum=0.1)
 STEWARD_PROXY_MAX_ATTEMPTS = _env_int("STEWARD_PROXY_MAX_ATTEMPTS", 4, minimum=1, maximum=20)
 STEWARD_PROXY_HEALTH_CHECK_SECONDS = _env_float("STEWARD_PROXY_HEALTH_CHECK_SECONDS", 30.0, minimum=1.0)
+# Egress policy (core.egress) for the URLs admins configure (deployments' api_base, budget webhooks,
+# the health check): addresses that are not globally routable (loopback, private, link-local such as
+# 169.254.169.254, CGNAT, unique-local, ...) are refused when a connection is opened, unless private
+# ones are allowed (the development default: the development upstream is on 127.0.0.1) or the host
+# is listed: host names, *.domain suffixes, addresses or CIDR networks (such as 10.0.0.5 for a vLLM).
+STEWARD_EGRESS_ALLOW_PRIVATE = _env_bool("STEWARD_EGRESS_ALLOW_PRIVATE", not IS_PROD)
+STEWARD_EGRESS_ALLOWED_HOSTS = _env_egress_hosts("STEWARD_EGRESS_ALLOWED_HOSTS")
+# Environment variables a deployment may name as its credential (credential_env): names, or
+# prefixes ending in *. Empty in production: store keys encrypted (credential_secret) or name them
+# here. Steward's own settings (SECRET_KEY, DATABASE_URL, every STEWARD_* but STEWARD_UPSTREAM_*,
+# ...) are never readable, whatever this says (proxy.credentials).
+STEWARD_CREDENTIAL_ENV_ALLOWED = _env_names("STEWARD_CREDENTIAL_ENV_ALLOWED", "" if IS_PROD else "STEWARD_UPSTREAM_*")
 STEWARD_PROXY_HOLD_TIMEOUT_SECONDS = _env_float("STEWARD_PROXY_HOLD_TIMEOUT_SECONDS", 300.0, minimum=1.0)
 STEWARD_PROXY_LOG_STREAM_MAXLEN = _env_int("STEWARD_PROXY_LOG_STREAM_MAXLEN", 2_000_000, minimum=10_000)
 # Records held in memory per process while Redis cannot take them (see proxy.requestlog.LogBuffer).
 STEWARD_PROXY_LOG_SPILL_MAX = _env_int("STEWARD_PROXY_LOG_SPILL_MAX", 100_000, minimum=1_000)
 STEWARD_PROXY_LOG_DRAIN_SECONDS = _env_float("STEWARD_PROXY_LOG_DRAIN_SECONDS", 1.0, minimum=0.2)
 STEWARD_AUDIT_ACTOR_SYSTEM = "system"
+# Keys the audit hash chain (HMAC-SHA256) and signs its checkpoints. Kept outside the database, so
+# someone who can write the database cannot recompute the chain after editing it. Dev keeps a
+# generated one in var/ (like SECRET_KEY); production must set it, and keep it as long as the trail.
+STEWARD_AUDIT_KEY = os.environ.get("STEWARD_AUDIT_KEY", "").strip()
+if not STEWARD_AUDIT_KEY:
+    if IS_PROD:
+        raise ImproperlyConfigured(
+            "STEWARD_AUDIT_KEY is required when STEWARD_ENV=prod (a random secret of at least 32 characters, "
+            "stored apart from the database: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        )
+    STEWARD_AUDIT_KEY = _var_secret("audit_key")
+elif len(STEWARD_AUDIT_KEY) < 32:
+    raise ImproperlyConfigured("STEWARD_AUDIT_KEY must be at least 32 characters long")
+# Bounds on rendering a prompt version (registry.rendering): the characters a render may produce
+# (its output, and any one string or list built on the way), its wall-clock time, the length of a
+# `range()`, and the loop iterations plus calls it may make. A version that breaks one at save time
+# (rendered with its variables' defaults or examples) is refused; at request time the proxy answers
+# 400 prompt_render_limit.
+STEWARD_RENDER_MAX_OUTPUT_CHARS = _env_int("STEWARD_RENDER_MAX_OUTPUT_CHARS", 1_000_000, minimum=1_000)
+STEWARD_RENDER_TIME_LIMIT_MS = _env_int("STEWARD_RENDER_TIME_LIMIT_MS", 250, minimum=1, maximum=60_000)
+STEWARD_RENDER_MAX_RANGE = _env_int("STEWARD_RENDER_MAX_RANGE", 10_000, minimum=10)
+STEWARD_RENDER_MAX_OPERATIONS = _env_int("STEWARD_RENDER_MAX_OPERATIONS", 1_000_000, minimum=1_000)
+# /readyz answers anonymous probes with its status and the names of failing components only; the
+# per-check details (database vendor, each organisation's deployments and their circuits) go to
+# signed-in staff users, or to everyone when this is true.
+STEWARD_READYZ_DETAILS = _env_bool("STEWARD_READYZ_DETAILS", False)
 # Billing: a budget reservation of a process that died is given back after this many seconds
 # (longer than the proxy's longest request); output tokens assumed when neither the request nor
 # the price table gives a maximum.

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import re
 from typing import Any
+
+from core import egress
+
+logger = logging.getLogger(__name__)
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_TELEMETRY", "False")
@@ -22,7 +27,38 @@ def _litellm():
 
     litellm.telemetry = False
     litellm.suppress_debug_info = True
+    _egress_install(litellm)
     return litellm
+
+
+def _egress_install(lm) -> None:
+    """Every connection litellm opens for a call goes through the egress policy (core.egress),
+    checked on the address it connects to.
+
+    litellm builds the transport of each async client it makes, its own handlers' and the openai
+    and azure SDK clients' alike, in `AsyncHTTPHandler.create_async_transport`: that now returns one
+    whose connections are checked and whose redirects are not followed (`egress.CheckedTransport`;
+    litellm's aiohttp transport, which cannot be given a checking resolver from outside, is no longer
+    used). Only the `aiohttp_openai/` provider talks
+    aiohttp by itself: it is refused unless private addresses are allowed anyway."""
+    from litellm.llms.custom_httpx.aiohttp_handler import BaseLLMAIOHTTPHandler
+    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+
+    def checked_transport(ssl_context=None, ssl_verify=None, shared_session=None):
+        return egress.httpx_transport(verify=ssl_context if ssl_context is not None else ssl_verify is not False)
+
+    AsyncHTTPHandler.create_async_transport = staticmethod(checked_transport)
+    AsyncHTTPHandler._create_async_transport = staticmethod(checked_transport)
+    unchecked_session = BaseLLMAIOHTTPHandler._get_async_client_session
+
+    def aiohttp_session(self, *args, **kwargs):
+        if not egress.policy().allow_private:
+            raise egress.EgressDenied(
+                host="aiohttp_openai", address="-", reason="this provider's connections cannot be checked"
+            )
+        return unchecked_session(self, *args, **kwargs)
+
+    BaseLLMAIOHTTPHandler._get_async_client_session = aiohttp_session
 
 
 def model_cost_map() -> dict[str, dict[str, Any]]:
@@ -70,7 +106,16 @@ def _map_error(exc: Exception, *, name: str) -> Exception:
     status = _status_of(exc)
     # "litellm.BadRequestError: OpenAIException - <the provider's message>": keep the provider's words.
     message = _LITELLM_PREFIX.sub("", str(getattr(exc, "message", None) or exc))[:500]
-    if status in DeploymentMisconfigured.STATUSES:
+    cause = _connect_failure(exc)
+    if cause is not None or isinstance(exc, lm.exceptions.APIConnectionError):
+        # One answer for refused, unresolvable, refused by the egress policy and not connected in
+        # time: the address, port or OS error would let a client map the network behind Steward.
+        # The detail goes to the log and to the attempt in the request log.
+        error = TransientUpstreamError(f"Upstream {name} could not be reached", code="upstream_error")
+        error.detail = (f"{type(cause).__name__}: {cause}" if cause is not None else message)[:500]
+        logger.warning("upstream %s could not be reached: %s", name, error.detail)
+        status = None  # litellm's own status for these (500, 408) is not the upstream's
+    elif status in DeploymentMisconfigured.STATUSES:
         error = DeploymentMisconfigured(status=status, deployment=name, message=message)
     elif isinstance(exc, lm.exceptions.RateLimitError) or status == 429:
         # The provider's headers: litellm keeps them apart from the response it attaches.
@@ -80,12 +125,37 @@ def _map_error(exc: Exception, *, name: str) -> Exception:
     elif isinstance(exc, transient_types) or (status is not None and status >= 500):
         error = TransientUpstreamError(f"Upstream {name}: {message}", code="upstream_error")
         if isinstance(exc, lm.exceptions.Timeout | TimeoutError):
-            error.status, error.code = 504, "upstream_timeout"
+            error = TransientUpstreamError(f"Upstream {name} did not answer in time", code="upstream_timeout")
+            error.status, error.detail = 504, message
     else:
         error = PermanentUpstreamError(message, code="upstream_rejected")
         error.status = status if status is not None and 400 <= status < 500 else 502
     error.upstream_status = status
     return error
+
+
+def _connect_failure(exc: BaseException | None) -> BaseException | None:
+    """The innermost sign that a connection was never made (refused, unresolvable, egress-denied,
+    connect timeout) among the exceptions the SDKs wrapped it in, or None."""
+    import httpcore
+    import httpx
+
+    kinds = (
+        egress.EgressDenied,
+        httpx.ConnectError,
+        httpx.ConnectTimeout,
+        httpcore.ConnectError,
+        httpcore.ConnectTimeout,
+        ConnectionError,
+    )
+    found = None
+    for _ in range(20):
+        if exc is None:
+            break
+        if isinstance(exc, kinds):
+            found = exc
+        exc = exc.__cause__ or exc.__context__
+    return found
 
 
 def _as_dict(obj: Any) -> dict:
@@ -139,7 +209,7 @@ def _openai_chunks(chunk: dict, *, text: bool) -> list[dict]:
 _text_clients: dict[int, tuple[asyncio.AbstractEventLoop, dict[tuple[str, str], Any]]] = {}
 
 
-def _openai_text_client(*, model: str, api_base: str | None, api_key: str | None, timeout: float):
+def _openai_text_client(*, model: str, api_base: str | None, api_key: str, timeout: float):
     """A pooled client for text completions on OpenAI-compatible deployments, or None to let
     litellm choose.
 
@@ -147,14 +217,7 @@ def _openai_text_client(*, model: str, api_base: str | None, api_key: str | None
     and never closes it: a new TCP connection per request, and an "Unclosed client session" error
     in the log when the collector finds it. (Chat and embeddings reuse cached clients.)
     """
-    if not api_key:
-        return None  # litellm falls back to its own settings and environment
-    lm = _litellm()
-    try:
-        provider = lm.get_llm_provider(model=model, api_base=api_base)[1]
-    except Exception:
-        return None
-    if provider not in ("openai", "text-completion-openai"):
+    if _provider_of(model, api_base or None) not in ("openai", "text-completion-openai"):
         return None
     import openai
 
@@ -168,7 +231,10 @@ def _openai_text_client(*, model: str, api_base: str | None, api_key: str | None
     client = clients.get((api_base or "", api_key))
     if client is None:
         client = clients[(api_base or "", api_key)] = openai.AsyncOpenAI(
-            api_key=api_key, base_url=api_base or None, max_retries=0
+            api_key=api_key,
+            base_url=api_base or None,
+            max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(transport=egress.httpx_transport()),  # see _egress_install
         )
     return client.with_options(timeout=timeout)  # shares the connection pool
 
@@ -180,17 +246,102 @@ async def clients_close() -> None:
         await client.close()
 
 
+# Sent as the key of a deployment that has none. Given no key, litellm looks one up itself
+# (`api_key or litellm.api_key or get_secret("OPENAI_API_KEY")`, and likewise ANTHROPIC_API_KEY,
+# GROQ_API_KEY, AWS_BEARER_TOKEN_BEDROCK, ... for each provider) and sends this process's key to
+# the deployment's api_base, which an organisation admin chooses. An explicit key ends every such
+# lookup; this one means nothing to any upstream.
+NO_CREDENTIAL = "steward-no-credential"
+
+
+# Providers that authenticate with this process's own cloud identity (Google's application default
+# credentials, AWS's credential chain) whatever key they are given: a deployment of one would lend
+# that identity to every organisation, and send its token to whatever host api_base names. Bedrock
+# is not among them: given a key, litellm sends it as a bearer token instead of signing with AWS's.
+AMBIENT_IDENTITY_PROVIDERS = frozenset({"vertex_ai", "vertex_ai_beta", "sagemaker", "sagemaker_chat", "sagemaker_nova"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _provider_of(model: str, api_base: str | None) -> str | None:
+    try:
+        return _litellm().get_llm_provider(model=model, api_base=api_base)[1]
+    except Exception:
+        return None  # litellm itself will refuse the call
+
+
 def _call_kwargs(*, model: str, api_base: str | None, api_key: str | None, timeout: float, text: bool = False) -> dict:
-    kwargs: dict[str, Any] = {"model": model, "timeout": timeout, "num_retries": 0}
+    provider = _provider_of(model, api_base or None)
+    if provider in AMBIENT_IDENTITY_PROVIDERS:
+        from core.errors import PermanentUpstreamError
+
+        raise PermanentUpstreamError(
+            f"Deployments of provider {provider} are not supported: it authenticates with Steward's own cloud "
+            "identity rather than the deployment's credential",
+            code="upstream_misconfigured",
+        )
+    api_key = api_key or NO_CREDENTIAL
+    kwargs: dict[str, Any] = {"model": model, "timeout": timeout, "num_retries": 0, "api_key": api_key}
     if api_base:
         kwargs["api_base"] = api_base
-    if api_key:
-        kwargs["api_key"] = api_key
     if text:
         client = _openai_text_client(model=model, api_base=api_base, api_key=api_key, timeout=timeout)
         if client is not None:
             kwargs["client"] = client
     return kwargs
+
+
+# Keyword arguments litellm reads as configuration of the call (where it connects, credentials,
+# headers, retries, mocks, callbacks) besides its own `all_litellm_params`.
+_CONFIG_KWARGS = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "custom_llm_provider",
+        "extra_headers",
+        "extra_body",
+        "extra_query",
+        "headers",
+        "timeout",
+        "request_timeout",
+        "num_retries",
+        "max_retries",
+        "mock_response",
+        "fallbacks",
+        "deployment_id",
+        "model_list",
+        "organization",
+        "client",
+        "shared_session",
+        "metadata",
+        "enable_json_schema_validation",
+        "include_server_side_tool_invocations",
+    }
+)
+
+
+@functools.cache
+def _config_kwargs() -> frozenset[str]:
+    return _CONFIG_KWARGS | frozenset(getattr(_litellm(), "all_litellm_params", ()))
+
+
+def _request_params(body: dict) -> dict:
+    """The request's own fields as litellm keyword arguments. The proxy builds `body` from an
+    allowlist already; a name litellm would read as its configuration is refused here as well, so
+    no caller can steer where (or with which credentials) litellm connects."""
+    from core.errors import PermanentUpstreamError
+
+    params = {k: v for k, v in body.items() if k not in ("model", "stream", "stream_options")}
+    refused = _config_kwargs().intersection(params)
+    if refused:
+        name = min(refused)
+        error = PermanentUpstreamError(
+            f"Unsupported parameter: '{name}' configures the upstream client.", code="unsupported_parameter", param=name
+        )
+        error.status = 400
+        raise error
+    return params
 
 
 async def acall(
@@ -201,7 +352,7 @@ async def acall(
     Retries are the proxy's job (across deployments), so litellm's own are off.
     """
     lm = _litellm()
-    params = {k: v for k, v in body.items() if k not in ("model", "stream", "stream_options")}
+    params = _request_params(body)
     kwargs = _call_kwargs(
         model=model, api_base=api_base, api_key=api_key, timeout=timeout, text=endpoint == "completions"
     )
@@ -227,7 +378,7 @@ async def astream(
     Usage is requested (stream_options.include_usage) so token counts are exact on streams.
     """
     lm = _litellm()
-    params = {k: v for k, v in body.items() if k not in ("model", "stream", "stream_options")}
+    params = _request_params(body)
     kwargs = _call_kwargs(
         model=model, api_base=api_base, api_key=api_key, timeout=timeout, text=endpoint == "completions"
     )

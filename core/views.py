@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -21,13 +22,20 @@ def healthz(request):
 
 @never_cache
 def readyz(request):
+    """Ready or not, and which components are down (critical) or degraded (not critical), by
+    component name only. The per-check details name every organisation's routes and deployments
+    and the database vendor: they go to signed-in staff users, or to anyone with
+    STEWARD_READYZ_DETAILS=true (a probe behind a private network)."""
     results = readiness_run()
     down = [r.name for r in results if not r.ok and r.critical]
-    body = {
-        "status": "ready" if not down else "unavailable",
-        "down": down,
-        "checks": {r.name: {"ok": r.ok, **r.detail} for r in results},
-    }
+    degraded = [r.name for r in results if not r.ok and not r.critical]
+    body: dict = {"status": "ready" if not down else "unavailable"}
+    if down:
+        body["down"] = down
+    if degraded:
+        body["degraded"] = degraded
+    if settings.STEWARD_READYZ_DETAILS or (request.user.is_authenticated and request.user.is_staff):
+        body["checks"] = {r.name: {"ok": r.ok, **r.detail} for r in results}
     return JsonResponse(body, status=200 if not down else 503)
 
 

@@ -107,6 +107,9 @@ class RouteOutputSerializer(serializers.Serializer):
     cache_enabled = serializers.BooleanField()
     cache_ttl_seconds = serializers.IntegerField()
     deadline_seconds = serializers.FloatField()
+    passthrough_params = serializers.ListField(
+        child=serializers.CharField(), help_text="Request fields beyond the OpenAI ones clients may send."
+    )
     deployments = DeploymentOutputSerializer(many=True)
 
 
@@ -170,6 +173,13 @@ class RouteCreateApi(_AdminApi):
         cache_enabled = serializers.BooleanField(required=False)
         cache_ttl_seconds = serializers.IntegerField(required=False, min_value=1)
         deadline_seconds = serializers.FloatField(required=False)
+        passthrough_params = serializers.ListField(
+            child=serializers.CharField(max_length=64),
+            required=False,
+            max_length=20,
+            help_text="Request fields beyond the endpoint's OpenAI ones that clients may send to this model "
+            "(provider-specific parameters); names that configure the upstream client are refused.",
+        )
 
     class OutputSerializer(RouteOutputSerializer):
         pass
@@ -203,6 +213,13 @@ class RouteUpdateApi(_AdminApi):
         cache_enabled = serializers.BooleanField(required=False)
         cache_ttl_seconds = serializers.IntegerField(required=False, min_value=1)
         deadline_seconds = serializers.FloatField(required=False)
+        passthrough_params = serializers.ListField(
+            child=serializers.CharField(max_length=64),
+            required=False,
+            max_length=20,
+            help_text="Request fields beyond the endpoint's OpenAI ones that clients may send to this model "
+            "(provider-specific parameters); names that configure the upstream client are refused.",
+        )
 
     class OutputSerializer(RouteOutputSerializer):
         pass

@@ -17,6 +17,11 @@ DEMO_ROUTES = (
 
 def demo_seed(*, organisation, admin, actor) -> list[str]:
     """Ensure dev-small, dev-large (falls back to dev-small) and dev-embed exist. Idempotent."""
+    from billing.services import prices_seed
+
+    # A deployment is enabled only for a priced model: the dev models' demo prices come first,
+    # whichever app's demo runs before (billing's seeds the whole table).
+    prices_seed(litellm=False)
     api_base = f"http://127.0.0.1:{settings.STEWARD_DEV_UPSTREAM_PORT}/v1"
     for name, upstream_model, fallbacks in DEMO_ROUTES:
         route = ModelRoute.objects.filter(organisation=organisation, name=name).first()

@@ -24,14 +24,28 @@ class RouteForm(forms.Form):
     deadline_seconds = forms.FloatField(
         min_value=0.5, max_value=3600, initial=60.0, label="Deadline (s)", help_text="All attempts included."
     )
+    passthrough_params = forms.CharField(
+        required=False,
+        label="Pass-through parameters",
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Request fields beyond the OpenAI ones that clients may send to this model (provider-specific "
+        "parameters). One per line. Names that configure the upstream client (api_base, headers, ...) are refused.",
+    )
 
-    def clean_fallbacks(self) -> list[str]:
+    @staticmethod
+    def _names(text: str) -> list[str]:
         names: list[str] = []
-        for name in self.cleaned_data["fallbacks"].replace(",", "\n").splitlines():
+        for name in text.replace(",", "\n").splitlines():
             name = name.strip()
             if name and name not in names:
                 names.append(name)
         return names
+
+    def clean_fallbacks(self) -> list[str]:
+        return self._names(self.cleaned_data["fallbacks"])
+
+    def clean_passthrough_params(self) -> list[str]:
+        return self._names(self.cleaned_data["passthrough_params"])
 
 
 class DeploymentForm(forms.Form):

@@ -9,17 +9,20 @@ for client traffic to find out, and a recovered one is closed again.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import requests
 from django.conf import settings
 
+from core import egress
 from core.health import CheckResult
 from core.redis import redis_client
 from proxy.admission import FINISH_LUA
 from proxy.models import DeploymentKind
 
 ACTIVE_KEY = "stw:hc:{}"
+logger = logging.getLogger(__name__)
 
 
 def deployment_health_snapshot(*, deployment_ids: list[int]) -> dict[int, dict]:
@@ -69,9 +72,16 @@ def deployment_check(deployment, *, timeout: float = 5.0) -> tuple[bool, float, 
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     started = time.perf_counter()
+    # Through the egress policy, and no redirect is followed: a check is a request to the address the
+    # admin gave, and a redirect could send it (with the credentials) anywhere else.
     try:
-        response = requests.get(f"{deployment.api_base.rstrip('/')}/models", headers=headers, timeout=timeout)
+        with egress.requests_session() as session:
+            response = session.get(
+                f"{deployment.api_base.rstrip('/')}/models", headers=headers, timeout=timeout, allow_redirects=False
+            )
         latency = (time.perf_counter() - started) * 1000
+        if response.is_redirect:
+            return False, latency, f"HTTP {response.status_code}: redirect not followed"
         if response.status_code >= 500 or response.status_code == 429:
             return False, latency, f"HTTP {response.status_code}"
         if response.status_code in (401, 403):
@@ -79,8 +89,10 @@ def deployment_check(deployment, *, timeout: float = 5.0) -> tuple[bool, float, 
             # server has no /models, which many OpenAI-compatible ones lack.)
             return False, latency, f"HTTP {response.status_code}: credentials refused"
         return True, latency, ""
-    except requests.RequestException as exc:
-        return False, (time.perf_counter() - started) * 1000, type(exc).__name__
+    except (requests.RequestException, egress.EgressDenied) as exc:
+        # The same words for every failure (the UI shows them): the detail is for the log.
+        logger.warning("health check of deployment %s failed: %s", deployment.pk, exc)
+        return False, (time.perf_counter() - started) * 1000, "could not be reached"
 
 
 def deployments_check_all(*, timeout: float = 5.0) -> dict[int, bool]:

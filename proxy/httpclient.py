@@ -34,7 +34,12 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from core import egress
+
 READ_HIGH_WATER = 2**16  # bytes buffered before the socket stops being read
+# Decompressed bytes a response may hold unread: reading pauses past READ_HIGH_WATER, so only a
+# compressed chunk that inflates beyond this (a decompression bomb) reaches it.
+MAX_DECODED_BUFFER = 16 * 2**20
 IDLE_SECONDS = 15.0  # pooled connections idle longer than this are closed rather than reused
 IDLE_PER_ORIGIN = 256  # at most this many idle connections are kept per origin
 
@@ -49,6 +54,15 @@ class ConnectionLost(HTTPClientError):
 
 class Timeout(HTTPClientError):
     """A deadline passed while waiting for the server."""
+
+
+class ConnectFailed(HTTPClientError):
+    """No connection could be opened: refused, unresolvable, refused by the egress policy (its
+    EgressDenied is the cause) or, as ConnectTimeout, not before the deadline."""
+
+
+class ConnectTimeout(ConnectFailed, Timeout):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,8 +324,15 @@ class Response:
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if self._decoder is not None:
-            body = self._decoder.decompress(body)
+        decoder = self._decoder
+        if decoder is not None:
+            # A few kilobytes of gzip inflate to gigabytes: inflate no more than may be held unread
+            # (a decompression bomb is the upstream's error, not the process's memory).
+            room = MAX_DECODED_BUFFER - self._buffered
+            body = decoder.decompress(body, room) if room > 0 else b""
+            if decoder.unconsumed_tail or room <= 0:
+                self._fail(HTTPClientError(f"the response inflates to more than {MAX_DECODED_BUFFER} unread bytes"))
+                raise HTTPClientError("decompression limit")
             if not body:
                 return
         self._chunks.append(body)
@@ -503,21 +524,35 @@ class Pool:
         key = origin.key
         tls = origin.scheme == "https"
         proxy = origin.proxy
+        # The egress policy, on each new connection (pooled ones were checked when they were opened):
+        # the name is resolved once and the connection goes to an address that passed. Through an
+        # environment proxy (the operator's) the proxy resolves names; a literal address is checked.
+        try:
+            if proxy is not None:
+                egress.literal_check(origin.host)
+                addresses = [proxy.host]
+            else:
+                addresses = await egress.aresolve(origin.host, origin.port)
+        except (egress.EgressDenied, OSError) as exc:
+            raise ConnectFailed(f"cannot connect to {origin.host}:{origin.port}: {exc}") from exc
         if proxy is not None and tls:
             return await self._tunnel(origin, proxy)
-        host, port = (origin.host, origin.port) if proxy is None else (proxy.host, proxy.port)
-        try:
-            _transport, conn = await self.loop.create_connection(
-                lambda: _Connection(self, key),
-                host,
-                port,
-                ssl=self._ssl_context() if tls else None,
-                server_hostname=origin.host if tls else None,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            via = f" through the proxy {host}:{port}" if proxy is not None else ""
-            raise HTTPClientError(f"cannot connect to {origin.host}:{origin.port}{via}: {exc}") from exc
-        return conn
+        port = origin.port if proxy is None else proxy.port
+        for n, address in enumerate(addresses, 1):
+            try:
+                _transport, conn = await self.loop.create_connection(
+                    lambda: _Connection(self, key),
+                    address,
+                    port,
+                    ssl=self._ssl_context() if tls else None,
+                    server_hostname=origin.host if tls else None,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                if n < len(addresses):
+                    continue
+                via = f" through the proxy {proxy.host}:{port}" if proxy is not None else ""
+                raise ConnectFailed(f"cannot connect to {origin.host}:{origin.port}{via}: {exc}") from exc
+            return conn
 
     async def _tunnel(self, origin: Origin, proxy: Proxy) -> _Connection:
         """A connection to an https origin through `proxy`: CONNECT, then TLS to the origin inside."""
@@ -525,7 +560,7 @@ class Pool:
         try:
             transport, tunnel = await self.loop.create_connection(lambda: _Tunnel(self.loop), proxy.host, proxy.port)
         except OSError as exc:
-            raise HTTPClientError(f"cannot connect to {where}: {exc}") from exc
+            raise ConnectFailed(f"cannot connect to {where}: {exc}") from exc
         try:
             transport.write(
                 b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (origin.authority, origin.authority, proxy.authorization)
@@ -544,7 +579,7 @@ class Pool:
             tls_transport = await self.loop.start_tls(transport, conn, self._ssl_context(), server_hostname=origin.host)
         except (OSError, ssl.SSLError) as exc:
             transport.close()
-            raise HTTPClientError(f"cannot connect to {origin.host}:{origin.port} through {where}: {exc}") from exc
+            raise ConnectFailed(f"cannot connect to {origin.host}:{origin.port} through {where}: {exc}") from exc
         except BaseException:
             transport.close()
             raise
@@ -575,7 +610,7 @@ class Pool:
                     async with asyncio.timeout_at(deadline if deadline != math.inf else None):
                         conn = await self._connect(origin)
                 except TimeoutError:
-                    raise Timeout(f"cannot connect to {origin.host}:{origin.port} before the deadline") from None
+                    raise ConnectTimeout(f"cannot connect to {origin.host}:{origin.port} before the deadline") from None
             response = Response(conn)
             response._deadline = deadline
             conn.response = response

@@ -34,8 +34,11 @@ from django.utils import timezone
 from accounts.models import ApiKey, Organisation
 from accounts.selectors import ApiKeyPrincipal
 from accounts.services import api_key_create
-from audit.services import Actor
+from audit.actions import Action
+from audit.services import Actor, audit_event_record
 from billing import services as billing
+from billing.models import BudgetScope, KeyCostCeiling
+from billing.selectors import budgets_list
 from core.errors import TransientUpstreamError
 from proxy import upstream
 from proxy.pipeline import CHAT, ProxyRequest
@@ -104,7 +107,8 @@ def playground_key_ensure(*, organisation: Organisation) -> ApiKeyPrincipal:
 
     Idempotent: one active key per organisation (creation is serialised on the organisation row).
     Its secret is discarded at once: nothing can call /v1/ with it. Limits, scopes, team and revocation
-    set on it by an admin apply to the playground like to any key; a revoked or expired one is replaced.
+    set on it by an admin apply to the playground like to any key; a revoked or expired one is replaced
+    by one that keeps its limits (`_playground_key_replace`), so revoking it never lifts them.
     """
 
     def active():
@@ -123,10 +127,77 @@ def playground_key_ensure(*, organisation: Organisation) -> ApiKeyPrincipal:
             Organisation.objects.select_for_update().filter(pk=organisation.pk).first()
             key = active()
             if key is None:
-                key = api_key_create(
-                    organisation=organisation, name=PLAYGROUND_KEY_NAME, actor=Actor.system("playground")
-                ).api_key
+                key = _playground_key_replace(organisation=organisation)
     return _principal_of(key)
+
+
+# What an admin may have limited on a playground key; the replacement keeps all of it (not the
+# expiry, which is what made an expired key need replacing, nor roles: nothing uses its secret).
+_CARRIED_OVER = (
+    "team",
+    "allowed_models",
+    "allowed_prompts",
+    "rpm_limit",
+    "tpm_limit",
+    "max_in_flight",
+    "cache_enabled",
+    "overridable_params",
+)
+
+
+def _billing_limits_copy(*, source: ApiKey, target: ApiKey, actor: Actor) -> dict:
+    """Give `target` the cost ceiling and (copies of) the key budgets of `source`, through billing's
+    audited services. The copies are new budgets: the old key's spend stays with the old key."""
+    carried: dict = {"max_request_cost": None, "budgets": []}
+    ceiling = KeyCostCeiling.objects.filter(api_key=source).first()
+    if ceiling is not None:
+        billing.key_cost_ceiling_set(api_key=target, actor=actor, max_request_cost=ceiling.max_request_cost)
+        carried["max_request_cost"] = str(ceiling.max_request_cost)
+    for budget in budgets_list(organisation=source.organisation).filter(api_key=source, scope=BudgetScope.API_KEY):
+        copy = billing.budget_create(
+            organisation=source.organisation,
+            actor=actor,
+            name=f"{budget.name} (playground key {target.prefix})"[:200],
+            scope=BudgetScope.API_KEY,
+            amount=budget.amount,
+            period=budget.period,
+            api_key_id=target.id,
+            soft_threshold_percent=budget.soft_threshold_percent,
+            hard_limit=budget.hard_limit,
+        )
+        carried["budgets"].append(copy.id)
+    return carried
+
+
+def _playground_key_replace(*, organisation: Organisation) -> ApiKey:
+    """Create the playground key (caller holds the organisation lock). When an earlier one exists
+    (revoked or expired), the new one gets its limits, its cost ceiling and copies of its own
+    budgets, and an audit event says where they came from: re-creation never silently lifts a limit."""
+    actor = Actor.system("playground")
+    previous = (
+        ApiKey.objects.filter(organisation=organisation, name=PLAYGROUND_KEY_NAME, created_by__isnull=True)
+        .order_by("-id")
+        .first()
+    )
+    limits = {field: getattr(previous, field) for field in _CARRIED_OVER} if previous is not None else {}
+    key = api_key_create(organisation=organisation, name=PLAYGROUND_KEY_NAME, actor=actor, **limits).api_key
+    if previous is None:
+        return key
+    carried = _billing_limits_copy(source=previous, target=key, actor=actor)
+    audit_event_record(
+        organisation_id=organisation.id,
+        actor=actor,
+        action=Action.API_KEY_UPDATED,
+        target_type="api_key",
+        target_id=key.id,
+        before={"replaces": previous.id, "prefix": previous.prefix},
+        after={
+            "carried_over_from": previous.id,
+            **{field: getattr(key, field + "_id" if field == "team" else field) for field in _CARRIED_OVER},
+            **carried,
+        },
+    )
+    return key
 
 
 class _InProcessRequest(ProxyRequest):

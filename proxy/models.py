@@ -37,6 +37,9 @@ class ModelRoute(TimeStampedModel):
     cache_ttl_seconds = models.PositiveIntegerField(default=300)
     # Budget for the whole request, all attempts and fallbacks included.
     deadline_seconds = models.FloatField(default=60.0)
+    # Request fields beyond the endpoint's OpenAI ones that clients may send to this model's
+    # deployments (provider-specific parameters); never a provider-configuration name (proxy.schemas).
+    passthrough_params = models.JSONField(default=list, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["organisation", "name"], name="model_route_unique_name_per_org")]

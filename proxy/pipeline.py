@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import time
+import types
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -39,7 +40,15 @@ from core.redis import Command, abatch, abatch_queue, aflushed
 from proxy import admission, metrics, upstream
 from proxy.errors import ProxyError, internal_error, proxy_error_from
 from proxy.requestlog import log_buffer
-from proxy.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, body_validate
+from proxy.schemas import (
+    REQUEST_FIELDS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    body_validate,
+    fields_check,
+    unsupported_parameter,
+)
 from proxy.selectors import DeploymentTarget, RouteTarget, RoutingTable, arouting_table
 from safety import services as safety
 from safety.policies import FilterAction, FilterContext
@@ -71,6 +80,8 @@ PROMPT_PARAMS = frozenset(
 )
 CIRCUIT_PROBE_MS = 30_000
 WATCH_AFTER_SECONDS = 0.1  # streams start watching for a hang-up this long after they begin
+# A body not complete this long after the first wait for it counts as a slow one (`BodyReaders`).
+BODY_READER_GRACE_SECONDS = 0.25
 
 _state = {"in_flight": 0}
 
@@ -84,6 +95,72 @@ STREAM_CACHE_FORMAT = b"steward-sse-1\n"
 
 class ClientGone(Exception):
     """The client disconnected before the answer was complete."""
+
+
+class BodyReaders:
+    """Requests of this process still sending their body, in all and per API key.
+
+    They hold no in-flight slot (taken only once the body is complete), so slow senders cannot
+    starve the process of slots; this bounds them instead: STEWARD_PROXY_MAX_BODY_READERS per
+    process, and a key's `max_in_flight` per key and process (its Redis-held in-flight count covers
+    its requests from admission on; a key may thus have up to `max_in_flight` requests sending their
+    body in each process, besides `max_in_flight` admitted ones in all).
+    """
+
+    __slots__ = ("by_key", "total")
+
+    def __init__(self):
+        self.total = 0
+        self.by_key: dict[int, int] = {}
+
+    def enter(self, principal) -> None:
+        if self.total >= hot.STEWARD_PROXY_MAX_BODY_READERS:
+            raise ProxyError(
+                503,
+                "Steward is receiving too many request bodies; retry shortly.",
+                code="overloaded",
+                retry_after=1,
+                outcome="rejected",
+            )
+        held = self.by_key.get(principal.id, 0)
+        if principal.max_in_flight is not None and held >= principal.max_in_flight:
+            raise ProxyError(
+                429,
+                "Rate limit reached for this API key (requests in flight).",
+                code="rate_limit_exceeded",
+                retry_after=1,
+                extra={"limit": "in_flight"},
+            )
+        self.total += 1
+        self.by_key[principal.id] = held + 1
+
+    def leave(self, principal) -> None:
+        self.total -= 1
+        held = self.by_key.pop(principal.id) - 1
+        if held:
+            self.by_key[principal.id] = held
+
+
+body_readers = BodyReaders()
+
+
+@types.coroutine
+def _resumed(receiving, waiting):
+    """Await the rest of a `receive()` coroutine that was stepped once by hand and is suspended on
+    `waiting` (what `await` would have done from the start; see `ProxyRequest.read_body`)."""
+    while True:
+        try:
+            sent = yield waiting
+        except BaseException as exc:
+            try:
+                waiting = receiving.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                waiting = receiving.send(sent)
+            except StopIteration as done:
+                return done.value
 
 
 def in_flight() -> int:
@@ -179,6 +256,7 @@ class ProxyRequest:
         "tail",
         "task",
         "timings",
+        "unknown_fields",
         "upstream_s",
         "usage",
         "watcher",
@@ -200,6 +278,7 @@ class ProxyRequest:
         self.model = ""
         self.raw_body = b""
         self.client_body: dict | None = None
+        self.unknown_fields: set[str] | None = None  # body fields outside the endpoint's allowlist
         self.body: dict | None = None
         self.stream = False
         self.client_usage = False
@@ -247,6 +326,10 @@ class ProxyRequest:
         watch_timer = None
         try:
             await self.authenticate()
+            if self.endpoint != MODELS:
+                # The body first: a slot is held only by requests that have sent theirs (slow senders
+                # are bounded by `body_readers` and the body deadline instead).
+                await self.read_body()
             if _state["in_flight"] >= hot.STEWARD_PROXY_MAX_IN_FLIGHT:
                 raise ProxyError(
                     503, "Steward is at capacity; retry shortly.", code="overloaded", retry_after=1, outcome="rejected"
@@ -256,7 +339,6 @@ class ProxyRequest:
             if self.endpoint == MODELS:
                 await self.list_models()
                 return
-            await self.read_body()
             if self.stream:
                 # Only streams watch for the client going away, and only those still running after
                 # WATCH_AFTER_SECONDS: a watching task costs about a tenth of a short stream's CPU,
@@ -388,30 +470,97 @@ class ProxyRequest:
                 with contextlib.suppress(ValueError):
                     if int(value) > limit:
                         raise ProxyError(413, f"Request body larger than {limit} bytes.", code="request_too_large")
-        chunks = []
-        size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
+        # Nearly every body arrives with its headers, and then `receive()` returns without
+        # suspending. It is stepped by hand to find out: such a request is never counted as a body
+        # reader and costs no timer. Only one whose `receive()` has to wait for the network (or
+        # whose body comes in parts) takes the slow path, bounded and with a deadline.
+        receiving = self.receive()
+        try:
+            waiting = receiving.send(None)
+        except StopIteration as done:
+            message, receiving, waiting = done.value, None, None
+        else:
+            message = None
+        if message is not None and message["type"] == "http.request" and not message.get("more_body", False):
+            self.raw_body = message.get("body", b"")
+            if len(self.raw_body) > limit:
                 raise ProxyError(413, f"Request body larger than {limit} bytes.", code="request_too_large")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        self.raw_body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        else:
+            await self._read_body_slowly(limit, message, receiving, waiting)
         try:
             body = orjson.loads(self.raw_body)
         except orjson.JSONDecodeError:
             raise ProxyError(400, "The request body is not valid JSON.", code="invalid_json") from None
         body_validate(SCHEMAS[self.endpoint], body)
+        fields = REQUEST_FIELDS[self.endpoint]
+        if not fields.issuperset(body):  # a quarter of the cost of the difference, nearly always enough
+            unknown = body.keys() - fields
+            # Provider configuration is refused now; other fields once the route says whether it takes them.
+            fields_check(unknown)
+            self.unknown_fields = unknown
         self.client_body = body
         self.stream = bool(body.get("stream")) and self.endpoint != EMBEDDINGS
         if self.stream:
             options = body.get("stream_options") or {}
             self.client_usage = bool(options.get("include_usage"))
+
+    async def _read_body_slowly(self, limit: int, first: dict | None, receiving, waiting) -> None:
+        """The rest of a body that did not come with its headers, within
+        STEWARD_PROXY_BODY_TIMEOUT_SECONDS of them. `first` is the first message when it came at
+        once, else `receiving` is the `receive()` coroutine suspended on `waiting`.
+
+        A body still incomplete after BODY_READER_GRACE_SECONDS counts among the process's and its
+        key's body readers (both bounded) until it is complete. Not before: many clients write the
+        headers and the body apart, and under a flood of slow senders such a request must not find
+        the bound full."""
+        principal = self.principal
+        chunks: list[bytes] = []
+        size = 0
+        message = first
+        counted = False
+        deadline = self.t0 + hot.STEWARD_PROXY_BODY_TIMEOUT_SECONDS
+        try:
+            while True:
+                now = time.perf_counter()
+                until = deadline if counted else min(deadline, now + BODY_READER_GRACE_SECONDS)
+                try:
+                    async with asyncio.timeout(max(until - now, 0.0)):
+                        while True:
+                            if message is None:
+                                if receiving is not None:
+                                    resumed, receiving = _resumed(receiving, waiting), None
+                                    message = await resumed
+                                else:
+                                    message = await self.receive()
+                            if message["type"] == "http.disconnect":
+                                raise ClientGone()
+                            chunk = message.get("body", b"")
+                            size += len(chunk)
+                            if size > limit:
+                                raise ProxyError(
+                                    413, f"Request body larger than {limit} bytes.", code="request_too_large"
+                                )
+                            chunks.append(chunk)
+                            if not message.get("more_body", False):
+                                break
+                            message = None
+                    break
+                except TimeoutError:
+                    if counted or time.perf_counter() >= deadline:
+                        raise ProxyError(
+                            408,
+                            f"The request body did not arrive within {hot.STEWARD_PROXY_BODY_TIMEOUT_SECONDS:g} s.",
+                            code="request_timeout",
+                            type="invalid_request_error",
+                        ) from None
+                    body_readers.enter(principal)
+                    counted = True
+        finally:
+            if counted:
+                body_readers.leave(principal)
+            if receiving is not None:
+                receiving.close()
+        self.raw_body = b"".join(chunks)
 
     # --- stage: resolve prompt ------------------------------------------------------------------
 
@@ -472,6 +621,17 @@ class ProxyRequest:
             raise ProxyError(
                 403, f"This API key may not use model {self.model!r}.", code="model_not_allowed", param="model"
             )
+        unknown = self.unknown_fields
+        if unknown is not None and not unknown <= route.passthrough_params:
+            name = min(unknown - route.passthrough_params)
+            raise unsupported_parameter(
+                name, f"is not a parameter of this endpoint, and model {self.model!r} does not pass it through."
+            )
+        if route.litellm_reachable and "metadata" in body:
+            # OpenAI's field, but litellm's configuration (callbacks, logging) on the way to its deployments.
+            raise unsupported_parameter(
+                "metadata", f"is not supported by model {self.model!r} (some of its deployments go through litellm)."
+            )
         self.route = route
 
     # --- stage: pre-filters ---------------------------------------------------------------------
@@ -522,7 +682,12 @@ class ProxyRequest:
         principal = self.principal
         table = self.table
         deadline = self.t0 + self.route.deadline_seconds
-        chain = [self.route] + [table.routes[name] for name in self.route.fallbacks if name in table.routes]
+        # Fallbacks the key may not use are never tried: the key's model scope covers every attempt.
+        chain = [self.route] + [
+            table.routes[name]
+            for name in self.route.fallbacks
+            if name in table.routes and principal.model_allowed(name)
+        ]
         max_attempts = hot.STEWARD_PROXY_MAX_ATTEMPTS
         expire_ms = int(self.route.deadline_seconds * 1000) + 5_000
         last_error: ApplicationError | None = None
@@ -618,6 +783,8 @@ class ProxyRequest:
                 self.dep_tracked = route.strategy == "least_in_flight"
                 if self.reservation is None:
                     await self._reserve(chain, deployment)
+                elif self.attempts and self.attempts[-1].get("may_bill"):
+                    await self._reserve_retry(deployment)
                 tried.add(deployment.id)
                 result = await self._attempt(run_one, deployment, min(deployment.timeout_seconds, remaining))
                 if isinstance(result, ApplicationError):
@@ -678,6 +845,21 @@ class ProxyRequest:
         principal = self.principal
         body = self.body
         targets = [(d.model, d.id) for r in chain for d in r.deployments]
+        # Sized by what goes upstream: a rendered prompt or a filter can make it far larger than the
+        # client's body. While it is still the client's (a shallow copy compares in O(keys), values
+        # by identity) the raw body's length is that size already; otherwise serialising it once
+        # costs about 1 us per KB, and only such requests pay it.
+        sent_bytes = len(self.raw_body) if body == self.client_body else len(orjson.dumps(body))
+        if self.endpoint == EMBEDDINGS:
+            choices, max_output = 1, 0
+        else:
+            # Every choice is generated and billed: chat's `n`, a completion's `best_of` candidates.
+            n = body.get("n")
+            choices = n if type(n) is int and n > 1 else 1
+            best_of = body.get("best_of") if self.endpoint == COMPLETIONS else None
+            if type(best_of) is int and best_of > choices:
+                choices = best_of
+            max_output = body.get("max_completion_tokens") or body.get("max_tokens")
         try:
             return await billing.abudget_reserve_plan(
                 request_id=self.request_id,
@@ -689,18 +871,20 @@ class ProxyRequest:
                 ),
                 model=targets[0][0],
                 deployment_id=targets[0][1],
-                input_text_bytes=len(self.raw_body),
-                max_output_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+                input_text_bytes=sent_bytes,
+                max_output_tokens=max_output,
                 alternatives=tuple(targets[1:]),
+                choices=choices,
             )
         finally:
             self.timings["reserve_budget"] = round((time.perf_counter() - t) * 1000, 3)
 
     async def _reserve(self, chain: list[RouteTarget], deployment: DeploymentTarget) -> None:
         """Reserve on its own round trip, after an admission that could have been a cache hit."""
-        plan = await self._reserve_plan(chain)
         t = time.perf_counter()
         try:
+            # Planning may refuse too (cost ceiling, unknown price), after admission took a slot.
+            plan = await self._reserve_plan(chain)
             self.reservation = await billing.abudget_reserve_send(plan)
         except BaseException:
             # The deployment slot taken by admission is given back; the key's is released at the end.
@@ -708,6 +892,22 @@ class ProxyRequest:
             raise
         finally:
             self.timings["reserve_budget"] += round((time.perf_counter() - t) * 1000, 3)
+
+    async def _reserve_retry(self, deployment: DeploymentTarget) -> None:
+        """A retry after an attempt the provider may bill (it timed out once the request was sent;
+        the provider can go on generating and charge for it) holds a worst case of its own, so what
+        all attempts cost stays within what was reserved; a budget that cannot hold it refuses the
+        retry (429 budget_exceeded) rather than let the request cost up to twice its worst case."""
+        t = time.perf_counter()
+        try:
+            await billing.abudget_extend(reservation=self.reservation)
+        except BaseException:
+            self.pending_finish = (deployment, "neutral", 0)
+            raise
+        finally:
+            self.timings["reserve_budget"] = self.timings.get("reserve_budget", 0.0) + round(
+                (time.perf_counter() - t) * 1000, 3
+            )
 
     async def _attempt(self, run_one, deployment: DeploymentTarget, timeout: float):
         n = len(self.attempts) + 1
@@ -737,6 +937,11 @@ class ProxyRequest:
                 error_type=exc.code,
                 latency_ms=round(elapsed * 1000, 3),
             )
+            if detail := getattr(exc, "detail", None):
+                attempt["error_detail"] = detail  # for admins (the client got a generic message)
+            if exc.code == "upstream_timeout":
+                # The provider read the request and may bill it (see `_reserve_retry`, `_settle_call`).
+                attempt["may_bill"] = True
             transient = isinstance(exc, TransientUpstreamError)
             attempt["circuit"] = await self._finish_deployment(deployment, "fail" if transient else "neutral", 0)
             return exc
@@ -772,9 +977,17 @@ class ProxyRequest:
 
     # --- non-streaming ----------------------------------------------------------------------------
 
-    async def _one_json(self, deployment: DeploymentTarget, timeout: float):
+    def _upstream_body(self, deployment: DeploymentTarget) -> dict:
+        """The upstream request, built from the fields the endpoint (and the route) allow: whatever
+        else the body came to hold (a prompt's parameters, a filter's rewrite) stays here."""
+        fields = self.route.upstream_fields[self.endpoint]
         body = self.body
+        body = dict(body) if fields.issuperset(body) else {k: v for k, v in body.items() if k in fields}
         body["model"] = deployment.model
+        return body
+
+    async def _one_json(self, deployment: DeploymentTarget, timeout: float):
+        body = self._upstream_body(deployment)
         if deployment.direct:
             return await upstream.call_json(
                 url=deployment.api_base + UPSTREAM_PATHS[self.endpoint],
@@ -841,8 +1054,7 @@ class ProxyRequest:
 
     async def _one_stream(self, deployment: DeploymentTarget, timeout: float):
         """Open the stream and wait for its first event, so a failure before any content is retried."""
-        body = self.body
-        body["model"] = deployment.model
+        body = self._upstream_body(deployment)
         if deployment.direct:
             options = dict(body.get("stream_options") or {})
             options["include_usage"] = True
@@ -1216,11 +1428,38 @@ class ProxyRequest:
         attempt["usage"] = usage
         self.usage = usage
 
+    async def _estimate_unanswered(self, attempt: dict) -> None:
+        """An attempt that timed out reached the provider, which bills the prompt it read: count it
+        (off the loop), so the ledger and the budgets carry it, marked estimated. What the provider
+        generated for an answer nobody waited for is unknown to Steward; `_reserve_retry` held a
+        worst case for it while the request ran."""
+        body = self.body
+        if self.endpoint == CHAT:
+            args = {"messages": body.get("messages") or []}
+        else:
+            value = body.get("prompt" if self.endpoint == COMPLETIONS else "input")
+            args = {"text": value if isinstance(value, str) else orjson.dumps(value).decode()}
+        try:
+            tokens = await asyncio.to_thread(llm.token_count, model=attempt["model"], **args)
+        except Exception:
+            logger.exception("token counting failed; the prompt of a timed-out attempt is sized by its bytes")
+            tokens = len(orjson.dumps(args))
+        attempt["usage"] = {
+            "prompt_tokens": tokens,
+            "completion_tokens": 0,
+            "cached_tokens": 0,
+            "reasoning_tokens": 0,
+            "estimated": True,
+        }
+
     async def _settle_call(self):
         """Estimate usage the upstream did not report, price every attempt, and return the script
         call that settles the reservation at that cost (or releases it when nothing was produced)."""
         if self._needs_estimate():
             await self._estimate_usage()
+        for attempt in self.attempts:
+            if attempt.get("may_bill") and attempt.get("usage") is None:
+                await self._estimate_unanswered(attempt)
         if self.reservation is None or self.settled:
             return None
         total = Decimal("0")

@@ -1,12 +1,20 @@
-"""Request bodies of the OpenAI-compatible endpoints, validated with pydantic v2.
+"""Request bodies of the OpenAI-compatible endpoints: which fields they may carry, and their values
+(validated with pydantic v2).
 
-Validation only: the proxy forwards the client's own JSON object (minus Steward's `prompt`), so
-fields these models do not know are passed through to the upstream unchanged (extra="allow"),
-as OpenAI adds parameters faster than any gateway.
+The upstream call is built from an allowlist, never from the client's body minus a few names: the
+litellm path turns every field into a keyword argument of `litellm.acompletion`, where names such as
+`api_base`, `extra_headers` or `mock_response` are configuration, not a request (a body carrying
+`base_url` once sent the organisation's provider key to a host of the client's choosing). So each
+endpoint has the OpenAI request fields it accepts (`REQUEST_FIELDS`); a provider-configuration name
+is refused with 400 naming it (`provider_config_name`); any other unknown field is refused unless
+the route lists it in `passthrough_params` (an admin setting, audited), never a configuration name.
+The pydantic models check the values of the fields they know; extra="allow" leaves the presence of
+the others to that check.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
@@ -73,6 +81,302 @@ class EmbeddingRequest(_Open):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[StrictInt, Field(ge=1)] | None = None
     user: StrictStr | None = None
+
+
+# The request fields of the OpenAI API per endpoint (chat.completions, completions, embeddings),
+# plus Steward's own `prompt` on chat. `metadata` is OpenAI's (stored completions) and reaches an
+# OpenAI-compatible deployment as it came; litellm reads it as its own configuration (callbacks,
+# logging), so a route with a litellm deployment in reach refuses it (RouteTarget.litellm_reachable).
+CHAT_FIELDS = frozenset(
+    {
+        "messages",
+        "model",
+        "audio",
+        "frequency_penalty",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "metadata",
+        "modalities",
+        "n",
+        "parallel_tool_calls",
+        "prediction",
+        "presence_penalty",
+        "prompt_cache_key",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "seed",
+        "service_tier",
+        "stop",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+        "verbosity",
+        "web_search_options",
+        "prompt",  # Steward's prompt reference, resolved before the call and never sent upstream
+    }
+)
+COMPLETION_FIELDS = frozenset(
+    {
+        "model",
+        "prompt",
+        "best_of",
+        "echo",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "max_tokens",
+        "n",
+        "presence_penalty",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "suffix",
+        "temperature",
+        "top_p",
+        "user",
+    }
+)
+EMBEDDING_FIELDS = frozenset({"input", "model", "encoding_format", "dimensions", "user"})
+REQUEST_FIELDS = {"chat.completions": CHAT_FIELDS, "completions": COMPLETION_FIELDS, "embeddings": EMBEDDING_FIELDS}
+
+# Names that configure the client making the upstream call (where it connects, with which
+# credentials, headers, retries, timeouts, prices, mocks) in litellm or the OpenAI SDKs. Refused
+# in any body, and never accepted as a route's pass-through parameter. Prefixes catch the
+# provider families litellm grows every release (tests/proxy/test_security_request.py checks this
+# covers every name in the installed litellm's `all_litellm_params`).
+PROVIDER_CONFIG_NAMES = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "api_type",
+        "custom_llm_provider",
+        "extra_headers",
+        "extra_body",
+        "extra_query",
+        "headers",
+        "mock_response",
+        "mock_timeout",
+        "mock_tool_calls",
+        "timeout",
+        "request_timeout",
+        "stream_timeout",
+        "force_timeout",
+        "num_retries",
+        "max_retries",
+        "retry_policy",
+        "retry_strategy",
+        "fallbacks",
+        "max_fallbacks",
+        "fallback_depth",
+        "context_window_fallback_dict",
+        "deployment_id",
+        "organization",
+        "project",
+        "client",
+        "use_client",
+        "shared_session",
+        "http_client",
+        "model_list",
+        "model_info",
+        "model_config",
+        "model_alias_map",
+        "base_model",
+        "hf_model_name",
+        "region_name",
+        "tenant_id",
+        "client_id",
+        "client_secret",
+        "ssl_verify",
+        "proxy_server_request",
+        "preset_cache_key",
+        "cache",
+        "caching",
+        "cache_key",
+        "ttl",
+        "logger_fn",
+        "verbose",
+        "tags",
+        "guardrails",
+        "secret_fields",
+        "no-log",
+        "id",
+        "self",
+        "async_call",
+        "acompletion",
+        "aembedding",
+        "atext_completion",
+        "aimg_generation",
+        "text_completion",
+        "rust",
+        "azure",
+        "rpm",
+        "tpm",
+        "itpm",
+        "otpm",
+        "order",
+        "weight",
+        "max_budget",
+        "budget_duration",
+        "max_parallel_requests",
+        "cooldown_time",
+        "routing_strategy",
+        "custom_prompt_dict",
+        "roles",
+        "bos_token",
+        "eos_token",
+        "initial_prompt_value",
+        "final_prompt_value",
+        "user_continue_message",
+        "assistant_continue_message",
+        "ensure_alternating_roles",
+        "supports_system_message",
+        "enable_json_schema_validation",
+        "enable_prompt_caching",
+        "allowed_openai_params",
+        "drop_params",
+        "additional_drop_params",
+        "merge_reasoning_content_in_choices",
+        "complete_response",
+        "completion_call_id",
+        "stream_chunk_size",
+        "stream_response",
+        "keepalive_seconds",
+        "data_residency",
+        "silent_model",
+        "search_tool_name",
+        "attempted_targets",
+        "tiered_pricing",
+        "output_vector_size",
+        "configurable_clientside_auth_params",
+        "allow_client_keepalive_override",
+        "allowed_model_region",
+        "regional_endpoint_uplift_multiplier",
+        "turn_off_message_logging",
+        "use_chat_completions_api",
+        "use_in_pass_through",
+        "log_client_error_tracebacks",
+        "fastest_response",
+        "max_file_size_mb",
+        "model_file_id_mapping",
+        "max_agentic_loops",
+        "enable_tag_filtering",
+        "tag_regex",
+        "caching_groups",
+        "disable_add_transform_inline_image_block",
+        "prompt_id",
+        "prompt_variables",
+        "prompt_version",
+        "prompt_label",
+        "prompt_environment",
+        "allm_passthrough_route",
+        "include_server_side_tool_invocations",
+        # OpenAI's on chat (allowed there, see CHAT_FIELDS); litellm's configuration everywhere else.
+        "metadata",
+    }
+)
+PROVIDER_CONFIG_PREFIXES = (
+    "_",
+    "litellm_",
+    "azure_",
+    "aws_",
+    "vertex_",
+    "vertexai_",
+    "bedrock_",
+    "anthropic_",
+    "openai_",
+    "watsonx_",
+    "fireworks_",
+    "gcs_",
+    "s3_",
+    "dd_",
+    "langfuse_",
+    "langsmith_",
+    "arize_",
+    "posthog_",
+    "newrelic_",
+    "signoz_",
+    "humanloop_",
+    "wandb_",
+    "weave_",
+    "input_cost_",
+    "output_cost_",
+    "cache_creation_",
+    "cache_read_",
+    "cost_per_",
+    "default_api_key_",
+    "auto_router_",
+    "adaptive_router_",
+    "complexity_router_",
+    "quality_router_",
+    "regional_processing_",
+    "use_litellm",
+    "use_xai",
+    "provider_",
+    "timeout_by_",
+    "stream_timeout_",
+    "client_side_",
+    "annotation_cost_",
+    "citation_cost_",
+    "google_maps_",
+    "search_context_",
+    "ocr_cost_",
+)
+PROVIDER_CONFIG_SUFFIXES = ("_api_key", "_api_base", "_base_url", "_secret", "_token", "_credentials")
+PASSTHROUGH_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+MAX_PASSTHROUGH_PARAMS = 20
+
+
+def provider_config_name(name: str) -> bool:
+    """Whether a body field names configuration of the upstream client rather than a request field."""
+    lowered = name.lower()
+    return (
+        lowered in PROVIDER_CONFIG_NAMES
+        or lowered.startswith(PROVIDER_CONFIG_PREFIXES)
+        or lowered.endswith(PROVIDER_CONFIG_SUFFIXES)
+        or "cost_per_" in lowered
+    )
+
+
+def upstream_fields_for(passthrough: frozenset[str]) -> dict[str, frozenset[str]]:
+    """Per endpoint, the body fields an upstream call is built from: the endpoint's allowlist (without
+    Steward's own `prompt` on chat) plus a route's pass-through parameters."""
+    return {
+        "chat.completions": (CHAT_FIELDS - {"prompt"}) | passthrough,
+        "completions": COMPLETION_FIELDS | passthrough,
+        "embeddings": EMBEDDING_FIELDS | passthrough,
+    }
+
+
+def unsupported_parameter(name: str, detail: str) -> ProxyError:
+    return ProxyError(
+        400,
+        f"Unsupported parameter: '{name}' {detail}",
+        code="unsupported_parameter",
+        type="invalid_request_error",
+        param=name,
+    )
+
+
+def fields_check(unknown: set[str]) -> None:
+    """Refuse the first provider-configuration name among a body's fields outside its endpoint's
+    allowlist (sorted, so the answer is the same every time)."""
+    for name in sorted(unknown):
+        if provider_config_name(name):
+            raise unsupported_parameter(name, "configures the upstream client; it cannot be set by a request.")
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})

@@ -7,8 +7,9 @@ in-process cache that every write invalidates (proxy.services.ROUTES_NAMESPACE).
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db.models import QuerySet
 
@@ -16,8 +17,12 @@ from accounts.models import Organisation
 from core.crypto import secret_decrypt
 from core.db import aread
 from core.invalidation import LocalCache
+from proxy.credentials import credential_env_allowed
 from proxy.models import Deployment, DeploymentKind, ModelRoute, ProxySettings, RequestBody, RequestLog
+from proxy.schemas import provider_config_name, upstream_fields_for
 from proxy.services import ROUTES_NAMESPACE
+
+logger = logging.getLogger(__name__)
 
 # --- management reads ---------------------------------------------------------------------------
 
@@ -107,6 +112,12 @@ class RouteTarget:
     cache_ttl_seconds: int
     deadline_seconds: float
     deployments: tuple[DeploymentTarget, ...]
+    # Body fields outside the endpoint's allowlist that clients may send (admin setting).
+    passthrough_params: frozenset[str] = frozenset()
+    # Per endpoint, the body fields the upstream call is built from (the allowlist plus pass-through).
+    upstream_fields: dict[str, frozenset[str]] = field(default_factory=lambda: upstream_fields_for(frozenset()))
+    # A deployment of this route or of one of its fallbacks goes through litellm.
+    litellm_reachable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +134,16 @@ def _credential_resolve(deployment: Deployment) -> str | None:
     if deployment.credential_encrypted:
         return secret_decrypt(deployment.credential_encrypted)
     if deployment.credential_env:
+        if not credential_env_allowed(deployment.credential_env):
+            # Saved before the operator tightened STEWARD_CREDENTIAL_ENV_ALLOWED (or written around the
+            # services): the deployment goes without a key, and the upstream's 401 marks it misconfigured.
+            logger.warning(
+                "deployment %s names credential_env %s, which STEWARD_CREDENTIAL_ENV_ALLOWED does not allow: "
+                "no credential sent",
+                deployment.pk,
+                deployment.credential_env,
+            )
+            return None
         return os.environ.get(deployment.credential_env) or None
     return None
 
@@ -155,7 +176,14 @@ def routing_table_load(*, organisation_id: int) -> RoutingTable:
                 timeout_seconds=d.timeout_seconds,
             )
         )
+    by_name = {r.name: r.id for r in route_rows}
+
+    def via_litellm(route_id: int | None) -> bool:
+        return any(not d.direct for d in deployments_by_route.get(route_id, ()))
+
     for r in route_rows:
+        # Read only when the table is built: the per-request check is a set lookup of the body's keys.
+        passthrough = frozenset(p for p in (r.passthrough_params or ()) if not provider_config_name(p))
         routes[r.name] = RouteTarget(
             id=r.id,
             name=r.name,
@@ -165,6 +193,9 @@ def routing_table_load(*, organisation_id: int) -> RoutingTable:
             cache_ttl_seconds=r.cache_ttl_seconds,
             deadline_seconds=r.deadline_seconds,
             deployments=tuple(deployments_by_route.get(r.id, ())),
+            passthrough_params=passthrough,
+            upstream_fields=upstream_fields_for(passthrough),
+            litellm_reachable=via_litellm(r.id) or any(via_litellm(by_name.get(f)) for f in r.fallbacks or ()),
         )
     settings_row = ProxySettings.objects.filter(organisation_id=organisation_id).first()
     return RoutingTable(

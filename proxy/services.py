@@ -12,16 +12,20 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Organisation
 from audit.actions import Action
 from audit.services import Actor, audit_event_record
-from core.crypto import secret_encrypt
+from core import egress
+from core.crypto import RotationReport, secret_encrypt, secrets_reencrypt
 from core.errors import Conflict, ValidationFailed
 from core.invalidation import invalidate
+from proxy.credentials import credential_env_allowed
 from proxy.models import Deployment, DeploymentKind, ModelRoute, ProxySettings, RequestBody, RoutingStrategy
+from proxy.schemas import MAX_PASSTHROUGH_PARAMS, PASSTHROUGH_NAME_RE, provider_config_name
 
 ROUTES_NAMESPACE = "routes"
 
@@ -68,6 +72,30 @@ def _fallbacks_validate(*, organisation: Organisation, name: str, fallbacks: lis
     return cleaned
 
 
+def _passthrough_params_validate(params: Any) -> list[str]:
+    """Names clients may send beyond the OpenAI fields: identifier-like, never a name that configures
+    the upstream client (where it connects, its credentials, headers, retries, prices)."""
+    if not isinstance(params, list | tuple) or not all(isinstance(p, str) for p in params):
+        raise ValidationFailed("passthrough_params must be a list of parameter names", param="passthrough_params")
+    cleaned: list[str] = []
+    for name in params:
+        name = name.strip()
+        if not PASSTHROUGH_NAME_RE.match(name):
+            raise ValidationFailed(
+                f"{name!r} is not a parameter name (letters, digits and _, starting with a letter)",
+                param="passthrough_params",
+            )
+        if provider_config_name(name):
+            raise ValidationFailed(
+                f"{name!r} configures the upstream client and cannot be passed through", param="passthrough_params"
+            )
+        if name not in cleaned:
+            cleaned.append(name)
+    if len(cleaned) > MAX_PASSTHROUGH_PARAMS:
+        raise ValidationFailed(f"At most {MAX_PASSTHROUGH_PARAMS} pass-through parameters", param="passthrough_params")
+    return sorted(cleaned)
+
+
 def _choice_validate(value: str, choices: type, param: str) -> str:
     if value not in choices.values:
         raise ValidationFailed(f"{param} must be one of {', '.join(choices.values)}", param=param)
@@ -99,6 +127,12 @@ def _api_base_validate(api_base: str, *, kind: str) -> str:
     parts = urlsplit(api_base)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise ValidationFailed("api_base must be an http(s) URL such as https://api.example.com/v1", param="api_base")
+    if refusal := egress.url_refusal(api_base):
+        # Host names are checked when connections are opened, on the addresses they resolve to.
+        raise ValidationFailed(
+            f"api_base is not allowed by the egress policy: {refusal} (see STEWARD_EGRESS_ALLOWED_HOSTS)",
+            param="api_base",
+        )
     return api_base
 
 
@@ -121,6 +155,7 @@ def route_public(route: ModelRoute) -> dict:
         "cache_enabled": route.cache_enabled,
         "cache_ttl_seconds": route.cache_ttl_seconds,
         "deadline_seconds": route.deadline_seconds,
+        "passthrough_params": list(route.passthrough_params or []),
     }
 
 
@@ -159,6 +194,7 @@ def route_create(
     cache_enabled: bool = False,
     cache_ttl_seconds: int = 300,
     deadline_seconds: float = 60.0,
+    passthrough_params: list[str] | None = None,
 ) -> ModelRoute:
     """Create a route. Raises ValidationFailed (bad field, unknown fallback) or Conflict (name taken)."""
     name = _route_name_validate(name)
@@ -172,6 +208,7 @@ def route_create(
             cache_ttl_seconds, param="cache_ttl_seconds", minimum=1, maximum=MAX_CACHE_TTL_SECONDS, integer=True
         ),
         deadline_seconds=_number_validate(deadline_seconds, param="deadline_seconds", minimum=0.5, maximum=3600),
+        passthrough_params=_passthrough_params_validate(list(passthrough_params or [])),
     )
     with transaction.atomic():
         route.fallbacks = _fallbacks_validate(organisation=organisation, name=name, fallbacks=list(fallbacks or []))
@@ -205,6 +242,7 @@ def route_update(
     cache_enabled: bool = _UNSET,
     cache_ttl_seconds: int = _UNSET,
     deadline_seconds: float = _UNSET,
+    passthrough_params: list[str] = _UNSET,
 ) -> ModelRoute:
     """Change the given fields (omitted ones stay). Renaming a route another route falls back to is refused."""
     with transaction.atomic():
@@ -239,6 +277,8 @@ def route_update(
             route.deadline_seconds = _number_validate(
                 deadline_seconds, param="deadline_seconds", minimum=0.5, maximum=3600
             )
+        if passthrough_params is not _UNSET:
+            route.passthrough_params = _passthrough_params_validate(passthrough_params)
         after = route_public(route)
         if after == before:
             return route
@@ -289,9 +329,28 @@ def route_delete(*, route: ModelRoute, actor: Actor) -> None:
 # --- deployments --------------------------------------------------------------------------------
 
 
+def _credential_env_refuse(name: str) -> None:
+    allowed = ", ".join(settings.STEWARD_CREDENTIAL_ENV_ALLOWED)
+    hint = f"one of {allowed}" if allowed else "none are allowed: store the key as credential_secret"
+    raise ValidationFailed(
+        f"credential_env {name!r} is not an environment variable deployments may read "
+        f"(STEWARD_CREDENTIAL_ENV_ALLOWED: {hint})",
+        param="credential_env",
+    )
+
+
 def _credential_apply(
-    deployment: Deployment, *, credential_env: str | None, credential_secret: str | None, clear: bool
-) -> None:
+    deployment: Deployment,
+    *,
+    credential_env: str | None,
+    credential_secret: str | None,
+    clear: bool,
+    api_base_changed: bool = False,
+) -> bool:
+    """Apply a credential change to `deployment` (unsaved). Returns True when the stored credential was
+    dropped because api_base changed without a credential being given in the same change: whoever can
+    point a deployment elsewhere must not be able to send its existing key there. An env credential
+    is dropped too, since the variable's value would go to the new host as well."""
     if clear:
         deployment.credential_env = ""
         deployment.credential_encrypted = ""
@@ -301,6 +360,8 @@ def _credential_apply(
         credential_env = credential_env.strip()
         if credential_env and not ENV_NAME_RE.match(credential_env):
             raise ValidationFailed("credential_env must be an environment variable name", param="credential_env")
+        if credential_env and not credential_env_allowed(credential_env):
+            _credential_env_refuse(credential_env)
         if credential_env:
             deployment.credential_env = credential_env
             deployment.credential_encrypted = ""
@@ -314,6 +375,12 @@ def _credential_apply(
             )
         deployment.credential_encrypted = secret_encrypt(credential_secret)
         deployment.credential_env = ""
+    given = bool(credential_env) or bool(credential_secret)
+    if api_base_changed and not given and (deployment.credential_env or deployment.credential_encrypted):
+        deployment.credential_env = ""
+        deployment.credential_encrypted = ""
+        return True
+    return False
 
 
 def deployment_create(
@@ -353,6 +420,7 @@ def deployment_create(
         enabled=_bool_validate(enabled, param="enabled"),
     )
     _credential_apply(deployment, credential_env=credential_env, credential_secret=credential_secret, clear=False)
+    _deployment_price_check(deployment, organisation_id=route.organisation_id)
     with transaction.atomic():
         if Deployment.objects.filter(route=route, name=name).exists():
             raise Conflict(f"Model {route.name!r} already has a deployment named {name!r}", param="name")
@@ -371,6 +439,21 @@ def deployment_create(
         )
         invalidate(ROUTES_NAMESPACE)
     return deployment
+
+
+def _deployment_price_check(deployment: Deployment, *, organisation_id: int) -> None:
+    """An enabled deployment needs a price for its model: an unknown price would let its calls past
+    every hard budget (their worst case and cost unknowable). A disabled one may wait for its price."""
+    from billing.selectors import model_price_known
+
+    if deployment.enabled and not model_price_known(
+        organisation_id=organisation_id, model=deployment.model, deployment_id=deployment.pk
+    ):
+        raise ValidationFailed(
+            f"No price is known for model {deployment.model!r}: set a price for it (Usage > Prices) or mark it "
+            "free on purpose before enabling a deployment of it.",
+            param="model",
+        )
 
 
 def deployment_update(
@@ -413,8 +496,12 @@ def deployment_update(
             deployment.api_base = _api_base_validate(
                 deployment.api_base if api_base is _UNSET else api_base, kind=deployment.kind
             )
-        _credential_apply(
-            deployment, credential_env=credential_env, credential_secret=credential_secret, clear=clear_credential
+        credential_dropped = _credential_apply(
+            deployment,
+            credential_env=credential_env,
+            credential_secret=credential_secret,
+            clear=clear_credential,
+            api_base_changed=deployment.api_base != before["api_base"],
         )
         if weight is not _UNSET:
             deployment.weight = _number_validate(weight, param="weight", minimum=1, maximum=10_000, integer=True)
@@ -428,12 +515,16 @@ def deployment_update(
             )
         if enabled is not _UNSET:
             deployment.enabled = _bool_validate(enabled, param="enabled")
+        if (deployment.model, deployment.enabled) != (before["model"], before["enabled"]):
+            _deployment_price_check(deployment, organisation_id=deployment.route.organisation_id)
         after = deployment_public(deployment)
         secret_changed = deployment.credential_encrypted != old_secret
         if after == before and not secret_changed:
             return deployment
         if secret_changed:
             after["credential"]["secret_changed"] = True
+        if credential_dropped:
+            after["credential"]["dropped_because_api_base_changed"] = True
         deployment.save()
         audit_event_record(
             organisation_id=deployment.route.organisation_id,
@@ -464,6 +555,25 @@ def deployment_delete(*, deployment: Deployment, actor: Actor) -> None:
             before=before,
         )
         invalidate(ROUTES_NAMESPACE)
+
+
+def deployment_credentials_rotate() -> RotationReport:
+    """Re-encrypt every deployment's stored credential under the newest encryption key
+    (`manage.py secrets_rotate`). Idempotent and safe while the app runs (core.crypto.secrets_reencrypt);
+    the credentials themselves do not change, so nothing is audited. The routing tables are dropped
+    all the same, so no process keeps a snapshot made from the old tokens."""
+    report = secrets_reencrypt(
+        queryset=Deployment.objects.all(),
+        field_name="credential_encrypted",
+        label="deployment credentials",
+        describe=lambda row: (
+            f"deployment {row['pk']} ({row['route__name']}/{row['name']}, organisation {row['route__organisation_id']})"
+        ),
+        describe_fields=("name", "route__name", "route__organisation_id"),
+    )
+    if report.rotated or report.changed_meanwhile:
+        invalidate(ROUTES_NAMESPACE)
+    return report
 
 
 # --- per-organisation proxy settings ------------------------------------------------------------

@@ -13,6 +13,7 @@ help; its status and message go back to the client).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -22,9 +23,13 @@ from core import llm
 from core.errors import DeploymentMisconfigured, PermanentUpstreamError, TransientUpstreamError, UpstreamRateLimited
 from proxy import httpclient
 
+logger = logging.getLogger(__name__)
 _pools: dict[int, httpclient.Pool] = {}
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529})
 MAX_ERROR_BODY = 2**20  # bytes of an error answer read for its message
+# One SSE event (its lines up to the blank one) held while it is incomplete: past this the stream
+# ends with an upstream error rather than the process buffering an endless line.
+MAX_EVENT_BYTES = 8 * 2**20
 
 
 class UpstreamTimeout(TransientUpstreamError):
@@ -98,10 +103,29 @@ async def _open(
     """The answer's status and headers, within `timeout` (which also bounds reading its body)."""
     try:
         return await pool().request(url, _headers(api_key, request_id), payload, timeout=timeout)
+    except httpclient.ConnectFailed as exc:
+        raise _unreachable(name, exc) from exc
     except httpclient.Timeout as exc:
         raise UpstreamTimeout(f"Upstream {name} did not answer within {timeout:g} s") from exc
     except httpclient.HTTPClientError as exc:
-        raise TransientUpstreamError(f"Upstream {name} unreachable: {exc}") from exc
+        raise _unreachable(name, exc) from exc
+
+
+def _unreachable(name: str, exc: Exception) -> TransientUpstreamError:
+    """One answer for every way of not getting through (refused, unresolvable, refused by the egress
+    policy, no connection before the deadline, not HTTP): the address, the port or the OS's words
+    would let a client map the network behind Steward through its error messages. The detail goes to
+    the log and to the attempt in the request log (`detail`)."""
+    error = TransientUpstreamError(f"Upstream {name} could not be reached", code="upstream_error")
+    error.detail = str(exc)[:500]
+    logger.warning("upstream %s could not be reached: %s", name, error.detail)
+    return error
+
+
+def _broken(message: str, exc: Exception) -> TransientUpstreamError:
+    error = TransientUpstreamError(message, code="upstream_error")
+    error.detail = str(exc)[:500]
+    return error
 
 
 async def _raise_for_response(resp: httpclient.Response, name: str):
@@ -124,7 +148,7 @@ async def call_json(*, url: str, payload: bytes, api_key: str | None, timeout: f
         resp.close()
         raise UpstreamTimeout(f"Upstream {name} did not answer within {timeout:g} s") from exc
     except httpclient.HTTPClientError as exc:
-        raise TransientUpstreamError(f"Upstream {name} broke the answer: {exc}") from exc
+        raise _broken(f"Upstream {name} broke the answer", exc) from exc
     except BaseException:
         resp.close()
         raise
@@ -185,6 +209,10 @@ class SSEStream:
                 if b"\r" in buffer:
                     buffer = buffer.replace(b"\r\n", b"\n")
                 if b"\n\n" not in buffer:
+                    if len(buffer) > MAX_EVENT_BYTES:
+                        raise TransientUpstreamError(
+                            f"Upstream {self._name} sent a stream event larger than {MAX_EVENT_BYTES} bytes"
+                        )
                     continue
                 *events, buffer = buffer.split(b"\n\n")
                 events = [event for event in events if event]
@@ -195,7 +223,7 @@ class SSEStream:
             if buffer.strip():
                 yield [buffer.strip()]
         except httpclient.HTTPClientError as exc:
-            raise TransientUpstreamError(f"Upstream {self._name} broke the stream: {exc}") from exc
+            raise _broken(f"Upstream {self._name} broke the stream", exc) from exc
 
     async def close(self) -> None:
         # An unfinished response drops its connection: that is how the upstream learns of a cancel.

@@ -82,6 +82,15 @@ def _labelled(logs, key_labels: dict[int, str]) -> list[RequestLog]:
     return logs
 
 
+def _mark_unpriced(logs: list[RequestLog], *, organisation_id: int) -> None:
+    """Flag the requests the ledger priced at nothing for want of a price (shown as "unpriced")."""
+    from billing.selectors import requests_unpriced
+
+    unpriced = requests_unpriced(organisation_id=organisation_id, request_ids=[log.request_id for log in logs])
+    for log in logs:
+        log.unpriced = log.request_id in unpriced
+
+
 def _is_admin(request) -> bool:
     return request.org.has_role(Role.ADMIN)
 
@@ -108,6 +117,13 @@ def route_list(request):
     }
     if request.htmx and request.htmx.target == "route-table":
         return render(request, "proxy/partials/_route_table.html", context)
+    from billing.selectors import models_unpriced
+
+    # Not on the 5 s health poll: prices change only when an admin sets one.
+    context["unpriced"] = models_unpriced(
+        organisation_id=request.org.organisation.pk,
+        targets=[(d.model, d.id) for r in routes for d in r.deployments.all()],
+    )
     return render(request, "proxy/route_list.html", context)
 
 
@@ -162,6 +178,7 @@ def route_edit(request, route_id: int):
         "cache_enabled": route.cache_enabled,
         "cache_ttl_seconds": route.cache_ttl_seconds,
         "deadline_seconds": route.deadline_seconds,
+        "passthrough_params": "\n".join(route.passthrough_params or []),
     }
     form = RouteForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -278,6 +295,7 @@ def request_log_list(request):
         logs = request_logs_filtered(organisation=organisation, filters=filters)
         page = Paginator(logs, PAGE_SIZE).get_page(request.GET.get("page"))
         page.object_list = _labelled(page.object_list, key_labels)
+        _mark_unpriced(page.object_list, organisation_id=organisation.pk)
         filter_query = urlencode({k: v for k, v in request.GET.items() if k in form.fields and v})
     context = {
         "form": form,
@@ -305,12 +323,17 @@ def request_log_detail(request, request_id: str):
     # The pipeline's own order first, then any stage a later release adds.
     order = {stage: n for n, stage in enumerate(STAGE_ORDER)}
     timings = sorted(raw.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    from billing.selectors import request_usage_lines
+
     context = {
         "log": log,
+        "usage_lines": request_usage_lines(organisation_id=organisation.pk, request_id=log.request_id),
         "key_label": api_key_labels(organisation=organisation).get(log.api_key_id, ""),
         "timings": timings,
         "body": body,
         "can_see_bodies": _is_admin(request),
+        # Why an attempt failed, as the upstream or the egress policy said it (addresses included).
+        "can_see_error_details": _is_admin(request),
     }
     return render(request, "proxy/request_log_detail.html", context)
 

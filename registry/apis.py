@@ -1,7 +1,9 @@
 """Management API for the prompt registry (/api/v1/prompts/..., /api/v1/promotion-requests/...).
 
 Reads need any role in the organisation; writes need prompt_engineer or admin; approving or
-rejecting promotions needs prompt_engineer (and never an API key); label protection needs admin.
+rejecting promotions needs prompt_engineer (and never an API key); label protection needs a signed-in
+admin (never an API key). An API key's allowed_prompts confines every read and write here: other
+prompts answer 404 exactly like missing ones.
 Versions are immutable: their endpoints only answer GET (PUT/PATCH/DELETE are 405).
 """
 
@@ -18,7 +20,7 @@ from rest_framework.views import APIView
 from accounts.permissions import RoleRequired
 from accounts.roles import Role
 from core.api import Pagination
-from core.errors import ValidationFailed
+from core.errors import Forbidden, ValidationFailed
 from registry import selectors, services
 from registry.diffing import versions_diff
 from registry.models import LabelMove, PromotionRequest, Prompt, PromptVersion
@@ -138,8 +140,14 @@ class PromotionOutputSerializer(serializers.ModelSerializer):
         ]
 
 
+def _names(request):
+    """The prompt names an API key is confined to (its allowed_prompts), or None for every prompt."""
+    return request.org.allowed_prompts
+
+
 def _prompt(request, prompt_name: str) -> Prompt:
-    return selectors.prompt_get(organisation=request.org.organisation, name=prompt_name)
+    # A prompt outside a key's allowed_prompts is 404 like a missing one, so names do not leak.
+    return selectors.prompt_get(organisation=request.org.organisation, name=prompt_name, names=_names(request))
 
 
 class _Api(APIView):
@@ -179,6 +187,7 @@ class PromptListCreateApi(_Api):
             search=request.query_params.get("q", "").strip(),
             tag=request.query_params.get("tag", "").strip(),
             label=request.query_params.get("label", "").strip(),
+            names=_names(request),
         )
         paginator = Pagination()
         page = paginator.paginate_queryset(qs, request, view=self)
@@ -188,6 +197,9 @@ class PromptListCreateApi(_Api):
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        if not request.org.prompt_allowed(serializer.validated_data["name"]):
+            # Checked before the name's existence, so a confined key learns nothing about other names.
+            raise Forbidden("This API key may not create prompts outside its allowed_prompts.", param="name")
         prompt = services.prompt_create(
             organisation=request.org.organisation,
             actor=request.org.actor,
@@ -419,7 +431,9 @@ class PromotionListApi(_Api):
     )
     def get(self, request):
         qs = selectors.promotion_requests(
-            organisation=request.org.organisation, status=request.query_params.get("status") or None
+            organisation=request.org.organisation,
+            status=request.query_params.get("status") or None,
+            names=_names(request),
         )
         paginator = Pagination()
         page = paginator.paginate_queryset(qs, request, view=self)
@@ -442,7 +456,9 @@ class PromotionApproveApi(_Api):
         tags=TAGS,
     )
     def post(self, request, promotion_id: int):
-        promotion = selectors.promotion_request_get(organisation=request.org.organisation, request_id=promotion_id)
+        promotion = selectors.promotion_request_get(
+            organisation=request.org.organisation, request_id=promotion_id, names=_names(request)
+        )
         serializer = _DecisionInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         move = services.promotion_request_approve(
@@ -461,7 +477,9 @@ class PromotionRejectApi(_Api):
         tags=TAGS,
     )
     def post(self, request, promotion_id: int):
-        promotion = selectors.promotion_request_get(organisation=request.org.organisation, request_id=promotion_id)
+        promotion = selectors.promotion_request_get(
+            organisation=request.org.organisation, request_id=promotion_id, names=_names(request)
+        )
         serializer = _DecisionInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         promotion = services.promotion_request_reject(
@@ -498,6 +516,9 @@ class PromptImportApi(_Api):
         versions_created = serializers.ListField(child=serializers.CharField())
         labels_changed = serializers.ListField(child=serializers.CharField())
         prompts_updated = serializers.ListField(child=serializers.CharField())
+        promotions_requested = serializers.ListField(
+            child=serializers.CharField(), help_text="Protected labels the file moves, opened as promotion requests"
+        )
 
     @extend_schema(operation_id="prompts_import", request=InputSerializer, responses=OutputSerializer, tags=TAGS)
     def post(self, request):
@@ -508,5 +529,6 @@ class PromptImportApi(_Api):
             text=serializer.validated_data["yaml"],
             actor=request.org.actor,
             roles=request.org.roles,
+            names=_names(request),
         )
         return Response(result.as_dict())

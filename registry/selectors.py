@@ -8,6 +8,7 @@ version's templates compiled once.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
@@ -17,7 +18,7 @@ from core.db import aread
 from core.errors import NotFound, ValidationFailed
 from core.invalidation import LocalCache
 from registry.models import DEFAULT_LABEL, Label, LabelMove, PromotionRequest, PromotionStatus, Prompt, PromptVersion
-from registry.rendering import CompiledVersion, compiled_cache
+from registry.rendering import CompiledVersion, arender, compiled_cache
 from registry.services import REGISTRY_NAMESPACE
 
 
@@ -156,14 +157,28 @@ async def aprompt_resolve(
         epoch = _resolved.epoch()
         found = await aread(_resolve_load, organisation_id, name, kind, ref)
         _resolved.set(key, found, epoch=epoch)
+    if isinstance(found, _Resolved) and found.compiled.loops:
+        # Loops and macros may use their whole time limit (STEWARD_RENDER_TIME_LIMIT_MS): off the
+        # event loop, so other requests are served meanwhile. Plain templates render inline (µs).
+        return await arender(_finish, found, variables)
     return _finish(found, variables)
 
 
 # --- pages and the management API ------------------------------------------------------------
 
 
-def prompts_list(*, organisation: Organisation, search: str = "", tag: str = "", label: str = "") -> QuerySet[Prompt]:
+def prompts_list(
+    *,
+    organisation: Organisation,
+    search: str = "",
+    tag: str = "",
+    label: str = "",
+    names: Collection[str] | None = None,
+) -> QuerySet[Prompt]:
+    """The organisation's prompts; `names` (an API key's allowed_prompts) confines them further."""
     qs = Prompt.objects.filter(organisation=organisation).prefetch_related("labels__version")
+    if names is not None:
+        qs = qs.filter(name__in=list(names))
     if search:
         qs = qs.filter(Q(name__icontains=search) | Q(description__icontains=search))
     if tag:
@@ -184,7 +199,11 @@ def prompt_label_names(*, organisation: Organisation) -> list[str]:
     return sorted(set(Label.objects.filter(prompt__organisation=organisation).values_list("name", flat=True)))
 
 
-def prompt_get(*, organisation: Organisation, name: str) -> Prompt:
+def prompt_get(*, organisation: Organisation, name: str, names: Collection[str] | None = None) -> Prompt:
+    """The prompt called `name`; NotFound also when `names` (a key's allowed_prompts) leaves it out, so a
+    confined key cannot tell other prompts' names from missing ones."""
+    if names is not None and name not in names:
+        raise NotFound(f"No prompt named {name!r}.", code="prompt_not_found")
     prompt = Prompt.objects.filter(organisation=organisation, name=name).first()
     if prompt is None:
         raise NotFound(f"No prompt named {name!r}.", code="prompt_not_found")
@@ -218,11 +237,17 @@ def label_history(*, prompt: Prompt, label: str | None = None) -> QuerySet[Label
 
 
 def promotion_requests(
-    *, organisation: Organisation, prompt: Prompt | None = None, status: str | None = None
+    *,
+    organisation: Organisation,
+    prompt: Prompt | None = None,
+    status: str | None = None,
+    names: Collection[str] | None = None,
 ) -> QuerySet[PromotionRequest]:
     qs = PromotionRequest.objects.filter(prompt__organisation=organisation).select_related(
         "prompt", "from_version", "to_version"
     )
+    if names is not None:
+        qs = qs.filter(prompt__name__in=list(names))
     if prompt is not None:
         qs = qs.filter(prompt=prompt)
     if status:
@@ -230,8 +255,10 @@ def promotion_requests(
     return qs.order_by("-created_at")
 
 
-def promotion_request_get(*, organisation: Organisation, request_id: int) -> PromotionRequest:
-    found = promotion_requests(organisation=organisation).filter(pk=request_id).first()
+def promotion_request_get(
+    *, organisation: Organisation, request_id: int, names: Collection[str] | None = None
+) -> PromotionRequest:
+    found = promotion_requests(organisation=organisation, names=names).filter(pk=request_id).first()
     if found is None:
         raise NotFound("No such promotion request.", code="promotion_not_found")
     return found

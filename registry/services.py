@@ -26,6 +26,7 @@ from registry.models import (
     Prompt,
     PromptVersion,
 )
+from registry.rendering import version_render_check
 
 REGISTRY_NAMESPACE = "registry"
 WRITER_ROLES = (Role.PROMPT_ENGINEER, Role.ADMIN)
@@ -146,6 +147,9 @@ def prompt_version_create(
     content = version_content_validate(messages=messages, model=model, params=params, variables=variables)
     if not isinstance(commit_message, str) or len(commit_message) > 500:
         raise ValidationFailed("commit_message must be text up to 500 characters.", param="commit_message")
+    # A version that cannot render within the bounds is refused now, not at its first request;
+    # before the lock, since a test render may take up to STEWARD_RENDER_TIME_LIMIT_MS.
+    version_render_check(messages=content.messages, variables=content.variables)
     locked = Prompt.objects.select_for_update().get(pk=prompt.pk)
     content_hash = content.content_hash
     latest = PromptVersion.objects.filter(prompt=locked, number=locked.latest_number).first()
@@ -449,7 +453,10 @@ def promotion_request_gate_set(
 def prompt_label_protection_set(
     *, prompt: Prompt, label: str, protected: bool, actor: Actor, roles: Iterable[str] | None = None
 ) -> Prompt:
-    """Mark a label protected or not. Only admins: otherwise protection could be lifted to skip approval."""
+    """Mark a label protected or not. Only signed-in admins: otherwise protection could be lifted to skip
+    approval. Never an API key, whatever its roles: a leaked key must not be able to unprotect production."""
+    if actor.type == ActorType.API_KEY:
+        raise Forbidden("API keys cannot change label protection.", code="api_key_forbidden")
     _require_role(actor=actor, roles=roles, allowed=(Role.ADMIN,), doing="Changing label protection")
     label = label_validate(label)
     locked = Prompt.objects.select_for_update().get(pk=prompt.pk)

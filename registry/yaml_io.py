@@ -1,9 +1,12 @@
 """YAML export and import of prompts with all their versions and labels, so teams can keep prompts in git.
 
 Import is idempotent: versions already present with the same number must have the same content
-hash, missing versions are appended in order, labels are created or moved (never a protected label
-that already points elsewhere: that needs a promotion request). Anything that does not fit rejects
-the whole file; nothing is half-written (one transaction).
+hash, missing versions are appended in order, labels are created or moved. A protected label of a
+prompt that existed before the import is never set or moved by it: the import opens a promotion
+request instead (approved by another prompt engineer, as for a move in the UI), or, for an API key,
+which can neither request nor approve promotions, refuses the file. Only a prompt the import itself
+creates gets its labels as the file says. Anything that does not fit rejects the whole file; nothing
+is half-written (one transaction).
 """
 
 from __future__ import annotations
@@ -17,17 +20,19 @@ from django.utils.dateparse import parse_datetime
 
 from accounts.models import Organisation
 from audit.actions import Action
+from audit.models import ActorType
 from audit.services import Actor, audit_event_record
-from core.errors import Conflict, ValidationFailed
+from core.errors import Conflict, Forbidden, ValidationFailed
 from core.invalidation import invalidate
 from registry.content import content_hash, label_validate, name_validate, version_content_validate
-from registry.models import Label, Prompt, PromptVersion
+from registry.models import Label, PromotionRequest, PromotionStatus, Prompt, PromptVersion
 from registry.services import (
     REGISTRY_NAMESPACE,
     WRITER_ROLES,
     _label_set,
     _require_role,
     _tags_clean,
+    promotion_request_create,
     prompt_create,
     prompt_version_create,
 )
@@ -88,10 +93,18 @@ class ImportResult:
     versions_created: list[str] = field(default_factory=list)
     labels_changed: list[str] = field(default_factory=list)
     prompts_updated: list[str] = field(default_factory=list)
+    # Protected labels the file moves: opened as promotion requests, not moved.
+    promotions_requested: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.prompts_created or self.versions_created or self.labels_changed or self.prompts_updated)
+        return bool(
+            self.prompts_created
+            or self.versions_created
+            or self.labels_changed
+            or self.prompts_updated
+            or self.promotions_requested
+        )
 
     def as_dict(self) -> dict:
         return {
@@ -100,6 +113,7 @@ class ImportResult:
             "versions_created": self.versions_created,
             "labels_changed": self.labels_changed,
             "prompts_updated": self.prompts_updated,
+            "promotions_requested": self.promotions_requested,
         }
 
 
@@ -143,11 +157,42 @@ def _created_at(value) -> datetime | None:
     return parsed
 
 
-def _import_one(*, organisation: Organisation, data: dict, actor: Actor, result: ImportResult) -> None:
+def _protected_label_request(
+    *, prompt: Prompt, label: str, target: PromptVersion, actor: Actor, roles, result: ImportResult
+) -> None:
+    """The file wants protected `label` of an existing prompt at `target`: ask for it, do not move it."""
+    where = f"prompts[{prompt.name}]"
+    if actor.type == ActorType.API_KEY:
+        raise Forbidden(
+            f"{prompt.name}: label {label!r} is protected; an API key cannot move it, nor request a promotion. "
+            "A prompt engineer can import this file (the move becomes a promotion request).",
+            code="api_key_forbidden",
+            param=where,
+        )
+    pending = PromotionRequest.objects.filter(prompt=prompt, label=label, status=PromotionStatus.PENDING).first()
+    if pending is not None:
+        if pending.to_version_id == target.id:
+            return  # asked already (an earlier import of this file): nothing new
+        raise Conflict(
+            f"{prompt.name}: a promotion of protected label {label!r} to another version is pending; "
+            "decide it before importing this file.",
+            code="import_conflict",
+            param=where,
+        )
+    promotion_request_create(prompt=prompt, label=label, version=target, reason="import", actor=actor, roles=roles)
+    result.promotions_requested.append(f"{prompt.name}:{label} -> v{target.number}")
+
+
+def _import_one(
+    *, organisation: Organisation, data: dict, actor: Actor, roles, result: ImportResult, names=None
+) -> None:
     if not isinstance(data, dict):
         raise _bad("Each prompt must be a mapping.")
     name = name_validate(data.get("name"))
     where = f"prompts[{name}]"
+    if names is not None and name not in names:
+        # Refused before looking the name up, so a confined key learns nothing about other prompts.
+        raise Forbidden(f"This API key may not import prompt {name!r} (not in its allowed_prompts).", param=where)
     versions = data.get("versions") or []
     labels = data.get("labels") or {}
     if not isinstance(versions, list) or not isinstance(labels, dict):
@@ -157,6 +202,7 @@ def _import_one(*, organisation: Organisation, data: dict, actor: Actor, result:
     description = data.get("description") or ""
 
     prompt = Prompt.objects.select_for_update().filter(organisation=organisation, name=name).first()
+    created_here = prompt is None
     if prompt is None:
         prompt = prompt_create(
             organisation=organisation,
@@ -170,6 +216,13 @@ def _import_one(*, organisation: Organisation, data: dict, actor: Actor, result:
         result.prompts_created.append(name)
     else:
         wanted_protected = sorted(set(prompt.protected_labels) | set(protected))
+        if wanted_protected != sorted(prompt.protected_labels) and actor.type == ActorType.API_KEY:
+            raise Forbidden(
+                f"{name}: the file protects labels this prompt does not protect; API keys cannot change "
+                "label protection.",
+                code="api_key_forbidden",
+                param=where,
+            )
         if (prompt.description, prompt.tags, prompt.protected_labels) != (description, tags, wanted_protected):
             before = {"description": prompt.description, "tags": prompt.tags, "protected": prompt.protected_labels}
             # Import may add label protection but never lift it: that stays an admin's decision.
@@ -238,26 +291,29 @@ def _import_one(*, organisation: Organisation, data: dict, actor: Actor, result:
         current = Label.objects.filter(prompt=prompt, name=label_name).first()
         if current is not None and current.version_id == target.id:
             continue
-        if current is not None and prompt.label_is_protected(label_name):
-            raise Conflict(
-                f"{name}: protected label {label_name!r} points at another version here; "
-                "move it with a promotion request, not an import.",
-                code="import_conflict",
-                param=where,
+        if not created_here and prompt.label_is_protected(label_name):
+            _protected_label_request(
+                prompt=prompt, label=label_name, target=target, actor=actor, roles=roles, result=result
             )
+            continue
         _label_set(prompt=prompt, label=label_name, version=target, actor=actor, reason="import")
         result.labels_changed.append(f"{name}:{label_name} -> v{number}")
 
 
-def prompts_import(*, organisation: Organisation, text: str | bytes, actor: Actor, roles=None) -> ImportResult:
+def prompts_import(
+    *, organisation: Organisation, text: str | bytes, actor: Actor, roles=None, names=None
+) -> ImportResult:
     """Import a file made by `prompts_export`. Idempotent; all-or-nothing (raises and stores nothing on any
-    conflict or invalid content). Audited per prompt; invalidates resolve caches when anything changed."""
+    conflict or invalid content). Audited per prompt; invalidates resolve caches when anything changed.
+
+    `names` (an API key's allowed_prompts) refuses a file naming any other prompt. Protected labels of
+    existing prompts become promotion requests (Forbidden for API keys), see the module docstring."""
     _require_role(actor=actor, roles=roles, allowed=WRITER_ROLES, doing="Importing prompts")
     prompts = _parse(text)
     result = ImportResult()
     with transaction.atomic():
         for data in prompts:
-            _import_one(organisation=organisation, data=data, actor=actor, result=result)
+            _import_one(organisation=organisation, data=data, actor=actor, roles=roles, result=result, names=names)
         if result.changed:
             audit_event_record(
                 organisation_id=organisation.id,

@@ -117,6 +117,25 @@ def global_prices(db):
         prices_seed()
 
 
+@pytest.fixture(autouse=True)
+def _dev_model_prices(request):
+    """The development models' demo prices in every database test: a deployment is enabled only for
+    a model with a price, and a transactional test's flush empties the table the migration filled.
+    (Three rows; `global_prices` puts back the whole litellm table for tests that need it.)"""
+    marker = request.node.get_closest_marker("django_db")
+    if "transactional_db" in request.fixturenames or (marker is not None and marker.kwargs.get("transaction")):
+        request.getfixturevalue("transactional_db")
+    elif "db" in request.fixturenames or marker is not None:
+        request.getfixturevalue("db")
+    else:
+        return
+    from billing.models import Price
+    from billing.services import prices_seed
+
+    if not Price.objects.filter(organisation__isnull=True, model="dev-small").exists():
+        prices_seed(litellm=False)
+
+
 # --- personas --------------------------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ def stack(tmp_path):
         PORT=str(port),
         STEWARD_DEV_UPSTREAM_PORT=str(upstream_port),
         STEWARD_ENV="dev",
+        STEWARD_READYZ_DETAILS="true",  # the checks below read the database vendor
         DJANGO_SETTINGS_MODULE="config.settings",
         PYTHONUNBUFFERED="1",
     )
@@ -135,6 +136,13 @@ def test_dev_default_runs_a_background_task_from_a_web_request(stack):
         return all(request_id in html for request_id in ids)
 
     _wait(logged, timeout=30, what="both requests in the request log", log=log)
+
+    # Everything the stack wrote under var/ (database, secrets, beat's schedule, Redis' socket) is
+    # the user's alone (tests/core/test_var_permissions.py covers the settings' part).
+    assert oct(var.stat().st_mode & 0o777) == "0o700"
+    exposed = {p.name: oct(p.stat().st_mode & 0o777) for p in var.iterdir() if p.stat().st_mode & 0o077}
+    assert not exposed, exposed
+    assert any(p.name.startswith("celerybeat-schedule") for p in var.iterdir())
 
     # The stack's processes: web (and its worker), the worker (and its pool), beat, Redis, upstream.
     family = psutil.Process(process.pid).children(recursive=True)

@@ -7,7 +7,12 @@ requests the URL and checks the status:
 - anonymous: web pages redirect to the login page, /api/v1/ answers 401 or 403 (DRF);
 - outsider: URLs with path parameters answer 404 (the objects belong to another organisation);
   URLs without parameters behave as for a member holding every role (they see their own organisation);
-- a member whose roles meet `allowed_roles` gets one of the `ok` statuses, any other member 403.
+- a member whose roles meet `allowed_roles` gets one of the `ok` statuses, any other member 403;
+- a member with no role at all gets 403 everywhere but the organisation switcher;
+- API keys (`Authorization: Bearer`) are strangers to the web pages (redirected like anonymous callers).
+  A key without roles gets 403 on every /api/v1/ URL but its own spend (rows with "key_without_roles");
+  a viewer key confined by `allowed_prompts` to one other prompt behaves as a viewer, except that
+  URLs naming a prompt outside its list answer 404 (as if the prompt did not exist).
 
 /v1/ (the proxy, tested on its own), /admin/, /api/schema/ and /api/docs/ are not walked; /healthz,
 /readyz and /metrics are checked separately to answer anonymous callers.
@@ -54,14 +59,22 @@ EXPECTATIONS: dict[str, dict] = {
     "accounts:api_key_revoke": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (302,)}},
     "accounts:member_list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
     "accounts:member_edit": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (302,)}},
+    "accounts:member_remove": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "accounts:invitation_revoke": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    # the invited person's page: open to anyone holding the link (a signed-in caller's POST accepts it)
+    "accounts:invitation_accept": {"public": True, "methods": ("GET", "POST"), "ok": {"POST": (200, 302)}},
     "accounts:team_list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
     # accounts (API)
     "api-api-key-list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
     "api-api-key-detail": {"allowed_roles": ADMIN, "methods": READ},
     "api-api-key-revoke": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (200,)}},
-    "api-member-list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
+    # members join only through invitations: POST on the member list is gone (405 for everyone allowed in)
+    "api-member-list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (405,)}},
+    "api-member-remove": {"allowed_roles": ADMIN, "methods": ("DELETE",), "ok": {"DELETE": (204,)}},
     "api-member-roles": {"allowed_roles": ADMIN, "methods": ("PUT",), "ok": {"PUT": (400,)}},
     "api-team-list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
+    "api-invitation-list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
+    "api-invitation-revoke": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (200,)}},
     # audit
     "audit:event_list": {"allowed_roles": ADMIN, "methods": READ},
     "audit:event_export": {"allowed_roles": ADMIN, "methods": READ},
@@ -140,10 +153,18 @@ EXPECTATIONS: dict[str, dict] = {
     "billing:price_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
     "billing:settings": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (302,)}},
     "api-billing-usage": {"allowed_roles": ANY_MEMBER, "methods": READ},
-    "api-billing-spend": {"allowed_roles": ANY_MEMBER, "methods": READ, "ok": {"GET": (400,)}},
+    # a signed-in member must name a key (400 without); a key gets its own spend, even one without roles
+    "api-billing-spend": {
+        "allowed_roles": ANY_MEMBER,
+        "methods": READ,
+        "ok": {"GET": (400,)},
+        "key_ok": {"GET": (200,)},
+        "key_without_roles": True,
+    },
     "api-billing-prices": {"allowed_roles": ANY_MEMBER, "methods": READ},
     "api-billing-budgets": {"allowed_roles": ANY_MEMBER, "methods": READ},
-    "api-billing-budget-detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    # a key without the admin role sees only budgets of its own (the walk's budget is organisation-wide)
+    "api-billing-budget-detail": {"allowed_roles": ANY_MEMBER, "methods": READ, "key_ok": {"GET": (404,)}},
     "api-billing-settings": {"allowed_roles": ADMIN, "methods": ("GET", "PUT"), "ok": {"PUT": (200,)}},
     "api-billing-key-cost-ceiling": {"allowed_roles": ADMIN, "methods": ("PUT",), "ok": {"PUT": (400,)}},
     "evals:home": {"allowed_roles": ANY_MEMBER, "methods": READ},
@@ -165,6 +186,23 @@ def _membership(org) -> int:
 
     user = user_create(username="paula-param", password="p" * 20)
     return membership_set(organisation=org, user=user, roles=["viewer"], actor=Actor.system("walk")).id
+
+
+def _invitation(org) -> int:
+    from accounts.invitations import invitation_create
+    from audit.services import Actor
+
+    return invitation_create(
+        organisation=org, email="walk@example.com", roles=["viewer"], actor=Actor.system("walk")
+    ).invitation.id
+
+
+def _invitation_token(org) -> str:
+    from accounts.invitations import invitation_create
+    from audit.services import Actor
+
+    link = invitation_create(organisation=org, username="walk", roles=["viewer"], actor=Actor.system("walk")).link
+    return link.rstrip("/").rsplit("/", 1)[1]
 
 
 def _verification(org) -> int:
@@ -270,13 +308,28 @@ PARAM_FACTORIES = {
     "key_id": _api_key,
     "membership_id": _membership,
     "verification_id": _verification,
+    "invitation_id": _invitation,
+    "token": _invitation_token,
 }
 
 # Not walked here: public or superuser-only, or tested elsewhere. /v1/ is not in the URLconf at all
 # (config/asgi.py hands it to the proxy application).
 EXCLUDED_PREFIXES = ("admin/", "api/schema/", "api/docs/")
 PUBLIC_ENDPOINTS = {"core:healthz": "/healthz", "core:readyz": "/readyz", "core:metrics": "/metrics"}
-PERSONAS = ("anonymous", "outsider", "admin", "prompt_engineer", "reviewer", "viewer")
+PERSONAS = (
+    "anonymous",
+    "outsider",
+    "admin",
+    "prompt_engineer",
+    "reviewer",
+    "viewer",
+    "member_without_roles",
+    "key_without_roles",
+    "key_scoped",
+)
+KEY_PERSONAS = ("key_without_roles", "key_scoped")
+# Where a member without any role may still go: to pick an organisation where they have one (home only redirects).
+OPEN_TO_MEMBERS_WITHOUT_ROLES = {"accounts:organisation_switch", "core:home"}
 _PARAM = re.compile(r"<(?:(?P<converter>[^>:]+):)?(?P<name>\w+)>")
 
 
@@ -329,6 +382,28 @@ def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture
+def member_without_roles(organisation):
+    from tests.conftest import _make_persona
+
+    return _make_persona("nora-noroles", organisation, [])
+
+
+def _key_persona(persona: str, organisation) -> tuple[str, list[str]]:
+    """(secret, roles) of an API key persona: no roles, or a viewer confined to a prompt of its own."""
+    from accounts.services import api_key_create
+    from audit.services import Actor
+
+    if persona == "key_without_roles":
+        created = api_key_create(organisation=organisation, name="walk proxy-only", actor=Actor.system("walk"))
+        return created.secret, []
+    created = api_key_create(
+        organisation=organisation, name="walk scoped", roles=["viewer"], allowed_prompts=["walk-own-prompt"],
+        actor=Actor.system("walk"),
+    )  # fmt: skip
+    return created.secret, ["viewer"]
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize(("name", "route", "method", "persona"), list(_cases()))
 def test_walk(request, client, organisation, other_organisation, name, route, method, persona):
@@ -343,23 +418,42 @@ def test_walk(request, client, organisation, other_organisation, name, route, me
     url = reverse(name, kwargs=kwargs)
     is_api = url.startswith("/api/v1/")
     roles: list[str] = []
-    if persona != "anonymous":
+    headers = {}
+    is_key = persona in KEY_PERSONAS
+    if is_key:
+        secret, roles = _key_persona(persona, organisation)
+        headers["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
+    elif persona != "anonymous":
         who = request.getfixturevalue(persona)
         client.force_login(who.user)
         roles = list(who.roles)
     data = row.get("data", {}).get(method)
     if is_api:
-        response = client.generic(method, url, data=json.dumps(data or {}), content_type="application/json")
+        response = client.generic(method, url, data=json.dumps(data or {}), content_type="application/json", **headers)
     elif method == "GET":
-        response = client.get(url)
+        response = client.get(url, **headers)
     else:
         response = client.generic(method, url, data=urlencode(data or {}),
-                                  content_type="application/x-www-form-urlencoded")  # fmt: skip
+                                  content_type="application/x-www-form-urlencoded", **headers)  # fmt: skip
     ok = row.get("ok", {}).get(method, OK_DEFAULT[method])
+    if is_key:
+        ok = row.get("key_ok", {}).get(method, ok)
     status = response.status_code
     where = f"{method} {url} as {persona}"
     if row.get("public"):
         assert status in ok, f"{where}: {status}, expected one of {ok}"
+    elif is_key and not is_api:
+        # The web UI knows sessions only: a key is an anonymous caller there.
+        assert status == 302, f"{where}: {status}, expected a redirect to the login page"
+        assert response["Location"].startswith(reverse("accounts:login")), response["Location"]
+    elif persona == "key_without_roles":
+        expected = ok if row.get("key_without_roles") else (403,)
+        assert status in expected, f"{where}: {status}, expected one of {expected} (a key without roles)"
+    elif persona == "member_without_roles":
+        expected = ok if name in OPEN_TO_MEMBERS_WITHOUT_ROLES else (403,)
+        assert status in expected, f"{where}: {status}, expected one of {expected} (a member without roles)"
+    elif persona == "key_scoped" and "prompt_name" in kwargs and set(roles) & set(row["allowed_roles"]):
+        assert status == 404, f"{where}: {status}, expected 404 for a prompt outside the key's allowed_prompts"
     elif persona == "anonymous":
         if is_api:
             assert status in (401, 403), f"{where}: {status}, expected 401/403"

@@ -11,34 +11,35 @@ from tests.conftest import login
 pytestmark = pytest.mark.django_db
 
 
-def test_admin_adds_an_existing_user_with_roles(client, admin):
+def test_adding_an_existing_user_by_name_only_invites_them(client, admin):
+    # Members join by accepting an invitation (tests/accounts/test_invitations.py); the page adds nobody.
     newcomer = user_create(username="nina", password="x" * 20)
     login(client, admin)
     response = client.post(reverse("accounts:member_list"), {"username": "nina", "roles": ["reviewer", "viewer"]})
-    assert response.status_code == 302
-    membership = Membership.objects.get(user=newcomer, organisation=admin.organisation)
-    assert membership.roles == ["reviewer", "viewer"]
-    page = client.get(reverse("accounts:member_list")).content.decode()
-    assert "nina" in page and "reviewer" in page
-    assert AuditEvent.objects.filter(
-        organisation=admin.organisation, action="member.added", target_id=str(newcomer.pk)
-    ).exists()
+    assert response.status_code == 200
+    assert not Membership.objects.filter(user=newcomer, organisation=admin.organisation).exists()
+    page = response.content.decode()
+    assert "Invitation created for nina" in page and "/accounts/invitations/accept/" in page
+    assert AuditEvent.objects.filter(organisation=admin.organisation, action="invitation.created").exists()
+    assert not AuditEvent.objects.filter(action="member.added", target_id=str(newcomer.pk)).exists()
 
 
 @pytest.mark.parametrize(
     ("data", "field", "message"),
     [
-        ({"username": "nobody", "roles": ["viewer"]}, "username", "No user named"),
-        ({"username": "alice-admin", "roles": ["viewer"]}, "username", "already a member"),
+        ({"username": "", "email": "", "roles": ["viewer"]}, None, "either an email address or a user name"),
+        ({"email": "x@example.com", "username": "nina", "roles": ["viewer"]}, None, "either an email"),
+        ({"email": "not-an-address", "roles": ["viewer"]}, "email", "valid email"),
         ({"username": "alice-admin", "roles": []}, "roles", "required"),
         ({"username": "alice-admin", "roles": ["owner"]}, "roles", "not one of the available choices"),
     ],
 )
-def test_add_member_errors_are_shown_on_the_form(client, admin, data, field, message):
+def test_invitation_errors_are_shown_on_the_form(client, admin, data, field, message):
     login(client, admin)
     response = client.post(reverse("accounts:member_list"), data)
     assert response.status_code == 200
-    assert message in " ".join(response.context["form"].errors[field])
+    errors = response.context["form"].errors.get(field or "__all__", [])
+    assert message in " ".join(errors)
 
 
 def test_admin_changes_roles(client, admin, viewer):

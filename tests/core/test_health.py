@@ -10,7 +10,8 @@ def test_healthz_answers_without_login(client):
 
 
 @pytest.mark.django_db
-def test_readyz_reports_database_and_redis(client):
+def test_readyz_reports_database_and_redis(client, admin_user):
+    client.force_login(admin_user)  # the per-check details are for staff (tests/core/test_security_readyz.py)
     response = client.get("/readyz")
     body = response.json()
     assert response.status_code == 200, body

@@ -54,6 +54,7 @@ def test_the_defaults_start(tmp_path):
             {
                 "STEWARD_ENV": "prod",
                 "SECRET_KEY": "s" * 50,
+                "STEWARD_ENCRYPTION_KEY": "e" * 50,
                 "REDIS_URL": "redis://h:6379/0",
                 "STEWARD_ALLOWED_HOSTS": "steward.example.com",
             },
@@ -61,10 +62,26 @@ def test_the_defaults_start(tmp_path):
             "required when STEWARD_ENV=prod",
         ),
         ({"SECRET_KEY": "short"}, "SECRET_KEY", "at least 32 characters"),
+        ({"STEWARD_AUDIT_KEY": "short"}, "STEWARD_AUDIT_KEY", "at least 32 characters"),
         (
             {
                 "STEWARD_ENV": "prod",
                 "SECRET_KEY": "s" * 50,
+                "STEWARD_ENCRYPTION_KEY": "e" * 50,
+                "DATABASE_URL": "postgres://u@h/db",
+                "REDIS_URL": "redis://h:6379/0",
+                "STEWARD_ALLOWED_HOSTS": "steward.example.com",
+            },
+            "STEWARD_AUDIT_KEY",
+            "required when STEWARD_ENV=prod",
+        ),
+        ({"STEWARD_RENDER_TIME_LIMIT_MS": "0"}, "STEWARD_RENDER_TIME_LIMIT_MS", "must be between 1 and 60000"),
+        ({"STEWARD_READYZ_DETAILS": "maybe"}, "STEWARD_READYZ_DETAILS", "must be a boolean"),
+        (
+            {
+                "STEWARD_ENV": "prod",
+                "SECRET_KEY": "s" * 50,
+                "STEWARD_ENCRYPTION_KEY": "e" * 50,
                 "DATABASE_URL": "postgres://u@h/db",
                 "REDIS_URL": "redis://h",
             },
@@ -95,6 +112,8 @@ def test_prod_turns_debug_off(tmp_path):
             "STEWARD_ENV": "prod",
             "STEWARD_DEBUG": "true",
             "SECRET_KEY": "s" * 50,
+            "STEWARD_ENCRYPTION_KEY": "e" * 50,
+            "STEWARD_AUDIT_KEY": "a" * 50,
             "DATABASE_URL": "postgres://u@127.0.0.1/db",
             "REDIS_URL": "redis://127.0.0.1:6379/0",
             "STEWARD_ALLOWED_HOSTS": "steward.example.com",

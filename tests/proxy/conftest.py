@@ -25,6 +25,17 @@ class ProxySetup:
         return {"Authorization": f"Bearer {self.secret}", **extra}
 
 
+def free_unless_priced(organisation, model: str) -> None:
+    """Mark `model` free on purpose for the organisation unless it has a price: a deployment is
+    enabled only for a priced model, and tests of routing use made-up model names. (The dev models
+    have their demo prices; tests of costs set their own.)"""
+    from billing.selectors import model_price_known
+    from billing.services import price_set
+
+    if not model_price_known(organisation_id=organisation.pk, model=model):
+        price_set(organisation=organisation, model=model, actor=ACTOR, input_per_token=0, output_per_token=0, free=True)
+
+
 def route_with_deployments(organisation, name: str, upstreams: list, **route_kwargs):
     from proxy.services import deployment_create, route_create
 
@@ -34,6 +45,7 @@ def route_with_deployments(organisation, name: str, upstreams: list, **route_kwa
         kwargs = dict(up) if isinstance(up, dict) else {"api_base": up.url}
         kwargs.setdefault("name", f"d{i}")
         kwargs.setdefault("model", "dev-small")
+        free_unless_priced(organisation, kwargs["model"])
         deployments.append(deployment_create(route=route, actor=ACTOR, **kwargs))
     return route, deployments
 

@@ -129,10 +129,15 @@ def test_deployment_with_env_credential_shows_only_the_variable_name(client, adm
         client,
         "post",
         reverse("api-deployment-create", args=[route.id]),
-        {"name": "env", "model": "dev-small", "api_base": "http://127.0.0.1:9/v1", "credential_env": "OPENAI_KEY"},
+        {
+            "name": "env",
+            "model": "dev-small",
+            "api_base": "http://127.0.0.1:9/v1",
+            "credential_env": "STEWARD_UPSTREAM_OPENAI_KEY",
+        },
     )
     assert response.status_code == 201
-    assert response.json()["credential"] == {"type": "env", "env": "OPENAI_KEY"}
+    assert response.json()["credential"] == {"type": "env", "env": "STEWARD_UPSTREAM_OPENAI_KEY"}
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from django.core.management import CommandError, call_command
 from audit.models import AuditEvent
 from core.errors import Conflict, ValidationFailed
 from registry import services
-from registry.models import Label, LabelMove, Prompt, PromptVersion
+from registry.models import Label, LabelMove, PromotionRequest, Prompt, PromptVersion
 from registry.yaml_io import prompts_export, prompts_import
 from tests.registry.conftest import SYSTEM, version_make
 
@@ -88,11 +88,17 @@ def test_a_conflicting_file_is_rejected_whole(protected_prompt, prompt, organisa
 
 
 def test_protected_label_cannot_be_moved_by_import(protected_prompt, organisation):
+    # The import asks for the move (a promotion request another prompt engineer decides); it does not move it.
     data = yaml.safe_load(prompts_export(prompts=[protected_prompt]))
     data["prompts"][0]["labels"]["production"] = 2
-    with pytest.raises(Conflict):
-        prompts_import(organisation=organisation, text=yaml.safe_dump(data), actor=SYSTEM)
+    result = prompts_import(organisation=organisation, text=yaml.safe_dump(data), actor=SYSTEM)
+    assert result.promotions_requested == ["guarded:production -> v2"] and result.labels_changed == []
     assert Label.objects.get(prompt=protected_prompt, name="production").version.number == 1
+    [pending] = PromotionRequest.objects.filter(prompt=protected_prompt, status="pending")
+    assert (pending.label, pending.to_version.number, pending.reason) == ("production", 2, "import")
+    # Importing the same file again asks nothing new.
+    again = prompts_import(organisation=organisation, text=yaml.safe_dump(data), actor=SYSTEM)
+    assert again.changed is False and PromotionRequest.objects.filter(prompt=protected_prompt).count() == 1
 
 
 @pytest.mark.parametrize(

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Organisation
-from audit.services import audit_chain_verify
+from audit.services import CheckpointInvalid, audit_chain_verify, checkpoint_parse
 
 
 class Command(BaseCommand):
-    help = "Verify every organisation's audit chain (or one, with --organisation SLUG)."
+    help = (
+        "Verify every organisation's audit chain (or one, with --organisation SLUG), and with --checkpoints "
+        "FILE that each exported checkpoint still lies on its chain."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--organisation", metavar="SLUG", help="Only this organisation's chain.")
+        parser.add_argument(
+            "--checkpoints",
+            metavar="FILE",
+            help="JSON lines written by `audit_checkpoint` ('-' reads standard input); every line must verify.",
+        )
 
-    def handle(self, *args, organisation: str | None = None, **options):
+    def handle(self, *args, organisation: str | None = None, checkpoints: str | None = None, **options):
         ids = None
         slugs = dict(Organisation.objects.values_list("id", "slug"))
         if organisation:
@@ -22,7 +33,10 @@ class Command(BaseCommand):
             if org is None:
                 raise CommandError(f"No organisation with slug {organisation!r}")
             ids = [org.id]
-        result = audit_chain_verify(organisation_ids=ids)
+        loaded = self._checkpoints_load(checkpoints) if checkpoints else None
+        if loaded is not None and ids is not None:
+            loaded = [checkpoint for checkpoint in loaded if checkpoint.organisation_id in ids]
+        result = audit_chain_verify(organisation_ids=ids, checkpoints=loaded)
         if not result.ok:
             for chain_break in result.broken:
                 slug = slugs.get(chain_break.organisation_id, f"#{chain_break.organisation_id}")
@@ -34,4 +48,24 @@ class Command(BaseCommand):
                 f"audit chain broken: organisation {slugs.get(first.organisation_id, first.organisation_id)}, "
                 f"event seq {first.seq} (id {first.event_id}): {first.problem}"
             )
-        self.stdout.write(f"{result.events_checked} events verified in {result.organisations_checked} chain(s)")
+        summary = f"{result.events_checked} events verified in {result.organisations_checked} chain(s)"
+        if loaded is not None:
+            summary += f", {len(loaded)} checkpoint(s) matched"
+        self.stdout.write(summary)
+
+    def _checkpoints_load(self, path: str) -> list:
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(f"Cannot read checkpoints from {path}: {exc}") from None
+        loaded = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                loaded.append(checkpoint_parse(line))
+            except CheckpointInvalid as exc:
+                raise CommandError(f"checkpoint line {number} of {path}: {exc}") from None
+        if not loaded:
+            raise CommandError(f"No checkpoints in {path}")
+        return loaded

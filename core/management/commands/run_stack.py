@@ -43,6 +43,14 @@ def embedded_redis_command(socket_path: Path) -> list[str]:
     ]
 
 
+def forwarded_headers_args(trusted_proxies) -> list[str]:
+    """uvicorn believes X-Forwarded-For/-Proto from 127.0.0.1 unless told otherwise, so any local
+    process could pose as any client; believe them only from STEWARD_TRUSTED_PROXIES (none by default)."""
+    if not trusted_proxies:
+        return ["--no-proxy-headers"]
+    return ["--forwarded-allow-ips", ",".join(trusted_proxies)]
+
+
 class Command(BaseCommand):
     help = "Serve the web UI and proxy with a worker, beat and the development upstream (Ctrl-C stops all)."
 
@@ -54,6 +62,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, host: str, no_upstream: bool, prepare: bool, **options):
+        # Everything the stack writes under var/ (the SQLite database, beat's schedule, the Redis
+        # socket, logs) is created private to the user, by this process and every child.
+        os.umask(0o077)
         python = sys.executable
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         children: list[tuple[str, subprocess.Popen]] = []
@@ -107,6 +118,7 @@ class Command(BaseCommand):
                     "--no-access-log",
                     "--timeout-graceful-shutdown",
                     "5",
+                    *forwarded_headers_args(settings.STEWARD_TRUSTED_PROXIES),
                 ],
             )
             start(

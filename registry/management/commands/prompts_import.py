@@ -42,5 +42,6 @@ class Command(BaseCommand):
             + [f"added {x}" for x in result.versions_created]
             + [f"label {x}" for x in result.labels_changed]
             + [f"updated {x}" for x in result.prompts_updated]
+            + [f"promotion requested for protected label {x}" for x in result.promotions_requested]
         ):
             self.stdout.write(line)
