@@ -55,7 +55,7 @@ def _served(proxy, secret: str) -> requests.Response:
 
 
 def test_six_hundred_slow_bodies_under_one_key_do_not_starve_another_key(proxy, api_key_factory, settings):
-    settings.STEWARD_PROXY_BODY_TIMEOUT_SECONDS = 2.5
+    settings.STEWARD_PROXY_BODY_TIMEOUT_SECONDS = 6
     settings.STEWARD_PROXY_MAX_BODY_READERS = 1000
     # Far fewer slots than slow connections: had they taken slots, every other request would be a 503.
     settings.STEWARD_PROXY_MAX_IN_FLIGHT = 64
@@ -69,13 +69,15 @@ def test_six_hundred_slow_bodies_under_one_key_do_not_starve_another_key(proxy, 
             assert response.status_code == 200, response.text
         # The slow key's own complete requests are served too (it has no max_in_flight).
         assert _served(proxy, proxy.secret).status_code == 200
-        assert time.monotonic() - started < 2.5  # all of that while the slow bodies were still pending
-        statuses = [_status(sock, timeout=max(0.1, started + 6 - time.monotonic())) for sock in slow]
+        # All of that while the slow bodies were still pending (generous: a busy CI machine is slow to
+        # open 600 connections).
+        assert time.monotonic() - started < 6
+        statuses = [_status(sock, timeout=max(0.1, started + 10 - time.monotonic())) for sock in slow]
     finally:
         for sock in slow:
             sock.close()
     assert statuses == [408] * 600
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 14
 
 
 def test_a_slow_body_answers_408_in_the_openai_envelope(proxy, settings):

@@ -188,5 +188,9 @@ def test_a_long_render_does_not_hold_up_other_requests(proxy, prompt, settings):
     error = response.json()["error"]
     assert error["code"] == "prompt_render_limit" and "STEWARD_RENDER_TIME_LIMIT_MS" in error["message"]
     assert outcome["seconds"] < 3
+    # Had the render held the event loop, the first request would have waited for all of it and
+    # the loop above would have ended after one. A busy CI machine can stall any single request, so
+    # the bound is on how many were answered meanwhile and on the typical one, not the slowest.
     assert len(latencies) >= 5, latencies
-    assert max(latencies) < 0.2, [round(x, 3) for x in latencies]
+    assert all(latency < 5 for latency in latencies), latencies
+    assert sorted(latencies)[len(latencies) // 2] < 0.2, [round(x, 3) for x in latencies]
