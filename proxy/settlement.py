@@ -1,0 +1,162 @@
+"""What a proxied request used and cost: usage, its estimation, pricing, the request-log record.
+
+The proxy's requests (`proxy.pipeline`) and the playground's in-process runs (`proxy.invoke`) price
+their attempts with the same `attempts_price`, so what the playground shows is what was settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import orjson
+
+from billing import services as billing
+from core import llm
+
+logger = logging.getLogger("steward.proxy")
+
+CHAT, COMPLETIONS, EMBEDDINGS, MODELS = "chat.completions", "completions", "embeddings", "models"
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens one attempt (or the request) used. orjson writes it as the request log's `usage`
+    object, these fields in this order, so the record needs no dict of its own."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+    @classmethod
+    def from_response(cls, data: dict | None) -> Usage | None:
+        """The usage of an OpenAI answer or stream chunk, None when it reports none."""
+        usage = data.get("usage") if isinstance(data, dict) else None
+        if not isinstance(usage, dict):
+            return None
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        return cls(
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+            int((prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else 0) or 0),
+            int((completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else 0) or 0),
+        )
+
+    @classmethod
+    def from_record(cls, value) -> Usage | None:
+        """A usage as this class wrote it (the cached stream's header line), None when it is not one."""
+        if not isinstance(value, dict):
+            return None
+        return cls(
+            int(value.get("prompt_tokens") or 0),
+            int(value.get("completion_tokens") or 0),
+            int(value.get("cached_tokens") or 0),
+            int(value.get("reasoning_tokens") or 0),
+            bool(value.get("estimated")),
+        )
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def for_billing(self) -> billing.Usage:
+        return billing.Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            estimated=self.estimated,
+        )
+
+
+NO_USAGE = Usage()
+
+
+def response_text(endpoint: str, data: dict) -> str:
+    parts = []
+    for choice in data.get("choices") or []:
+        if endpoint == CHAT:
+            parts.append(str(((choice.get("message") or {}).get("content")) or ""))
+        else:
+            parts.append(str(choice.get("text") or ""))
+    return "".join(parts)
+
+
+def _prompt_args(endpoint: str, body: dict) -> dict:
+    """What the tokenizer counts of the request's prompt."""
+    if endpoint == CHAT:
+        return {"messages": body.get("messages") or []}
+    value = body.get("prompt" if endpoint == COMPLETIONS else "input")
+    return {"text": value if isinstance(value, str) else orjson.dumps(value).decode()}
+
+
+async def usage_estimate(*, endpoint: str, body: dict, model: str, completion: str, pieces: int) -> Usage:
+    """No usage from the upstream (or a cancelled stream): count with the model's tokenizer, off the
+    loop. `pieces` (the content chunks streamed) stands in for the completion if the tokenizer fails."""
+    prompt_args = _prompt_args(endpoint, body)
+    if endpoint == EMBEDDINGS:
+        completion = ""
+
+    def count() -> Usage:
+        prompt_tokens = llm.token_count(model=model, **prompt_args)
+        completion_tokens = llm.token_count(model=model, text=completion) if completion else 0
+        return Usage(prompt_tokens, completion_tokens, estimated=True)
+
+    try:
+        return await asyncio.to_thread(count)
+    except Exception:
+        logger.exception("token counting failed; usage estimated from chunks")
+        return Usage(0, pieces, estimated=True)
+
+
+async def unanswered_estimate(*, endpoint: str, body: dict, model: str) -> Usage:
+    """An attempt that timed out reached the provider, which bills the prompt it read: count it (off
+    the loop), so the ledger and the budgets carry it, marked estimated. What the provider generated
+    for an answer nobody waited for is unknown to Steward; the retry's reservation
+    (`dispatch.Dispatch.reserve_retry`) held a worst case for it while the request ran."""
+    args = _prompt_args(endpoint, body)
+    try:
+        tokens = await asyncio.to_thread(llm.token_count, model=model, **args)
+    except Exception:
+        logger.exception("token counting failed; the prompt of a timed-out attempt is sized by its bytes")
+        tokens = len(orjson.dumps(args))
+    return Usage(tokens, estimated=True)
+
+
+@dataclass(slots=True)
+class Price:
+    """What a request's attempts cost, and how that figure came about (`billing.Cost.basis`)."""
+
+    total: Decimal
+    bases: list[str]
+    reasons: list[str]
+    currency: str = "USD"
+
+
+async def attempts_price(*, organisation_id: int, attempts: list[dict], started_at: float) -> Price:
+    """Price every attempt that reported (or was counted) usage, at the request's start."""
+    price = Price(Decimal("0"), [], [])
+    at = datetime.fromtimestamp(started_at, UTC)
+    for attempt in attempts:
+        usage = attempt.get("usage")
+        if not usage:
+            continue
+        cost = await billing.acost_compute(
+            organisation_id=organisation_id,
+            model=attempt["model"],
+            deployment_id=attempt["deployment_id"],
+            usage=usage.for_billing(),
+            at=at,
+        )
+        price.total += cost.total
+        price.bases.append(cost.basis)
+        price.currency = cost.currency
+        if cost.reason:
+            price.reasons.append(cost.reason)
+    return price
