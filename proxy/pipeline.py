@@ -1,7 +1,11 @@
 """One proxied request, in explicit stages.
 
-    authenticate -> resolve prompt -> pre-filters -> admit (limits, cache, deployment)
+    authenticate -> read body -> resolve prompt -> pre-filters -> admit (limits, cache, deployment)
     -> reserve budget -> call upstream (retries, fallbacks) -> post-filters -> settle cost -> log
+
+`ProxyRequest.run` shows the sequence; the request holds the state, and the larger parts are
+modules of their own: `proxy.dispatch` (admit, reserve and call upstream, attempt after attempt),
+`proxy.sse` (the stream relay, on bytes) and `proxy.settlement` (usage, its estimation, pricing).
 
 Each stage is timed; the timings go into the request-log record and a Prometheus histogram, and
 `x-steward-overhead-ms` is the total minus the time spent waiting on upstreams. Nothing here
@@ -22,7 +26,6 @@ import logging
 import os
 import time
 import types
-from datetime import UTC, datetime
 
 import orjson
 import redis.exceptions
@@ -52,9 +55,9 @@ from proxy.settlement import (
     COMPLETIONS,
     EMBEDDINGS,
     MODELS,
-    NO_USAGE,
     Usage,
     attempts_price,
+    request_record,
     response_text,
     unanswered_estimate,
     usage_estimate,
@@ -897,45 +900,7 @@ class ProxyRequest:
         return billing.budget_finish_call(reservation=self.reservation, actual_cost=price.total if produced else None)
 
     def record(self) -> dict:
-        principal = self.principal
-        deployment = self.deployment
-        prompt = self.prompt
-        total_ms = (time.perf_counter() - self.t0) * 1000
-        upstream_ms = self.upstream_s * 1000
-        error = self.error
-        record = {
-            "request_id": self.request_id,
-            "organisation_id": principal.organisation_id,
-            "api_key_id": principal.id,
-            "team_id": principal.team_id,
-            "endpoint": self.endpoint,
-            "model": self.model,
-            "stream": self.stream,
-            "deployment_id": deployment.id if deployment else None,
-            "deployment_name": deployment.name if deployment else "",
-            "prompt_id": prompt.prompt_id if prompt else None,
-            "prompt_version_id": prompt.version_id if prompt else None,
-            "prompt_name": prompt.prompt_name if prompt else "",
-            "prompt_version_number": prompt.version_number if prompt else None,
-            "status": self.status,
-            "http_status": self.http_status,
-            "error_type": error.code if error else "",
-            "error_message": error.message[:500] if error else "",
-            "cache_hit": self.cache_hit,
-            "started_at": datetime.fromtimestamp(self.started_at, UTC).isoformat(),
-            "latency_ms": round(total_ms, 3),
-            "overhead_ms": round(total_ms - upstream_ms, 3),
-            "upstream_ms": round(upstream_ms, 3),
-            "timings": self.timings,
-            "usage": self.usage or NO_USAGE,  # orjson writes a Usage as the object the log expects
-            "attempts": self.attempts,
-        }
-        if self.table is not None and self.table.store_bodies and self.client_body is not None:
-            response = (
-                {"stream": True, "content": "".join(self._stream_content())} if self.stream else self.response_data
-            )
-            record["bodies"] = {"request": self.client_body, "response": response}
-        return record
+        return request_record(self)
 
     def _finish_args(self) -> list | None:
         """FINISH arguments when something in Redis must be given back or updated, else None.

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import orjson
 
 from billing import services as billing
 from core import llm
+
+if TYPE_CHECKING:
+    from proxy.pipeline import ProxyRequest
 
 logger = logging.getLogger("steward.proxy")
 
@@ -160,3 +165,48 @@ async def attempts_price(*, organisation_id: int, attempts: list[dict], started_
         if cost.reason:
             price.reasons.append(cost.reason)
     return price
+
+
+def request_record(r: ProxyRequest) -> dict:
+    """The request-log record of a finished request (`proxy.requestlog` files it)."""
+    principal = r.principal
+    deployment = r.deployment
+    prompt = r.prompt
+    total_ms = (time.perf_counter() - r.t0) * 1000
+    upstream_ms = r.upstream_s * 1000
+    error = r.error
+    record = {
+        "request_id": r.request_id,
+        "organisation_id": principal.organisation_id,
+        "api_key_id": principal.id,
+        "team_id": principal.team_id,
+        "endpoint": r.endpoint,
+        "model": r.model,
+        "stream": r.stream,
+        "deployment_id": deployment.id if deployment else None,
+        "deployment_name": deployment.name if deployment else "",
+        "prompt_id": prompt.prompt_id if prompt else None,
+        "prompt_version_id": prompt.version_id if prompt else None,
+        "prompt_name": prompt.prompt_name if prompt else "",
+        "prompt_version_number": prompt.version_number if prompt else None,
+        "status": r.status,
+        "http_status": r.http_status,
+        "error_type": error.code if error else "",
+        "error_message": error.message[:500] if error else "",
+        "cache_hit": r.cache_hit,
+        "started_at": datetime.fromtimestamp(r.started_at, UTC).isoformat(),
+        "latency_ms": round(total_ms, 3),
+        "overhead_ms": round(total_ms - upstream_ms, 3),
+        "upstream_ms": round(upstream_ms, 3),
+        "timings": r.timings,
+        "usage": r.usage or NO_USAGE,  # orjson writes a Usage as the object the log expects
+        "attempts": r.attempts,
+    }
+    if r.table is not None and r.table.store_bodies and r.client_body is not None:
+        response = (
+            {"stream": True, "content": "".join(r.relay.content() if r.relay is not None else ())}
+            if r.stream
+            else r.response_data
+        )
+        record["bodies"] = {"request": r.client_body, "response": response}
+    return record
