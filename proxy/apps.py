@@ -10,6 +10,8 @@ class ProxyConfig(AppConfig):
         from config.celery import Queue, beat_entry_add
         from core.health import readiness_check_register
         from proxy.health import readiness_check
+        from proxy.invoke import chat_completion_invoke, playground_key_ensure
+        from registry.playground import playground_backend_register
 
         beat_entry_add(
             "proxy-request-log-drain",
@@ -24,3 +26,5 @@ class ProxyConfig(AppConfig):
         )
         beat_entry_add("proxy-request-bodies-purge", task="proxy.request_bodies_purge", schedule=3600.0)
         readiness_check_register(readiness_check)
+        # The registry's playground runs versions through the proxy without importing it (layers point down).
+        playground_backend_register(key_ensure=playground_key_ensure, invoke=chat_completion_invoke)

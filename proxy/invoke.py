@@ -23,7 +23,6 @@ import contextvars
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 
 import orjson
@@ -41,8 +40,9 @@ from billing.models import BudgetScope, KeyCostCeiling
 from billing.selectors import budgets_list
 from core.errors import TransientUpstreamError
 from proxy import upstream
-from proxy.pipeline import CHAT, ProxyRequest
+from proxy.pipeline import ProxyRequest
 from proxy.requestlog import log_buffers_flush
+from proxy.settlement import CHAT, NO_USAGE, attempts_price
 
 PLAYGROUND_KEY_NAME = "playground (system)"
 INVOKE_TIMEOUT_SECONDS = 300.0
@@ -230,7 +230,7 @@ class _InProcessRequest(ProxyRequest):
         # The caller authenticated the person and chose the key; the stage is timed like any other.
         t = time.perf_counter()
         self.principal = self.given_principal
-        self._lap("authenticate", t)
+        self.lap("authenticate", t)
 
     def record(self) -> dict:
         record = super().record()
@@ -239,35 +239,14 @@ class _InProcessRequest(ProxyRequest):
 
 
 async def _cost(request: _InProcessRequest) -> tuple[Decimal | None, str, str, str]:
-    """The cost as settle() prices it: every attempt that reported (or was counted) usage."""
-    total, bases, reasons, currency = Decimal("0"), [], [], "USD"
-    at = datetime.fromtimestamp(request.started_at, UTC)
-    for attempt in request.attempts:
-        usage = attempt.get("usage")
-        if not usage:
-            continue
-        cost = await billing.acost_compute(
-            organisation_id=request.principal.organisation_id,
-            model=attempt["model"],
-            deployment_id=attempt["deployment_id"],
-            usage=billing.Usage(
-                prompt_tokens=usage["prompt_tokens"],
-                completion_tokens=usage["completion_tokens"],
-                cached_tokens=usage["cached_tokens"],
-                reasoning_tokens=usage["reasoning_tokens"],
-                estimated=usage["estimated"],
-            ),
-            at=at,
-        )
-        total += cost.total
-        bases.append(cost.basis)
-        currency = cost.currency
-        if cost.reason:
-            reasons.append(cost.reason)
-    if not bases:
-        return (None, "cached" if request.cache_hit else "no_usage", "", currency)
-    basis = next((b for b in ("no_price", "estimated") if b in bases), bases[0])
-    return (total, basis, "; ".join(dict.fromkeys(reasons)), currency)
+    """The cost as the settle stage prices it (`settlement.attempts_price`), and how it came about."""
+    price = await attempts_price(
+        organisation_id=request.principal.organisation_id, attempts=request.attempts, started_at=request.started_at
+    )
+    if not price.bases:
+        return (None, "cached" if request.cache_hit else "no_usage", "", price.currency)
+    basis = next((b for b in ("no_price", "estimated") if b in price.bases), price.bases[0])
+    return (price.total, basis, "; ".join(dict.fromkeys(price.reasons)), price.currency)
 
 
 async def achat_completion_invoke(*, principal: ApiKeyPrincipal, body: dict) -> InvokeResult:
@@ -281,16 +260,16 @@ async def achat_completion_invoke(*, principal: ApiKeyPrincipal, body: dict) -> 
     request = _InProcessRequest(principal=principal, raw_body=orjson.dumps(body))
     await request.run()
     record = request.log_record or {}
-    usage = record.get("usage") or {}
+    usage = request.usage or NO_USAGE
     result = InvokeResult(
         request_id=request.request_id,
         status=request.status,
         http_status=request.http_status,
         model=request.model,
         deployment=request.deployment.name if request.deployment else "",
-        prompt_tokens=usage.get("prompt_tokens", 0),
-        completion_tokens=usage.get("completion_tokens", 0),
-        usage_estimated=bool(usage.get("estimated")),
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        usage_estimated=usage.estimated,
         latency_ms=record.get("latency_ms", 0.0),
         upstream_ms=record.get("upstream_ms", 0.0),
         attempts=list(request.attempts),
@@ -299,8 +278,8 @@ async def achat_completion_invoke(*, principal: ApiKeyPrincipal, body: dict) -> 
         result.error_code = request.error.code
         result.error_message = request.error.message
         result.error_param = request.error.param
-    elif request.final is not None:
-        data = orjson.loads(request.final[0])
+    elif request.json_answer is not None:
+        data = orjson.loads(request.json_answer[0])
         result.response = data
         result.text = "".join(
             str((choice.get("message") or {}).get("content") or "") for choice in data.get("choices") or []

@@ -11,11 +11,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.permissions import role_required
 from accounts.roles import Role
 from core.errors import ApplicationError, NotFound
-from proxy.invoke import chat_completion_invoke, playground_key_ensure
 from registry import selectors, services
 from registry.diffing import versions_diff
 from registry.forms import DecisionForm, Draft, ImportForm, LabelMoveForm, PromptCreateForm, playground_values
 from registry.models import PromotionRequest
+from registry.playground import playground_backend
 from registry.rendering import variables_detect
 from registry.yaml_io import prompts_export, prompts_import
 
@@ -235,9 +235,10 @@ def version_run(request, prompt_name: str, version_number: int):
         if not version.model:
             run_error = "This version names no model: edit it and choose one before running it."
         else:
-            principal = playground_key_ensure(organisation=request.org.organisation)
+            backend = playground_backend()
+            principal = backend.key_ensure(organisation=request.org.organisation)
             try:
-                result = chat_completion_invoke(
+                result = backend.invoke(
                     principal=principal,
                     body={"prompt": {"name": prompt.name, "version": version.number, "variables": values}},
                 )
