@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import factory
 
+from accounts.models import ApiKey, Organisation
+from proxy.models import Deployment, ModelRoute
+from registry.models import Prompt, PromptVersion
 from tests.helpers import ACTOR, Persona
 
 
 class _ServiceFactory(factory.Factory):
-    """Builds keyword arguments with factory_boy, creates with `_service(**kwargs)`."""
+    """factory_boy fills in the keyword arguments; each subclass's `_create` passes them to its service.
+    (`Meta.model` names what the service makes; factory_boy never instantiates it.)"""
 
     class Meta:
         abstract = True
@@ -25,7 +29,7 @@ class _ServiceFactory(factory.Factory):
 
 class OrganisationFactory(_ServiceFactory):
     class Meta:
-        model = dict  # the service returns the row; factory_boy's model is unused
+        model = Organisation
 
     name = factory.Sequence(lambda n: f"Organisation {n}")
     slug = factory.Sequence(lambda n: f"org-{n}")
@@ -61,7 +65,7 @@ class ApiKeyFactory(_ServiceFactory):
     """An API key: returns the service's result, `.api_key` and the `.secret` shown once."""
 
     class Meta:
-        model = dict
+        model = ApiKey
 
     organisation = factory.SubFactory(OrganisationFactory)
     name = "test key"
@@ -75,7 +79,7 @@ class ApiKeyFactory(_ServiceFactory):
 
 class PromptFactory(_ServiceFactory):
     class Meta:
-        model = dict
+        model = Prompt
 
     organisation = factory.SubFactory(OrganisationFactory)
     name = factory.Sequence(lambda n: f"prompt-{n}")
@@ -91,7 +95,7 @@ class PromptVersionFactory(_ServiceFactory):
     """A version of a prompt with a system and a user message (`text`, `system`) on the dev model."""
 
     class Meta:
-        model = dict
+        model = PromptVersion
 
     prompt = factory.SubFactory(PromptFactory)
     text = "Hello {{ customer_name }}"
@@ -112,7 +116,7 @@ class PromptVersionFactory(_ServiceFactory):
 
 class RouteFactory(_ServiceFactory):
     class Meta:
-        model = dict
+        model = ModelRoute
 
     organisation = factory.SubFactory(OrganisationFactory)
     name = "dev-small"
@@ -129,7 +133,7 @@ class DeploymentFactory(_ServiceFactory):
     deployment is enabled only for a priced model)."""
 
     class Meta:
-        model = dict
+        model = Deployment
 
     route = factory.SubFactory(RouteFactory)
     name = factory.Sequence(lambda n: f"d{n}")

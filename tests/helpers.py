@@ -55,24 +55,6 @@ def wait_until(
         time.sleep(interval)
 
 
-def still_false(predicate: Callable[[], object], duration: float, interval: float = 0.02) -> bool:
-    """True when `predicate` stays falsy for `duration` seconds (checked every `interval`), False as
-    soon as it turns truthy: for asserting that something has not happened, with a stated minimum
-    instead of one sleep and one look."""
-    deadline = time.monotonic() + duration
-    while time.monotonic() < deadline:
-        if predicate():
-            return False
-        time.sleep(interval)
-    return not predicate()
-
-
-def thread_still_running(thread: threading.Thread, duration: float) -> bool:
-    """True when `thread` is still running after `duration` seconds: `join` returns early if it ends."""
-    thread.join(duration)
-    return thread.is_alive()
-
-
 # --- ports and processes ---------------------------------------------------------------------
 
 

@@ -197,12 +197,17 @@ def test_reservation_covers_the_dearest_fallback_model(steward_server, organisat
 
     route_update(route=cheap, actor=system_actor, fallbacks=["dear"])
 
-    def refused():
-        answer = requests.post(f"{steward_server.url}/v1/chat/completions", json=body, headers=headers, timeout=15)
-        return answer.status_code != 200 and answer
+    answers = []
+
+    def refused() -> bool:
+        answers.append(
+            requests.post(f"{steward_server.url}/v1/chat/completions", json=body, headers=headers, timeout=15)
+        )
+        return answers[-1].status_code != 200
 
     # The route table reaches the server within the invalidation bound.
-    guarded = wait_until(refused, timeout=5, interval=0.2)
+    wait_until(refused, timeout=5, interval=0.2)
+    guarded = answers[-1]
     assert guarded.status_code == 429, guarded.text
     assert guarded.json()["error"]["code"] == "budget_exceeded"
 
