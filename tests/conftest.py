@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +19,16 @@ import requests
 from django.conf import settings
 
 from accounts.roles import Role
-from audit.services import Actor
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
+from tests.factories import ApiKeyFactory, OrganisationFactory, PersonaFactory
+from tests.helpers import (
+    Persona,
+    ProxySetup,
+    free_port,
+    route_with_deployments,
+    subprocess_env,
+    wait_for_port,
+    wait_until,
+)
 
 # --- Redis isolation -------------------------------------------------------------------------
 
@@ -70,11 +61,13 @@ def _test_database_released_at_the_end(django_db_setup, django_db_blocker):
     """In-process servers' threads and child processes keep connections to the test database; still
     open at the end, they stop pytest-django from dropping it ("being accessed by other users")."""
     yield
-    from django.db import connection
+    from django.db import OperationalError, connection
 
     if connection.vendor != "postgresql":
         return
-    with django_db_blocker.unblock(), connection.cursor() as cursor:
+    # pytest-django sets up a test database only when a collected test uses one; in a session of pure
+    # tests the connection still names the configured database, which need not exist: nothing to release.
+    with contextlib.suppress(OperationalError), django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -139,65 +132,44 @@ def _dev_model_prices(request):
 # --- personas --------------------------------------------------------------------------------
 
 
-@dataclass
-class Persona:
-    user: object
-    password: str
-    organisation: object
-    roles: list[str]
-
-
-def _make_persona(username: str, organisation, roles: list[str]) -> Persona:
-    from accounts.services import membership_set, user_create
-
-    password = "correct horse battery staple 9"
-    user = user_create(username=username, password=password)
-    membership_set(organisation=organisation, user=user, roles=roles, actor=Actor.system("tests"))
-    return Persona(user=user, password=password, organisation=organisation, roles=roles)
-
-
 @pytest.fixture
 def organisation(db):
-    from accounts.services import organisation_create
-
-    return organisation_create(name="Acme", slug="acme", actor=Actor.system("tests"))
+    return OrganisationFactory(name="Acme", slug="acme")
 
 
 @pytest.fixture
 def other_organisation(db):
-    from accounts.services import organisation_create
-
-    return organisation_create(name="Globex", slug="globex", actor=Actor.system("tests"))
+    return OrganisationFactory(name="Globex", slug="globex")
 
 
 @pytest.fixture
 def owner(organisation) -> Persona:
-    return _make_persona("owner", organisation, [r.value for r in Role])
+    return PersonaFactory(username="owner", organisation=organisation, roles=[r.value for r in Role])
 
 
 @pytest.fixture
 def admin(organisation) -> Persona:
-    return _make_persona("alice-admin", organisation, [Role.ADMIN])
+    return PersonaFactory(username="alice-admin", organisation=organisation, roles=[Role.ADMIN])
 
 
 @pytest.fixture
 def prompt_engineer(organisation) -> Persona:
-    return _make_persona("pat-engineer", organisation, [Role.PROMPT_ENGINEER])
+    return PersonaFactory(username="pat-engineer", organisation=organisation, roles=[Role.PROMPT_ENGINEER])
 
 
 @pytest.fixture
 def second_prompt_engineer(organisation) -> Persona:
-    return _make_persona("quinn-engineer", organisation, [Role.PROMPT_ENGINEER])
+    return PersonaFactory(username="quinn-engineer", organisation=organisation, roles=[Role.PROMPT_ENGINEER])
 
 
 @pytest.fixture
 def reviewer(organisation) -> Persona:
-    return _make_persona("rita-reviewer", organisation, [Role.REVIEWER])
+    return PersonaFactory(username="rita-reviewer", organisation=organisation, roles=[Role.REVIEWER])
 
 
 @pytest.fixture
 def viewer(organisation) -> Persona:
-    return _make_persona("victor-viewer", organisation, [Role.VIEWER])
+    return PersonaFactory(username="victor-viewer", organisation=organisation, roles=[Role.VIEWER])
 
 
 @pytest.fixture
@@ -207,22 +179,15 @@ def member(viewer) -> Persona:
 
 @pytest.fixture
 def outsider(other_organisation) -> Persona:
-    return _make_persona("oscar-outsider", other_organisation, [r.value for r in Role])
-
-
-def login(client, persona: Persona):
-    client.force_login(persona.user)
-    return client
+    return PersonaFactory(username="oscar-outsider", organisation=other_organisation, roles=[r.value for r in Role])
 
 
 @pytest.fixture
 def api_key_factory(organisation):
     """Create API keys: `api_key_factory(**scopes) -> (ApiKey, secret)`."""
-    from accounts.services import api_key_create
 
     def make(org=None, **kwargs):
-        kwargs.setdefault("name", "test key")
-        created = api_key_create(organisation=org or organisation, actor=Actor.system("tests"), **kwargs)
+        created = ApiKeyFactory(organisation=org or organisation, **kwargs)
         return created.api_key, created.secret
 
     return make
@@ -341,26 +306,25 @@ def steward_server(transactional_db) -> Iterator[ServerHandle]:
         thread.join(10)
 
 
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for a child process (worker, server) that must see this test's database and Redis."""
-    from django.db import connection
-
-    db = connection.settings_dict
-    host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
-    return {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER'] or 'postgres'}@{host}:{port}/{db['NAME']}",
-        "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "PYTHONUNBUFFERED": "1",
-        **extra,
-    }
-
-
 @dataclass
 class WorkerHandle:
     process: object
     log_path: str
+
+
+@pytest.fixture
+def proxy(steward_server, organisation, dev_upstream, api_key_factory) -> ProxySetup:
+    """Route `dev-small` on one deployment (the dev upstream), and an unrestricted API key."""
+    route, deployments = route_with_deployments(organisation, "dev-small", [dev_upstream])
+    key, secret = api_key_factory()
+    return ProxySetup(
+        url=f"{steward_server.url}/v1",
+        secret=secret,
+        key=key,
+        route=route,
+        deployments=deployments,
+        organisation=organisation,
+    )
 
 
 @pytest.fixture
@@ -401,11 +365,16 @@ def celery_worker_process(transactional_db, tmp_path) -> Iterator[WorkerHandle]:
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 30
-        while "ready." not in Path(log_path).read_text():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("celery worker did not start:\n" + Path(log_path).read_text()[-3000:])
-            time.sleep(0.2)
+
+        def started() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError("celery worker exited:\n" + Path(log_path).read_text()[-3000:])
+            return "ready." in Path(log_path).read_text()
+
+        try:
+            wait_until(started, timeout=30, interval=0.1)
+        except AssertionError:
+            raise RuntimeError("celery worker did not start:\n" + Path(log_path).read_text()[-3000:]) from None
         yield WorkerHandle(process=process, log_path=log_path)
     finally:
         import signal as _signal

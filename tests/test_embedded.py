@@ -17,7 +17,7 @@ import pytest
 import requests
 from django.conf import settings
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.embedded
 

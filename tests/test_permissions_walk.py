@@ -384,9 +384,9 @@ def _fast_passwords(settings):
 
 @pytest.fixture
 def member_without_roles(organisation):
-    from tests.conftest import _make_persona
+    from tests.factories import PersonaFactory
 
-    return _make_persona("nora-noroles", organisation, [])
+    return PersonaFactory(username="nora-noroles", organisation=organisation, roles=[])
 
 
 def _key_persona(persona: str, organisation) -> tuple[str, list[str]]:

@@ -8,7 +8,7 @@ from django.urls import reverse
 from accounts.models import ApiKey
 from accounts.selectors import api_key_authenticate
 from audit.models import AuditEvent
-from tests.conftest import login
+from tests.helpers import login
 
 pytestmark = pytest.mark.django_db
 

@@ -5,7 +5,7 @@ import pytest
 from accounts.models import ApiKey, Membership
 from accounts.selectors import api_key_authenticate
 from accounts.services import user_create
-from tests.conftest import login
+from tests.helpers import login
 
 pytestmark = pytest.mark.django_db
 

@@ -19,7 +19,7 @@ from accounts.invitations import invitation_mail_send
 from accounts.models import Invitation, Membership
 from accounts.services import user_create
 from audit.models import AuditEvent
-from tests.conftest import login
+from tests.helpers import login, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -244,7 +244,6 @@ def test_a_member_without_roles_sees_nothing_but_the_organisation_switcher(clien
 @pytest.mark.django_db(transaction=True)
 def test_the_worker_mails_the_link(client, admin, celery_worker_process):
     # dev mail backend: the console, i.e. the worker's log
-    import time
     from pathlib import Path
 
     login(client, admin)
@@ -253,10 +252,7 @@ def test_the_worker_mails_the_link(client, admin, celery_worker_process):
     )
     assert response.status_code == 202
     link = response.json()["link"]
-    deadline = time.monotonic() + 30
     log = Path(celery_worker_process.log_path)
-    while "To: ward@example.com" not in log.read_text():
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.2)
+    wait_until(lambda: "To: ward@example.com" in log.read_text(), timeout=30, context=lambda: log.read_text()[-3000:])
     # The link is in the mail (here the console) and nowhere else: not in the task's logged arguments.
     assert log.read_text().count(link.rsplit("/", 2)[1]) == 1

@@ -86,7 +86,7 @@ def test_make_run_believes_forwarded_headers_only_from_trusted_proxies(tmp_path,
     import requests
 
     from core.management.commands.run_stack import forwarded_headers_args
-    from tests.conftest import free_port, wait_for_port
+    from tests.helpers import free_port, wait_for_port
 
     (tmp_path / "echo_client.py").write_text(_ECHO_APP)
     port = free_port()

@@ -6,7 +6,7 @@ from django.urls import reverse
 from accounts.models import Membership
 from accounts.services import user_create
 from audit.models import AuditEvent
-from tests.conftest import login
+from tests.helpers import login
 
 pytestmark = pytest.mark.django_db
 

@@ -15,7 +15,7 @@ from django.urls import reverse
 from accounts.models import ApiKey
 from core.logging import JsonFormatter, RequestIdFilter
 from core.redis import redis_client
-from tests.conftest import login
+from tests.helpers import login
 
 pytestmark = pytest.mark.django_db
 

@@ -5,8 +5,7 @@ import pytest
 from audit.actions import Action
 from audit.models import AuditVerification
 from audit.services import Actor
-from tests.audit.conftest import record
-from tests.conftest import login
+from tests.helpers import login, record
 
 pytestmark = pytest.mark.django_db
 

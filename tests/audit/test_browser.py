@@ -9,7 +9,7 @@ from django.db import connections
 from audit.actions import Action
 from audit.models import AuditVerification
 from audit.services import Actor, audit_verification_run
-from tests.audit.conftest import record
+from tests.helpers import record
 
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 

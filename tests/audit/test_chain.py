@@ -15,7 +15,7 @@ from django.db import DatabaseError, connection, connections, transaction
 from audit.actions import Action
 from audit.models import AuditChainHead, AuditEvent
 from audit.services import GENESIS_HASH, Actor, audit_chain_verify, audit_event_record, event_canonical, event_hash
-from tests.audit.conftest import append_only_lifted, record
+from tests.helpers import append_only_lifted, record
 
 
 def _verify_command(*args) -> str:
@@ -181,7 +181,7 @@ def test_audit_verify_catches_a_row_appended_behind_the_writers_back(chain):
 @pytest.mark.django_db(transaction=True)
 def test_audit_verify_command_exits_non_zero_in_a_real_process(organisation):
     """The real CLI: zero and a count when intact, non-zero naming the event when a row is altered."""
-    from tests.conftest import subprocess_env
+    from tests.helpers import subprocess_env
 
     record(organisation, 2)
     env = subprocess_env()

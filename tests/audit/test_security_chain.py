@@ -20,7 +20,7 @@ from django.db import connection, connections
 
 from audit.models import AuditChainHead, AuditEvent
 from audit.services import GENESIS_HASH, audit_chain_verify, event_canonical, event_hash
-from tests.audit.conftest import append_only_lifted, record
+from tests.helpers import append_only_lifted, record
 
 CSRF = "c" * 32
 

@@ -11,8 +11,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent, AuditVerification
 from audit.services import audit_verification_run, audit_verifications_recover
-from tests.audit.conftest import append_only_lifted, queued_tasks, record
-from tests.conftest import login
+from tests.helpers import append_only_lifted, login, queued_tasks, record, wait_until
 
 
 @pytest.mark.django_db
@@ -69,13 +68,14 @@ def test_verify_button_completes_on_a_real_worker_with_the_requests_id(client, a
     response = client.post(reverse("audit:verification_create"), HTTP_X_REQUEST_ID=request_id)
     assert response.status_code == 302 and response["x-request-id"] == request_id
     verification = AuditVerification.objects.get(organisation=admin.organisation)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def verified() -> bool:
         verification.refresh_from_db()
-        if verification.status == "ok":
-            break
-        assert time.monotonic() < deadline, Path(celery_worker_process.log_path).read_text()[-3000:]
-        time.sleep(0.1)
+        return verification.status == "ok"
+
+    wait_until(
+        verified, timeout=30, interval=0.1, context=lambda: Path(celery_worker_process.log_path).read_text()[-3000:]
+    )
     assert verification.events_checked == AuditEvent.objects.filter(organisation=admin.organisation).count()
     log_text = Path(celery_worker_process.log_path).read_text()
     lines = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]

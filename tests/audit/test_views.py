@@ -9,8 +9,7 @@ from django.urls import reverse
 from audit.actions import Action
 from audit.models import AuditEvent, AuditVerification
 from audit.services import Actor, audit_chain_verify
-from tests.audit.conftest import record
-from tests.conftest import login
+from tests.helpers import login, record
 
 pytestmark = pytest.mark.django_db
 
@@ -94,7 +93,7 @@ def test_verify_button_queues_a_verification_that_the_task_completes(
     """The view creates a pending row and publishes the task on commit (to the real broker);
     running the task body, as the worker would, marks it ok. test_tasks.py uses a real worker."""
     from audit import tasks
-    from tests.audit.conftest import queued_tasks
+    from tests.helpers import queued_tasks
 
     login(client, admin)
     response = client.post(reverse("audit:verification_create"))

@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from audit.services import Actor
+from tests.helpers import Receiver
 
 
 @pytest.fixture
@@ -93,3 +94,11 @@ def test_price(organisation, system_actor):
         request_fee=Decimal("0.0001"),
         max_output_tokens=1000,
     )
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on 127.0.0.1 (answers 204 unless given `statuses`)."""
+    r = Receiver()
+    yield r
+    r.close()

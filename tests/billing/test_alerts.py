@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,51 +18,10 @@ from billing.services import (
     WebhookTransientError,
     billing_settings_update,
     budget_alert_webhook_send,
-    budget_create,
     usage_lines_record,
 )
 from billing.tasks import budget_alert_webhook_deliver
-from tests.conftest import free_port
-
-SECRET = "s3cret-signing-key-0123456789"
-
-
-class Receiver:
-    """A tiny HTTP receiver on 127.0.0.1 that records what it gets and answers with `status`."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.statuses: list[int] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append({"headers": dict(self.headers), "body": body})
-                status = receiver.statuses.pop(0) if receiver.statuses else 204
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.port = free_port()
-        self.server = HTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.port}/hooks/steward"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
+from tests.helpers import SECRET, cross_threshold, wait_until
 
 
 def verify(request: dict, secret: str, *, max_age: int = 300) -> dict:
@@ -74,23 +31,6 @@ def verify(request: dict, secret: str, *, max_age: int = 300) -> dict:
     expected = hmac.new(secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256).hexdigest()
     assert hmac.compare_digest(request["headers"]["X-Steward-Signature"], "sha256=" + expected)
     return json.loads(request["body"])
-
-
-def cross_threshold(organisation, record_factory, system_actor):
-    budget = budget_create(
-        organisation=organisation,
-        actor=system_actor,
-        name="Team soft",
-        scope="organisation",
-        amount=Decimal("0.0001"),
-        soft_threshold_percent=50,
-        hard_limit=False,
-    )
-    # 10 + 5 tokens of dev-small cost 0.0000125; five of them pass 50 % of 0.0001.
-    usage_lines_record(records=[record_factory(model="dev-small") for _ in range(3)])
-    assert not BudgetAlert.objects.exists()
-    usage_lines_record(records=[record_factory(model="dev-small") for _ in range(2)])
-    return budget
 
 
 def test_crossing_a_soft_threshold_audits_once_and_signs_a_webhook(
@@ -169,15 +109,11 @@ def test_webhook_is_delivered_by_a_real_worker(
         organisation=organisation, actor=system_actor, webhook_url=receiver.url, webhook_secret=SECRET
     )
     cross_threshold(organisation, record_factory, system_actor)
-    deadline = time.monotonic() + 20
-    while not receiver.requests and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert receiver.requests, Path(celery_worker_process.log_path).read_text()[-3000:]
+    wait_until(
+        lambda: receiver.requests, timeout=20, context=lambda: Path(celery_worker_process.log_path).read_text()[-3000:]
+    )
     verify(receiver.requests[0], SECRET)
-    deadline = time.monotonic() + 5
-    while BudgetAlert.objects.get().webhook_status != "sent" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert BudgetAlert.objects.get().webhook_status == "sent"
+    wait_until(lambda: BudgetAlert.objects.get().webhook_status == "sent", timeout=5, interval=0.1)
 
 
 def _stored_secret(organisation) -> str:

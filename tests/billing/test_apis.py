@@ -9,7 +9,7 @@ import pytest
 from accounts.roles import Role
 from billing.models import Budget, KeyCostCeiling
 from billing.services import budget_create, usage_lines_record
-from tests.conftest import login
+from tests.helpers import login
 
 pytestmark = pytest.mark.django_db
 

@@ -12,6 +12,7 @@ import time
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.conf import settings
 from django.db.models import Sum
 from django.utils import timezone
@@ -36,7 +37,7 @@ from billing.services import (
     reservations_sweep,
     usage_lines_record,
 )
-from tests.conftest import free_port, subprocess_env
+from tests.helpers import free_port, subprocess_env
 
 # dev-small worst case for 100 input bytes and max_tokens=100: (100 + 16) * 0.5e-6 + 100 * 1.5e-6
 WORST = Decimal("0.000208")
@@ -347,19 +348,20 @@ def test_reservation_of_a_killed_process_expires_and_comes_back(
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-    killed_at = time.monotonic()
     rule = billing_config_get(organisation.pk).rules[0]
     start, _ = period_bounds("month", at=timezone.now(), time_zone="UTC")
     assert budget_counters_read(rule=rule, period_start=start) == (Decimal("0"), WORST)
     mine = reserve(run_async, scope, "mine")
     with pytest.raises(BudgetExceeded):
         reserve(run_async, scope, "blocked-by-the-dead")
-    time.sleep(max(0.0, 2.2 - (time.monotonic() - killed_at)))
-    assert reservations_sweep() == 1
-    assert budget_counters_read(rule=rule, period_start=start) == (Decimal("0"), WORST)  # only "mine" is held
-    run_async(abudget_release(reservation=mine))
-    assert not reserve(run_async, scope, "again-1").empty
-    assert not reserve(run_async, scope, "again-2").empty
+    # Past the dead one's 2 s TTL on the clock the reservations are stamped with (the wall clock,
+    # read in this process): no need to wait for it.
+    with time_machine.travel(dt.timedelta(seconds=2.2)):
+        assert reservations_sweep() == 1
+        assert budget_counters_read(rule=rule, period_start=start) == (Decimal("0"), WORST)  # only "mine" is held
+        run_async(abudget_release(reservation=mine))
+        assert not reserve(run_async, scope, "again-1").empty
+        assert not reserve(run_async, scope, "again-2").empty
 
 
 def test_an_expired_reservation_is_dropped_when_it_would_refuse_and_only_then(
@@ -380,18 +382,18 @@ def test_an_expired_reservation_is_dropped_when_it_would_refuse_and_only_then(
     settings.STEWARD_BILLING_RESERVATION_TTL_SECONDS = 1
     reserve(run_async, scope, "abandoned")  # never settled, as if its process had died
     settings.STEWARD_BILLING_RESERVATION_TTL_SECONDS = 900
-    time.sleep(1.1)
-    kept = reserve(run_async, scope, "one")
-    # Still within the limit with the expired one counted: it was left alone.
-    assert budget_counters_read(rule=rule, period_start=start) == (Decimal("0"), WORST * 2)
-    second = reserve(run_async, scope, "two")  # would exceed it: the expired one is dropped first
-    assert not second.empty
-    assert budget_counters_read(rule=rule, period_start=start) == (Decimal("0"), WORST * 2)
-    with pytest.raises(BudgetExceeded):
-        reserve(run_async, scope, "three")
-    assert reservations_sweep() == 0  # nothing left for the sweeper
-    run_async(abudget_settle(reservation=kept, actual_cost=WORST / 2))
-    assert budget_counters_read(rule=rule, period_start=start) == (WORST / 2, WORST)
+    with time_machine.travel(dt.timedelta(seconds=1.1)):  # past the abandoned one's expiry
+        kept = reserve(run_async, scope, "one")
+        # Still within the limit with the expired one counted: it was left alone.
+        assert budget_counters_read(rule=rule, period_start=start) == (Decimal("0"), WORST * 2)
+        second = reserve(run_async, scope, "two")  # would exceed it: the expired one is dropped first
+        assert not second.empty
+        assert budget_counters_read(rule=rule, period_start=start) == (Decimal("0"), WORST * 2)
+        with pytest.raises(BudgetExceeded):
+            reserve(run_async, scope, "three")
+        assert reservations_sweep() == 0  # nothing left for the sweeper
+        run_async(abudget_settle(reservation=kept, actual_cost=WORST / 2))
+        assert budget_counters_read(rule=rule, period_start=start) == (WORST / 2, WORST)
 
 
 def test_worst_case_covers_the_dearest_fallback(scope, organisation, system_actor, run_async):

@@ -15,29 +15,16 @@ from django.db.models import Sum
 
 from billing.models import UsageLine
 from billing.services import budget_create
-from tests.conftest import subprocess_env
+from tests.helpers import ledger_lines, subprocess_env, wait_until
 
 
 @pytest.fixture
 def gateway(steward_server, organisation, dev_upstream, api_key_factory):
-    from tests.proxy.conftest import route_with_deployments
+    from tests.helpers import route_with_deployments
 
     route_with_deployments(organisation, "dev-small", [dev_upstream])
     key, secret = api_key_factory()
     return {"url": f"{steward_server.url}/v1", "key": key, "headers": {"Authorization": f"Bearer {secret}"}}
-
-
-def drained_lines(request_id: str, timeout: float = 10.0) -> list[UsageLine]:
-    from proxy.requestlog import request_log_drain
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        request_log_drain()
-        lines = list(UsageLine.objects.filter(request_id=request_id).order_by("attempt"))
-        if lines:
-            return lines
-        time.sleep(0.05)
-    raise AssertionError(f"no ledger line for {request_id}")
 
 
 def chat(gateway, **body):
@@ -72,7 +59,7 @@ def test_non_streamed_and_streamed_calls_are_charged_exactly(gateway, organisati
     plain = chat(gateway)
     assert plain.status_code == 200, plain.text
     usage = plain.json()["usage"]
-    [line] = drained_lines(plain.headers["x-request-id"])
+    [line] = ledger_lines(plain.headers["x-request-id"])
     assert line.cost == usage["prompt_tokens"] * Decimal("0.0000005") + usage["completion_tokens"] * Decimal(
         "0.0000015"
     )
@@ -96,7 +83,7 @@ def test_non_streamed_and_streamed_calls_are_charged_exactly(gateway, organisati
             chunk = json.loads(raw[6:])
             stream_usage = chunk.get("usage") or stream_usage
     assert stream_usage and stream_usage["completion_tokens"] > 0
-    [sline] = drained_lines(streamed.headers["x-request-id"])
+    [sline] = ledger_lines(streamed.headers["x-request-id"])
     assert sline.cost == stream_usage["prompt_tokens"] * Decimal("0.0000005") + stream_usage[
         "completion_tokens"
     ] * Decimal("0.0000015")
@@ -161,10 +148,11 @@ def test_200_concurrent_requests_through_the_proxy_never_overspend(gateway, orga
     assert dev_upstream.stats()["requests"] == ok  # nothing rejected reached the upstream
     from proxy.requestlog import request_log_drain
 
-    deadline = time.monotonic() + 20
-    while UsageLine.objects.filter(api_key_id=gateway["key"].pk).count() < ok and time.monotonic() < deadline:
+    def all_written() -> bool:
         request_log_drain()
-        time.sleep(0.1)
+        return UsageLine.objects.filter(api_key_id=gateway["key"].pk).count() >= ok
+
+    wait_until(all_written, timeout=20, interval=0.1)
     total = UsageLine.objects.filter(api_key_id=gateway["key"].pk).aggregate(s=Sum("cost"))["s"]
     assert UsageLine.objects.filter(api_key_id=gateway["key"].pk).count() == ok
     assert total <= limit
@@ -191,7 +179,7 @@ def test_reservation_covers_the_dearest_fallback_model(steward_server, organisat
     """A budget that fits the route's own model but not its dearer fallback admits nothing: a retry could
     land on the fallback, and the hard limit must hold whichever deployment answers."""
     from proxy.services import route_update
-    from tests.proxy.conftest import route_with_deployments
+    from tests.helpers import route_with_deployments
 
     route_with_deployments(organisation, "dear", [{"api_base": dev_upstream.url, "model": "dev-large"}])
     cheap, _ = route_with_deployments(organisation, "cheap", [dev_upstream])
@@ -208,12 +196,18 @@ def test_reservation_covers_the_dearest_fallback_model(steward_server, organisat
     assert alone.status_code == 200, alone.text
 
     route_update(route=cheap, actor=system_actor, fallbacks=["dear"])
-    deadline = time.monotonic() + 5  # the route table reaches the server within the invalidation bound
-    while True:
-        guarded = requests.post(f"{steward_server.url}/v1/chat/completions", json=body, headers=headers, timeout=15)
-        if guarded.status_code != 200 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+
+    answers = []
+
+    def refused() -> bool:
+        answers.append(
+            requests.post(f"{steward_server.url}/v1/chat/completions", json=body, headers=headers, timeout=15)
+        )
+        return answers[-1].status_code != 200
+
+    # The route table reaches the server within the invalidation bound.
+    wait_until(refused, timeout=5, interval=0.2)
+    guarded = answers[-1]
     assert guarded.status_code == 429, guarded.text
     assert guarded.json()["error"]["code"] == "budget_exceeded"
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from decimal import Decimal
 
 import pytest
@@ -23,25 +22,13 @@ from billing.models import UsageLine
 from billing.money import period_bounds
 from billing.services import billing_config_get, budget_counters_read, budget_create, price_set
 from core.invalidation import invalidate
-from tests.conftest import login
+from tests.factories import PromptFactory, RouteFactory
+from tests.helpers import ledger_lines, login
 
 ACTOR = Actor.system("tests")
 # An organisation price for dev-small that makes every token count: input 1e-6, output 1e-3 USD.
 INPUT = Decimal("0.000001")
 OUTPUT = Decimal("0.001")
-
-
-def drained_lines(request_id: str, timeout: float = 10.0) -> list[UsageLine]:
-    from proxy.requestlog import request_log_drain
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        request_log_drain()
-        lines = list(UsageLine.objects.filter(request_id=request_id).order_by("attempt"))
-        if lines:
-            return lines
-        time.sleep(0.05)
-    raise AssertionError(f"no ledger line for {request_id}")
 
 
 def drain_all() -> None:
@@ -75,7 +62,7 @@ def dear_prices(organisation):
 
 @pytest.fixture
 def gateway(steward_server, organisation, dev_upstream, api_key_factory, dear_prices):
-    from tests.proxy.conftest import route_with_deployments
+    from tests.helpers import route_with_deployments
 
     route_with_deployments(organisation, "dev-small", [dev_upstream])
     key, secret = api_key_factory()
@@ -114,7 +101,7 @@ def test_n_choices_are_reserved_against_a_hard_budget(gateway, organisation, dev
     # One choice of 500 tokens (0.5 USD at most) fits: the budget itself is not what refused.
     served = post(gateway, "chat/completions", body)
     assert served.status_code == 200, served.text
-    drained_lines(served.headers["x-request-id"])
+    ledger_lines(served.headers["x-request-id"])
     spent, held = counters(organisation, "Hard")
     assert spent == ledger_total(organisation) and 0 < spent <= Decimal("1") and held == 0
 
@@ -137,7 +124,7 @@ def test_best_of_candidates_are_reserved_for_text_completions(gateway, organisat
 def long_prompt(organisation):
     from registry import services as registry
 
-    prompt = registry.prompt_create(organisation=organisation, name="long-brief", actor=ACTOR)
+    prompt = PromptFactory(organisation=organisation, name="long-brief")
     version = registry.prompt_version_create(
         prompt=prompt,
         messages=[{"role": "system", "content": "policy " * 4000}, {"role": "user", "content": "{{ q }}"}],
@@ -178,7 +165,7 @@ def test_rendered_prompt_is_sized_as_sent_not_as_the_client_sent_it(gateway, org
 def flaky_gateway(steward_server, organisation, dev_upstream, dev_upstream_b, api_key_factory, dear_prices):
     """`flaky` times out on its one deployment (the first dev upstream hangs for 3 s, its timeout
     is 0.5 s) and falls back to `dev-small` on the second dev upstream."""
-    from tests.proxy.conftest import route_with_deployments
+    from tests.helpers import route_with_deployments
 
     route_with_deployments(organisation, "dev-small", [dev_upstream_b])
     route_with_deployments(
@@ -212,7 +199,7 @@ def test_retry_after_a_timeout_is_refused_when_the_budget_cannot_hold_it_too(
     assert dev_upstream_b.stats()["requests"] == 0  # the retry was never sent
 
     # The timed-out attempt reached the provider: its prompt is charged (estimated), within budget.
-    [line] = drained_lines(response.headers["x-request-id"])
+    [line] = ledger_lines(response.headers["x-request-id"])
     assert line.attempt == 1 and line.basis == "estimated" and line.cost > 0 and line.prompt_tokens > 0
     spent, held = counters(organisation, "Hard")
     assert spent == line.cost == ledger_total(organisation) and held == 0
@@ -227,7 +214,7 @@ def test_retry_after_a_timeout_holds_a_worst_case_of_its_own_and_all_attempts_ar
     response = post(flaky_gateway, "chat/completions", FLAKY)
     assert response.status_code == 200, response.text
     assert dev_upstream_b.stats()["requests"] == 1
-    lines = drained_lines(response.headers["x-request-id"])
+    lines = ledger_lines(response.headers["x-request-id"])
     assert [(ln.attempt, ln.basis) for ln in lines] == [(1, "estimated"), (2, "priced")]
     assert all(ln.cost > 0 for ln in lines)
     spent, held = counters(organisation, "Hard")
@@ -250,10 +237,9 @@ def _legacy_unpriced_deployment(route, dev_upstream, model: str):
 
 @pytest.fixture
 def unpriced_gateway(steward_server, organisation, dev_upstream, api_key_factory):
-    from proxy.services import route_create
 
     dev_upstream.upstream.models = (*dev_upstream.upstream.models, "retired-model")
-    route = route_create(organisation=organisation, name="retired", actor=ACTOR)
+    route = RouteFactory(organisation=organisation, name="retired")
     _legacy_unpriced_deployment(route, dev_upstream, "retired-model")
     key, secret = api_key_factory()
     yield {"url": f"{steward_server.url}/v1", "key": key, "headers": {"Authorization": f"Bearer {secret}"}}
@@ -282,7 +268,7 @@ def test_unpriced_call_without_hard_budget_is_marked_unpriced(
     response = post(unpriced_gateway, "chat/completions", RETIRED)
     assert response.status_code == 200, response.text
     request_id = response.headers["x-request-id"]
-    [line] = drained_lines(request_id)
+    [line] = ledger_lines(request_id)
     assert line.basis == "no_price" and line.cost == 0 and line.completion_tokens > 0
 
     login(client, admin)
@@ -340,7 +326,7 @@ def test_free_on_purpose_is_audited_and_serves_at_zero_under_a_hard_budget(
 
     served = post(unpriced_gateway, "chat/completions", RETIRED)
     assert served.status_code == 200, served.text
-    [line] = drained_lines(served.headers["x-request-id"])
+    [line] = ledger_lines(served.headers["x-request-id"])
     assert line.basis == "priced" and line.cost == 0
 
 
@@ -364,9 +350,8 @@ def _json(client, method: str, url: str, data=None):
 
 def test_enabled_deployment_needs_a_price_for_its_model(client, admin, organisation):
     from proxy.models import Deployment
-    from proxy.services import route_create
 
-    route = route_create(organisation=organisation, name="self-hosted", actor=ACTOR)
+    route = RouteFactory(organisation=organisation, name="self-hosted")
     login(client, admin)
     create = reverse("api-deployment-create", args=[route.id])
     body = {"name": "gpu", "model": "my-llama", "api_base": "http://127.0.0.1:9/v1"}
@@ -397,10 +382,9 @@ def test_enabled_deployment_needs_a_price_for_its_model(client, admin, organisat
 
 
 def test_deployment_price_check_is_per_organisation(client, admin, organisation, other_organisation):
-    from proxy.services import route_create
 
     price_set(organisation=other_organisation, model="their-model", actor=ACTOR, input_per_token=0, output_per_token=0)
-    route = route_create(organisation=organisation, name="mine", actor=ACTOR)
+    route = RouteFactory(organisation=organisation, name="mine")
     login(client, admin)
     refused = _json(
         client,

@@ -11,15 +11,7 @@ from django.urls import reverse
 from billing.models import BudgetAlert
 from billing.services import billing_settings_update, budget_alert_webhook_send
 from core.errors import ValidationFailed
-from tests.billing.test_alerts import SECRET, Receiver, cross_threshold
-from tests.conftest import login
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
+from tests.helpers import SECRET, cross_threshold, login
 
 
 @pytest.fixture

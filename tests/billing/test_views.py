@@ -12,7 +12,7 @@ from django.urls import reverse
 from audit.models import AuditEvent
 from billing.models import BillingSettings, Budget, Price
 from billing.services import budget_create, usage_lines_record
-from tests.conftest import login
+from tests.helpers import login
 
 pytestmark = pytest.mark.django_db
 

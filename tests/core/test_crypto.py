@@ -24,7 +24,7 @@ from core.crypto import secret_decrypt, secret_encrypt, secret_is_current
 from core.invalidation import invalidate
 from proxy.models import Deployment
 from proxy.services import ROUTES_NAMESPACE, deployment_create, route_create
-from tests.proxy.conftest import ACTOR
+from tests.helpers import ACTOR
 
 WEBHOOK_SECRET = "a webhook signing secret, 16+"
 UPSTREAM_KEY = "sk-upstream-key-0123456789"

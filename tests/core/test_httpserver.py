@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from core.httpserver import HttpProtocol
-from tests.conftest import free_port, wait_for_port
+from tests.helpers import free_port, wait_for_port
 
 
 class _Spy:

@@ -7,7 +7,7 @@ import re
 import pytest
 from django.urls import reverse
 
-from tests.conftest import login
+from tests.helpers import login
 
 pytestmark = pytest.mark.django_db
 

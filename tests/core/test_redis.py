@@ -148,7 +148,10 @@ def test_a_dropped_connection_fails_its_callers_and_the_next_call_reconnects():
         # A blocking command (never sent this way by Steward) keeps a call in flight while the server
         # drops the connection under it.
         pending = asyncio.ensure_future(abatch([Command("BLPOP", "test:core:never", 5)]))
-        await asyncio.sleep(0.1)
+        deadline = time.monotonic() + 5
+        while not any(int(c["id"]) == first_id and "b" in c["flags"] for c in redis_client().client_list()):
+            assert time.monotonic() < deadline, "the BLPOP never reached the server"
+            await asyncio.sleep(0.01)  # the loop sends it meanwhile
         assert redis_client().client_kill_filter(_id=first_id) == 1
         with pytest.raises(redis.exceptions.ConnectionError):
             await pending

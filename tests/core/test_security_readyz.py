@@ -8,8 +8,7 @@ import pytest
 import requests
 from django.db import connections
 
-from tests.conftest import free_port, login
-from tests.proxy.conftest import route_with_deployments
+from tests.helpers import free_port, login, route_with_deployments
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
-import time
 from pathlib import Path
 
 import pytest
 
 from core.redis import redis_client
+from tests.helpers import wait_until
 
 
 @pytest.mark.django_db(transaction=True)
@@ -12,7 +12,8 @@ def test_task_runs_on_a_real_worker(celery_worker_process):
 
     redis_client().delete("steward:heartbeat")
     heartbeat.delay()
-    deadline = time.monotonic() + 20
-    while redis_client().get("steward:heartbeat") is None:
-        assert time.monotonic() < deadline, Path(celery_worker_process.log_path).read_text()[-2000:]
-        time.sleep(0.1)
+    wait_until(
+        lambda: redis_client().get("steward:heartbeat") is not None,
+        timeout=20,
+        context=lambda: Path(celery_worker_process.log_path).read_text()[-2000:],
+    )

@@ -19,7 +19,7 @@ import pytest
 from proxy.bench import loadgen
 from proxy.bench.loadgen import RunResult, chat_body, percentile, wrk_parse
 from proxy.bench.runner import Measured, round_rows, soak_summary, table_format, table_rows
-from tests.conftest import subprocess_env
+from tests.helpers import subprocess_env
 
 
 def test_percentile_is_nearest_rank():

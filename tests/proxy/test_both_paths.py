@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from decimal import Decimal
 
 import openai
@@ -17,8 +16,7 @@ from billing.services import budget_create
 from registry import services as registry
 from safety import services as safety
 from safety.policies import FilterAction, FilterDecision, hold_decision
-from tests.proxy.conftest import ACTOR, log_of, route_with_deployments, wait_for
-from tests.proxy.test_streaming import hang_up_mid_stream
+from tests.helpers import ACTOR, hang_up_mid_stream, log_of, parked_on_hold, route_with_deployments, wait_until
 
 DEPLOYMENTS = {
     "direct": {"kind": "openai_compatible", "model": "dev-small"},
@@ -175,11 +173,18 @@ def test_post_filter_block_and_hold(proxy, governed):
     assert row.status == "rejected" and row.completion_tokens > 0  # the upstream's tokens are still accounted
 
     result = {}
-    caller = threading.Thread(target=lambda: result.setdefault("held", ask("say HOLDME")))
+    answered = threading.Event()
+
+    def call():
+        result["held"] = ask("say HOLDME")
+        answered.set()
+
+    caller = threading.Thread(target=call)
     caller.start()
-    wait_for(lambda: policy.holds, timeout=5, interval=0.02)
-    time.sleep(0.2)
-    assert "held" not in result  # parked until a reviewer decides
+    wait_until(lambda: policy.holds, timeout=5)
+    # Parked: blocked on its hold in Redis, and not answered (the event is set when the answer comes).
+    wait_until(parked_on_hold, timeout=5)
+    assert not answered.is_set()
     safety.hold_resolve(hold_id=policy.holds[0], allow=True)
     caller.join(10)
     assert result["held"].status_code == 200 and "HOLDME" in result["held"].text

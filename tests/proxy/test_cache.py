@@ -9,7 +9,7 @@ import orjson
 import requests
 
 from proxy.services import route_update
-from tests.proxy.conftest import ACTOR, log_of, route_with_deployments, wait_for
+from tests.helpers import ACTOR, log_of, route_with_deployments, wait_until
 
 BODY = {"model": "dev-small", "messages": [{"role": "user", "content": "cache me"}], "temperature": 0}
 
@@ -21,10 +21,10 @@ def post(proxy, body=BODY, **headers):
 def test_cache_enabled_on_the_route(proxy, dev_upstream, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         route_update(route=proxy.route, cache_enabled=True, cache_ttl_seconds=60, actor=ACTOR)
-    first = wait_for(lambda: post(proxy).headers.get("x-steward-cache") == "miss" or None, timeout=3)
+    first = wait_until(lambda: post(proxy).headers.get("x-steward-cache") == "miss" or None, timeout=3)
     assert first
     # (the entry is written just after the first answer went out)
-    hit = wait_for(lambda: (r := post(proxy)).headers.get("x-steward-cache") == "hit" and r, timeout=3)
+    hit = wait_until(lambda: (r := post(proxy)).headers.get("x-steward-cache") == "hit" and r, timeout=3)
     assert hit.status_code == 200 and hit.json()["choices"][0]["message"]["content"]
     upstream_calls = dev_upstream.stats()["requests"]
     assert post(proxy).headers["x-steward-cache"] == "hit"
@@ -45,7 +45,7 @@ def test_cache_enabled_on_the_key_only(proxy, dev_upstream, api_key_factory):
     headers = {"Authorization": f"Bearer {cached_secret}"}
     url = f"{proxy.url}/chat/completions"
     assert requests.post(url, json=BODY, headers=headers, timeout=10).headers["x-steward-cache"] == "miss"
-    wait_for(lambda: requests.post(url, json=BODY, headers=headers, timeout=10).headers["x-steward-cache"] == "hit")
+    wait_until(lambda: requests.post(url, json=BODY, headers=headers, timeout=10).headers["x-steward-cache"] == "hit")
     # The route has no cache: a key without it always reaches the upstream.
     before = dev_upstream.stats()["requests"]
     assert "x-steward-cache" not in post(proxy).headers
@@ -58,7 +58,7 @@ def test_cache_is_per_organisation(proxy, other_organisation, dev_upstream, api_
     _, theirs = api_key_factory(org=other_organisation, cache_enabled=True)
     url = f"{proxy.url}/chat/completions"
     requests.post(url, json=BODY, headers={"Authorization": f"Bearer {mine}"}, timeout=10)
-    wait_for(
+    wait_until(
         lambda: (
             requests.post(url, json=BODY, headers={"Authorization": f"Bearer {mine}"}, timeout=10).headers[
                 "x-steward-cache"
@@ -103,7 +103,7 @@ def test_streams_are_cached_and_replayed_as_streams(proxy, dev_upstream, api_key
     assert text_of(miss_events) == "a cached stream: naïve café 😀 日本語"
     assert not any("usage" in e for e in miss_events)  # Steward asked for usage; the client did not get it
 
-    hit = wait_for(
+    hit = wait_until(
         lambda: (
             (r := requests.post(url, json=body, headers=headers, timeout=10)).headers["x-steward-cache"] == "hit" and r
         ),
@@ -124,7 +124,7 @@ def test_streams_are_cached_and_replayed_as_streams(proxy, dev_upstream, api_key
     assert requests.post(url, json=BODY, headers=headers, timeout=10).headers["x-steward-cache"] == "miss"
     with_usage = {**body, "stream_options": {"include_usage": True}}
     assert requests.post(url, json=with_usage, headers=headers, timeout=10).headers["x-steward-cache"] == "miss"
-    replay = wait_for(
+    replay = wait_until(
         lambda: (
             (r := requests.post(url, json=with_usage, headers=headers, timeout=10)).headers["x-steward-cache"] == "hit"
             and r
@@ -157,7 +157,7 @@ def test_a_stream_cut_short_is_not_cached(proxy, dev_upstream, api_key_factory):
         received = b""
         while b"w2" not in received:
             received += sock.recv(65536)
-    wait_for(lambda: dev_upstream.stats()["cancelled"] == 1, timeout=5)
+    wait_until(lambda: dev_upstream.stats()["cancelled"] == 1, timeout=5)
     request_id = next(
         line.split(b":", 1)[1].strip().decode()
         for line in received.split(b"\r\n")
@@ -190,7 +190,7 @@ def test_a_cached_stream_keeps_the_usage_steward_estimated(proxy, dev_upstream, 
     assert miss.headers["x-steward-cache"] == "miss"
     miss_row = log_of(miss.headers["x-request-id"])
     assert miss_row.usage_estimated and miss_row.completion_tokens > 0
-    hit = wait_for(
+    hit = wait_until(
         lambda: (
             (r := requests.post(url, json=body, headers=headers, timeout=10)).headers["x-steward-cache"] == "hit" and r
         ),

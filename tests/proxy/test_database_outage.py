@@ -7,7 +7,7 @@ import requests
 from django.db import connection
 
 from core.invalidation import _registry
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 def test_warm_traffic_is_served_and_a_cold_key_gets_a_503_until_the_database_returns(proxy, api_key_factory, settings):

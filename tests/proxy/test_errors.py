@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from proxy.services import route_create
-from tests.proxy.conftest import ACTOR, log_of, route_with_deployments
+from tests.helpers import ACTOR, log_of, route_with_deployments, wait_until
 
 CHAT = {"model": "dev-small", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -109,9 +109,7 @@ def test_key_in_flight_cap_is_429(proxy, dev_upstream, api_key_factory):
     slow = threading.Thread(target=post, args=(proxy, CHAT), kwargs={"headers": headers})
     slow.start()
     try:
-        import time
-
-        time.sleep(0.3)
+        wait_until(lambda: dev_upstream.stats()["in_flight"] == 1, timeout=5)
         response = post(proxy, CHAT, headers=headers)
         _envelope(response, 429, "rate_limit_exceeded")
         assert response.headers["retry-after"] == "1"
@@ -126,9 +124,7 @@ def test_process_in_flight_cap_is_503(proxy, dev_upstream, settings):
     slow = threading.Thread(target=post, args=(proxy, CHAT))
     slow.start()
     try:
-        import time
-
-        time.sleep(0.3)
+        wait_until(lambda: dev_upstream.stats()["in_flight"] == 1, timeout=5)
         response = post(proxy, CHAT)
         _envelope(response, 503, "overloaded")
         assert response.headers["retry-after"] == "1"

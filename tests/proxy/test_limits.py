@@ -7,7 +7,7 @@ import time
 import requests
 
 from core.redis import redis_client
-from tests.proxy.conftest import log_of, route_with_deployments, wait_for
+from tests.helpers import log_of, route_with_deployments, wait_until
 
 BODY = {"messages": [{"role": "user", "content": "count these words please"}]}
 
@@ -35,7 +35,7 @@ def test_deployment_tpm(proxy, organisation, dev_upstream):
     first = chat(proxy, "tpm")
     assert first.status_code == 200 and first.json()["usage"]["total_tokens"] >= 10
     # The tokens are counted when the answer is released; the next request finds the window full.
-    wait_for(lambda: chat(proxy, "tpm").status_code == 429, timeout=5)
+    wait_until(lambda: chat(proxy, "tpm").status_code == 429, timeout=5)
 
 
 def test_key_tpm(proxy, api_key_factory):
@@ -54,7 +54,7 @@ def test_token_windows_expire_a_minute_after_their_newest_bucket(proxy, api_key_
     client = redis_client()
     window = f"stw:rl:k:{key.pk}:t"
     assert chat(proxy, "dev-small", secret).status_code == 200
-    wait_for(lambda: client.exists(window))
+    wait_until(lambda: client.exists(window))
     assert 60_000 < client.pttl(window) <= 70_000
 
     # Only an older bucket left, about to expire: the next request's bucket is new and renews the window.
@@ -63,7 +63,7 @@ def test_token_windows_expire_a_minute_after_their_newest_bucket(proxy, api_key_
     client.hset(window, str(bucket - 1), 5)
     client.pexpire(window, 2_000)
     assert chat(proxy, "dev-small", secret).status_code == 200
-    wait_for(lambda: client.hlen(window) == 2)
+    wait_until(lambda: client.hlen(window) == 2)
     assert 60_000 < client.pttl(window) <= 70_000
 
 

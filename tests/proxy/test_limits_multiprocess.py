@@ -9,7 +9,7 @@ import textwrap
 
 from django.conf import settings
 
-from tests.conftest import free_port, subprocess_env, wait_for_port
+from tests.helpers import free_port, subprocess_env, wait_for_port
 
 CLIENT = textwrap.dedent(
     """

@@ -12,7 +12,7 @@ import requests
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm  # (after the env var: no network at import)
 
-from tests.proxy.conftest import log_of, route_with_deployments
+from tests.helpers import log_of, route_with_deployments
 
 
 def test_litellm_client_completion_and_stream(proxy):

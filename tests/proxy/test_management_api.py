@@ -13,8 +13,9 @@ from accounts.roles import Role
 from audit.models import AuditEvent
 from audit.services import Actor
 from proxy.models import Deployment, ModelRoute, RequestLog
-from proxy.services import deployment_create, route_create
-from tests.conftest import login
+from proxy.services import deployment_create
+from tests.factories import RouteFactory
+from tests.helpers import login
 
 ACTOR = Actor.system("tests")
 SECRET = "sk-live-THIS-MUST-NEVER-LEAK-0123456789"
@@ -22,7 +23,7 @@ SECRET = "sk-live-THIS-MUST-NEVER-LEAK-0123456789"
 
 @pytest.fixture
 def route(organisation):
-    return route_create(organisation=organisation, name="gpt-small", actor=ACTOR)
+    return RouteFactory(organisation=organisation, name="gpt-small")
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def deployment(route):
 
 @pytest.fixture
 def foreign_route(other_organisation):
-    route = route_create(organisation=other_organisation, name="theirs", actor=ACTOR)
+    route = RouteFactory(organisation=other_organisation, name="theirs")
     deployment_create(route=route, name="d", model="m", api_base="http://127.0.0.1:9/v1", actor=ACTOR)
     return route
 
@@ -200,7 +201,7 @@ def test_route_update_changes_only_given_fields_and_is_audited(client, admin, or
 
 
 def test_route_delete_removes_deployments_and_refuses_while_a_fallback(client, admin, organisation, route, deployment):
-    other = route_create(organisation=organisation, name="big", fallbacks=[route.name], actor=ACTOR)
+    other = RouteFactory(organisation=organisation, name="big", fallbacks=[route.name])
     login(client, admin)
     refused = client.delete(reverse("api-model-route-delete", args=[route.id]))
     assert refused.status_code == 409

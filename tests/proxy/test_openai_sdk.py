@@ -7,7 +7,7 @@ import asyncio
 import openai
 import pytest
 
-from tests.proxy.conftest import log_of, route_with_deployments
+from tests.helpers import log_of, route_with_deployments
 
 
 def test_sync_chat_completion(proxy, dev_upstream):

@@ -38,7 +38,7 @@ def support_prompt(organisation):
 
 
 def test_prompt_by_label_renders_applies_params_and_appends_messages(proxy, dev_upstream, support_prompt):
-    from tests.proxy.conftest import log_of
+    from tests.helpers import log_of
 
     _, v1, _ = support_prompt
     client = openai.OpenAI(base_url=proxy.url, api_key=proxy.secret, max_retries=0)

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from audit.services import Actor
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 def _require(module: str):

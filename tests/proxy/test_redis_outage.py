@@ -12,7 +12,7 @@ import orjson
 import pytest
 import requests
 
-from tests.conftest import free_port, wait_for_port
+from tests.helpers import free_port, wait_for_port, wait_until
 
 
 @pytest.fixture
@@ -80,15 +80,13 @@ def test_records_redis_cannot_take_are_written_to_postgresql_directly(own_redis,
         response = requests.post(f"{proxy.url}/chat/completions", json=body, headers=headers, timeout=30)
         assert response.status_code == 503
         ids.append(response.headers["x-request-id"])
-    deadline = time.monotonic() + 15
-    while RequestLog.objects.filter(request_id__in=ids).count() < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: RequestLog.objects.filter(request_id__in=ids).count() == 3, timeout=15)
     rows = RequestLog.objects.filter(request_id__in=ids)
     assert sorted(r.request_id for r in rows) == sorted(ids)
     assert {(r.status, r.http_status, r.error_type) for r in rows} == {("error", 503, "limits_unavailable")}
 
 
-def test_spilled_records_wait_out_both_stores_and_go_to_redis_first(own_redis, organisation, settings):
+def test_spilled_records_wait_out_both_stores_and_go_to_redis_first(own_redis, organisation, settings, caplog):
     """With PostgreSQL refusing too, the spill holds the records and tries again; once Redis
     answers it takes them, and the consumer writes each once."""
     from django.utils import timezone
@@ -114,7 +112,11 @@ def test_spilled_records_wait_out_both_stores_and_go_to_redis_first(own_redis, o
         try:
             for record in records:
                 buffer.add(orjson.dumps(record))
-            await asyncio.sleep(1.5)  # Redis and PostgreSQL have both refused at least once
+            # Until Redis and PostgreSQL have both refused (the spill says so in its log).
+            deadline = time.monotonic() + 10
+            while not any("Redis and PostgreSQL refused" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the spill never tried both stores"
+                await asyncio.sleep(0.02)
             assert len(buffer.spill) == 3
             await asyncio.to_thread(start)  # Redis is back, PostgreSQL still is not
             await buffer.flush(spill_timeout=10)

@@ -11,7 +11,7 @@ from django.utils import timezone
 from proxy.models import RequestBody, RequestLog
 from proxy.requestlog import GROUP, STREAM_KEY, records_write, request_log_drain
 from proxy.services import proxy_settings_update, request_bodies_purge
-from tests.proxy.conftest import ACTOR, log_of
+from tests.helpers import ACTOR, log_of
 
 
 def _record(organisation, request_id: str, **extra) -> dict:
@@ -89,14 +89,14 @@ def test_bodies_stored_only_when_enabled_and_purged_after_retention(proxy):
     assert not RequestBody.objects.exists()
 
     proxy_settings_update(organisation=proxy.organisation, store_bodies=True, body_retention_days=2, actor=ACTOR)
-    from tests.proxy.conftest import wait_for
+    from tests.helpers import wait_until
 
     def stored():
         r = requests.post(url, json=body, headers=proxy.headers(), timeout=10)
         log_of(r.headers["x-request-id"])
         return RequestBody.objects.filter(request_id=r.headers["x-request-id"]).first()
 
-    saved = wait_for(stored, timeout=5)
+    saved = wait_until(stored, timeout=5)
     assert saved.request["messages"][0]["content"] == "keep me"
     assert saved.response["choices"][0]["message"]["content"].startswith("Steward dev reply")
 
@@ -114,7 +114,7 @@ def test_a_stored_stream_body_is_the_text_the_client_received(proxy, dev_upstrea
     dev_upstream.control(reply=reply)
     proxy_settings_update(organisation=proxy.organisation, store_bodies=True, body_retention_days=2, actor=ACTOR)
     client = openai.OpenAI(base_url=proxy.url, api_key=proxy.secret, max_retries=0)
-    from tests.proxy.conftest import wait_for
+    from tests.helpers import wait_until
 
     def streamed():
         stream = client.chat.completions.with_raw_response.create(
@@ -126,7 +126,7 @@ def test_a_stored_stream_body_is_the_text_the_client_received(proxy, dev_upstrea
         saved = RequestBody.objects.filter(request_id=request_id).first()
         return (text, saved) if saved is not None else None
 
-    text, saved = wait_for(streamed, timeout=5)
+    text, saved = wait_until(streamed, timeout=5)
     assert text == reply
     assert saved.response == {"stream": True, "content": reply}
     row = RequestLog.objects.get(request_id=saved.request_id)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import requests
 
 from proxy.health import deployment_health_snapshot, deployments_check_all
-from tests.proxy.conftest import log_of, route_with_deployments, wait_for
+from tests.helpers import log_of, route_with_deployments, wait_until
 
 CHAT = {"messages": [{"role": "user", "content": "route me"}]}
 
@@ -46,7 +44,7 @@ def test_fallback_to_another_model(proxy, organisation, dev_upstream, dev_upstre
 
 
 def test_connect_error_is_transient(proxy, organisation, dev_upstream):
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     dead = f"http://127.0.0.1:{free_port()}/v1"
     route_with_deployments(organisation, "half-dead", [{"api_base": dead, "name": "dead", "weight": 10_000},
@@ -81,10 +79,10 @@ def test_circuit_opens_after_failures_then_half_open_probe_closes_it(
     assert dev_upstream.stats()["requests"] == 2
     # After the cooldown one probe goes to `a`; it succeeds and the circuit closes.
     dev_upstream.reset()
-    time.sleep(1.1)
-    assert chat(proxy, "cb").headers["x-steward-model-deployment"] == "a"
+    # Until the 1 s cooldown ends `b` answers; the first request after it is the probe that goes to `a`.
+    wait_until(lambda: chat(proxy, "cb").headers["x-steward-model-deployment"] == "a", timeout=5, interval=0.1)
     # (the outcome is written just after the answer went out)
-    wait_for(lambda: deployment_health_snapshot(deployment_ids=[a.id])[a.id]["state"] == "closed", timeout=5)
+    wait_until(lambda: deployment_health_snapshot(deployment_ids=[a.id])[a.id]["state"] == "closed", timeout=5)
     # The transitions are audited by the log consumer.
     from audit.models import AuditEvent
     from proxy.requestlog import circuit_events_audit
@@ -119,7 +117,7 @@ def test_least_in_flight_spreads_concurrent_requests(proxy, organisation, dev_up
 
 def test_active_health_check_opens_and_closes_circuits(organisation, dev_upstream, settings, transactional_db, client):
     settings.STEWARD_PROXY_CIRCUIT_FAILURES = 1
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     _, (good, bad) = route_with_deployments(
         organisation,
@@ -148,7 +146,7 @@ def test_active_health_check_opens_and_closes_circuits(organisation, dev_upstrea
 
     # The deployment comes back: the next active check closes its circuit.
     from proxy.services import deployment_update
-    from tests.proxy.conftest import ACTOR
+    from tests.helpers import ACTOR
 
     deployment_update(deployment=bad, api_base=dev_upstream.url, actor=ACTOR)
     assert deployments_check_all(timeout=1)[bad.id] is True

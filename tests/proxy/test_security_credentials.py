@@ -23,9 +23,9 @@ from django.urls import reverse
 from audit.models import AuditEvent
 from core.invalidation import invalidate
 from proxy.models import Deployment
-from proxy.services import ROUTES_NAMESPACE, deployment_create, route_create
-from tests.conftest import login
-from tests.proxy.conftest import ACTOR, route_with_deployments
+from proxy.services import ROUTES_NAMESPACE, deployment_create
+from tests.factories import RouteFactory
+from tests.helpers import ACTOR, login, route_with_deployments
 
 ENV_VALUE = "value-of-the-variable-THAT-MUST-NOT-LEAK"
 STORED_SECRET = "sk-stored-THAT-MUST-NOT-LEAK-0123456789"
@@ -124,7 +124,7 @@ def _chat(steward_server, secret: str, model: str, endpoint: str = "chat") -> re
     "name", ["SECRET_KEY", "STEWARD_ENCRYPTION_KEY", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "HOME"]
 )
 def test_credential_env_outside_the_allowlist_is_refused(client, admin, organisation, name):
-    route = route_create(organisation=organisation, name="r", actor=ACTOR)
+    route = RouteFactory(organisation=organisation, name="r")
     login(client, admin)
     created = _json(
         client,
@@ -147,7 +147,7 @@ def test_credential_env_outside_the_allowlist_is_refused(client, admin, organisa
 
 def test_steward_own_variables_stay_refused_whatever_the_allowlist_says(client, admin, organisation, settings):
     settings.STEWARD_CREDENTIAL_ENV_ALLOWED = ("SECRET_KEY", "STEWARD_*", "DATABASE_URL", "PG*", "OPENAI_API_KEY")
-    route = route_create(organisation=organisation, name="r", actor=ACTOR)
+    route = RouteFactory(organisation=organisation, name="r")
     login(client, admin)
     url = reverse("api-deployment-create", args=[route.id])
     base = {"model": "dev-small", "api_base": "http://127.0.0.1:9/v1"}
@@ -275,7 +275,7 @@ def test_changing_api_base_drops_the_stored_secret_and_is_audited(
     client, admin, steward_server, global_prices, organisation, dev_upstream, api_key_factory, attacker
 ):
     dev_upstream.control(api_key=STORED_SECRET)
-    route = route_create(organisation=organisation, name="moved", actor=ACTOR)
+    route = RouteFactory(organisation=organisation, name="moved")
     login(client, admin)
     created = _json(
         client,
@@ -320,7 +320,7 @@ def test_changing_api_base_drops_an_env_credential_and_other_changes_keep_it(org
     from proxy.services import deployment_update
 
     monkeypatch.setenv("STEWARD_UPSTREAM_TEAM_KEY", ENV_VALUE)
-    route = route_create(organisation=organisation, name="r", actor=ACTOR)
+    route = RouteFactory(organisation=organisation, name="r")
     deployment = deployment_create(
         route=route,
         name="d",
@@ -346,7 +346,7 @@ def test_changing_api_base_drops_an_env_credential_and_other_changes_keep_it(org
 
 
 def test_outsider_cannot_touch_another_organisations_deployment(client, outsider, organisation):
-    route = route_create(organisation=organisation, name="r", actor=ACTOR)
+    route = RouteFactory(organisation=organisation, name="r")
     deployment = deployment_create(
         route=route,
         name="d",

@@ -13,8 +13,7 @@ import threading
 import pytest
 import requests
 
-from tests.conftest import login
-from tests.proxy.conftest import ACTOR, route_with_deployments, wait_for
+from tests.helpers import ACTOR, login, route_with_deployments, wait_until
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -246,7 +245,7 @@ def test_unknown_field_is_refused_until_the_route_passes_it_through(
         r = requests.post(f"{proxy.url}/chat/completions", json=body, headers=proxy.headers(), timeout=15)
         return r if r.status_code == 200 else None
 
-    wait_for(served, timeout=5)
+    wait_until(served, timeout=5)
     assert dev_upstream.stats()["last_request"]["top_k"] == 5
     # Another unknown field is still refused, and a stream carries the pass-through field too.
     response = requests.post(
@@ -360,7 +359,7 @@ def test_configuration_names_are_refused_even_if_a_route_row_lists_them(both_rou
         r = requests.post(f"{proxy.url}/chat/completions", json=body, headers=proxy.headers(), timeout=15)
         return r.status_code == 200
 
-    wait_for(top_k_passes, timeout=5)
+    wait_until(top_k_passes, timeout=5)
     for path in DEPLOYMENTS:
         for field in ("base_url", "api_base"):
             body = {**BODIES["chat/completions"], "model": f"sec-{path}", field: listener.url}

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.proxy.conftest import log_of, route_with_deployments
+from tests.helpers import log_of, route_with_deployments
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 FIRST_EVENT = (

@@ -147,7 +147,7 @@ def test_deployment_create_validates(route, kwargs, param):
 
 
 def test_litellm_deployment_needs_no_api_base(route):
-    from tests.proxy.conftest import free_unless_priced
+    from tests.helpers import free_unless_priced
 
     # litellm's bundled cost map no longer lists this model: it needs a price to be enabled.
     free_unless_priced(route.organisation, "anthropic/claude-3-5-haiku")

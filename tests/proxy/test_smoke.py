@@ -1,6 +1,6 @@
 import requests
 
-from tests.proxy.conftest import log_of
+from tests.helpers import log_of
 
 
 def test_chat_completion_round_trip_metrics_and_stage_timings(proxy, dev_upstream):

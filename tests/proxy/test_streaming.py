@@ -13,53 +13,7 @@ import pytest
 import requests
 from aiohttp import web
 
-from tests.conftest import free_port
-from tests.proxy.conftest import log_of, route_with_deployments, wait_for
-
-
-def raw_stream(proxy, body: dict, *, read_until: bytes | None = None, max_seconds: float = 10.0):
-    """POST with a bare socket; returns (socket, bytes read so far). Lets a test hang up mid-stream."""
-    host, port = proxy.url.split("//")[1].split("/")[0].split(":")
-    payload = json.dumps(body).encode()
-    sock = socket.create_connection((host, int(port)), timeout=max_seconds)
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Authorization: Bearer {proxy.secret}\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-        + payload
-    )
-    received = b""
-    deadline = time.monotonic() + max_seconds
-    while time.monotonic() < deadline:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        received += chunk
-        if read_until is not None and read_until in received:
-            break
-        if read_until is None and b"data: [DONE]" in received:
-            break
-    return sock, received
-
-
-def hang_up_mid_stream(proxy, dev_upstream, model: str) -> str:
-    """Start a long, slow stream of `model`, hang up after a few tokens, and check the upstream
-    saw the cancellation within a second. Returns the request id."""
-    dev_upstream.control(chunk_delay_ms=100, reply=" ".join(f"w{i}" for i in range(200)))
-    sock, received = raw_stream(
-        proxy,
-        {"model": model, "stream": True, "messages": [{"role": "user", "content": "long"}]},
-        read_until=b"w3",
-    )
-    request_id = next(
-        line.split(b":", 1)[1].strip().decode()
-        for line in received.split(b"\r\n")
-        if line.lower().startswith(b"x-request-id")
-    )
-    hung_up = time.monotonic()
-    sock.close()
-    wait_for(lambda: dev_upstream.stats()["cancelled"] == 1, timeout=1.0, interval=0.02)
-    assert time.monotonic() - hung_up < 1.0
-    return request_id
+from tests.helpers import free_port, hang_up_mid_stream, log_of, raw_stream, route_with_deployments, wait_until
 
 
 def test_multibyte_characters_split_across_writes_arrive_intact(proxy, dev_upstream):
@@ -114,10 +68,10 @@ def test_a_hang_up_before_the_first_token_cancels_the_upstream_too(proxy, dev_up
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         + f"Authorization: Bearer {proxy.secret}\r\nContent-Length: {len(payload)}\r\n\r\n{payload}".encode()
     )
-    wait_for(lambda: dev_upstream.stats()["in_flight"] == 1, timeout=5, interval=0.005)
+    wait_until(lambda: dev_upstream.stats()["in_flight"] == 1, timeout=5, interval=0.005)
     hung_up = time.monotonic()
     sock.close()
-    wait_for(lambda: dev_upstream.stats()["cancelled"] == 1, timeout=1.0, interval=0.02)
+    wait_until(lambda: dev_upstream.stats()["cancelled"] == 1, timeout=1.0, interval=0.02)
     assert time.monotonic() - hung_up < 1.0
     assert dev_upstream.stats()["completed"] == 0
 

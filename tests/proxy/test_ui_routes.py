@@ -12,8 +12,9 @@ from audit.models import AuditEvent
 from audit.services import Actor
 from core.crypto import secret_decrypt
 from proxy.models import Deployment, ModelRoute, RequestLog
-from proxy.services import deployment_create, route_create
-from tests.conftest import login
+from proxy.services import deployment_create
+from tests.factories import RouteFactory
+from tests.helpers import login
 
 ACTOR = Actor.system("tests")
 SECRET = "sk-ui-NEVER-SHOWN-abcdef0123456789"
@@ -21,7 +22,7 @@ SECRET = "sk-ui-NEVER-SHOWN-abcdef0123456789"
 
 @pytest.fixture
 def route(organisation):
-    return route_create(organisation=organisation, name="gpt-small", description="The cheap one", actor=ACTOR)
+    return RouteFactory(organisation=organisation, name="gpt-small", description="The cheap one")
 
 
 @pytest.fixture
@@ -221,7 +222,7 @@ def test_admin_deletes_deployment_and_route(client, admin, organisation, route, 
 
 
 def test_route_delete_refused_while_it_is_a_fallback(client, admin, organisation, route):
-    route_create(organisation=organisation, name="big", fallbacks=["gpt-small"], actor=ACTOR)
+    RouteFactory(organisation=organisation, name="big", fallbacks=["gpt-small"])
     login(client, admin)
     confirm = client.get(reverse("proxy:route_delete", args=[route.id]))
     assert "fallback of" in confirm.content.decode()
@@ -322,9 +323,9 @@ def test_a_proxied_request_shows_up_in_the_ui(
 ):
     import openai
 
-    from tests.proxy.conftest import log_of
+    from tests.helpers import log_of
 
-    route = route_create(organisation=organisation, name="ui-model", actor=ACTOR)
+    route = RouteFactory(organisation=organisation, name="ui-model")
     deployment_create(route=route, name="dev", model="dev-small", api_base=dev_upstream.url, actor=ACTOR)
     _, secret = api_key_factory(name="ui-caller")
     sdk = openai.OpenAI(base_url=f"{steward_server.url}/v1", api_key=secret, max_retries=0)
@@ -351,7 +352,7 @@ def test_an_open_circuit_is_visible_in_the_ui_and_api(
 ):
     import requests
 
-    route = route_create(organisation=organisation, name="flaky", actor=ACTOR)
+    route = RouteFactory(organisation=organisation, name="flaky")
     deployment = deployment_create(
         route=route, name="flaky-dev", model="dev-small", api_base=dev_upstream.url, actor=ACTOR
     )

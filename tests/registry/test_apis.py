@@ -2,8 +2,8 @@ import pytest
 from django.urls import reverse
 
 from registry.models import LabelMove, PromptVersion
-from tests.conftest import login
-from tests.registry.conftest import version_make
+from tests.factories import PromptVersionFactory
+from tests.helpers import login
 
 pytestmark = pytest.mark.django_db
 
@@ -95,7 +95,7 @@ def test_bad_versions_get_clear_errors_and_store_nothing(client, prompt_engineer
 
 
 def test_render_dry_run_names_every_missing_variable_and_keeps_values_literal(client, viewer, prompt):
-    version_make(prompt, text="{{ greeting }} {{ customer_name }}, re: {{ topic }}", variables=[])
+    PromptVersionFactory(prompt=prompt, text="{{ greeting }} {{ customer_name }}, re: {{ topic }}", variables=[])
     login(client, viewer)
     url = _url("api-prompt-version-render", prompt_name=prompt.name, version_number=1)
     missing = client.post(url, {"variables": {"greeting": "Hi"}}, content_type="application/json")
@@ -111,9 +111,9 @@ def test_render_dry_run_names_every_missing_variable_and_keeps_values_literal(cl
 
 
 def test_diff_lists_message_param_and_variable_changes(client, viewer, prompt):
-    version_make(prompt, text="Hello dear {{ customer_name }}")
-    version_make(
-        prompt,
+    PromptVersionFactory(prompt=prompt, text="Hello dear {{ customer_name }}")
+    PromptVersionFactory(
+        prompt=prompt,
         text="Hello kind {{ customer_name }}",
         params={"temperature": 0.9},
         variables=[{"name": "customer_name", "type": "string", "required": False}],
@@ -208,7 +208,7 @@ def test_export_and_import_round_trip_through_the_api(client, prompt_engineer, o
 
 
 def test_outsider_gets_404_and_viewer_gets_403(client, outsider, viewer, prompt):
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     login(client, outsider)
     assert client.get(_url("api-prompt-detail", prompt_name=prompt.name)).status_code == 404
     assert client.get(_url("api-prompt-version-detail", prompt_name=prompt.name, version_number=1)).status_code == 404

@@ -3,7 +3,7 @@ import pytest
 from registry.demo import demo_seed
 from registry.models import Label, PromptVersion
 from registry.selectors import prompt_resolve
-from tests.registry.conftest import SYSTEM
+from tests.helpers import SYSTEM
 
 pytestmark = pytest.mark.django_db
 

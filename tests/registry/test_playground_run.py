@@ -15,22 +15,10 @@ from billing.models import UsageLine
 from billing.services import budget_create, price_set
 from proxy.invoke import PLAYGROUND_KEY_NAME
 from proxy.models import RequestLog
-from tests.conftest import login
-from tests.proxy.conftest import ACTOR, log_of, route_with_deployments
-from tests.registry.conftest import version_make
+from tests.factories import PromptVersionFactory
+from tests.helpers import ACTOR, log_of, login, playground_run, request_id_in_page, route_with_deployments
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _run(client, prompt, number: int = 1, htmx: bool = True, **variables):
-    data = {f"var_{name}": value for name, value in variables.items()}
-    extra = {"HTTP_HX_REQUEST": "true"} if htmx else {}
-    return client.post(reverse("registry:version_run", args=[prompt.name, number]), data, **extra)
-
-
-def _request_id(page: str) -> str:
-    start = page.index("req_")
-    return page[start : start + 36]
 
 
 @pytest.fixture
@@ -49,10 +37,10 @@ def test_run_goes_through_the_proxy_and_shows_output_tokens_cost_latency(
         input_per_token=Decimal("0.000001"),
         output_per_token=Decimal("0.000002"),
     )
-    version = version_make(prompt)
+    version = PromptVersionFactory(prompt=prompt)
     login(client, prompt_engineer)
 
-    response = _run(client, prompt, customer_name="Ada {{ 7*7 }}")
+    response = playground_run(client, prompt, customer_name="Ada {{ 7*7 }}")
 
     assert response.status_code == 200
     page = response.content.decode()
@@ -67,7 +55,7 @@ def test_run_goes_through_the_proxy_and_shows_output_tokens_cost_latency(
     ]
     assert "Steward dev reply" in page
 
-    request_id = _request_id(page)
+    request_id = request_id_in_page(page)
     log = log_of(request_id)
     key = ApiKey.objects.get(pk=log.api_key_id)
     assert key.name == PLAYGROUND_KEY_NAME and key.created_by is None and key.organisation_id == organisation.id
@@ -86,11 +74,11 @@ def test_run_goes_through_the_proxy_and_shows_output_tokens_cost_latency(
 
 
 def test_the_playground_key_is_created_once_by_the_system(client, organisation, prompt_engineer, admin, prompt, routed):
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     login(client, prompt_engineer)
-    first = _request_id(_run(client, prompt, customer_name="a").content.decode())
+    first = request_id_in_page(playground_run(client, prompt, customer_name="a").content.decode())
     login(client, admin)
-    second = _request_id(_run(client, prompt, customer_name="b").content.decode())
+    second = request_id_in_page(playground_run(client, prompt, customer_name="b").content.decode())
 
     keys = ApiKey.objects.filter(organisation=organisation, name=PLAYGROUND_KEY_NAME)
     assert keys.count() == 1
@@ -100,10 +88,10 @@ def test_the_playground_key_is_created_once_by_the_system(client, organisation, 
 
 
 def test_missing_variable_is_shown_and_no_model_is_called(client, prompt_engineer, prompt, routed, dev_upstream):
-    version_make(prompt, text="Hi {{ customer_name }} about {{ topic }}")
+    PromptVersionFactory(prompt=prompt, text="Hi {{ customer_name }} about {{ topic }}")
     login(client, prompt_engineer)
 
-    page = _run(client, prompt).content.decode()
+    page = playground_run(client, prompt).content.decode()
 
     assert 'role="alert"' in page
     assert "Missing variables: customer_name, topic" in page
@@ -111,18 +99,18 @@ def test_missing_variable_is_shown_and_no_model_is_called(client, prompt_enginee
 
 
 def test_upstream_failure_is_shown_not_raised(client, prompt_engineer, prompt, routed, dev_upstream):
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     dev_upstream.control(fail_status=500)
     login(client, prompt_engineer)
 
-    response = _run(client, prompt, customer_name="Ada")
+    response = playground_run(client, prompt, customer_name="Ada")
 
     assert response.status_code == 200
     page = response.content.decode()
     assert (
         'role="alert"' in page and "The model&#x27;s upstream failed: Upstream d0: injected failure from dev-a" in page
     )
-    log = log_of(_request_id(page))
+    log = log_of(request_id_in_page(page))
     assert log.status == "error"
 
 
@@ -137,10 +125,10 @@ def test_an_exhausted_budget_is_shown_and_no_model_is_called(
         output_per_token=Decimal("0.01"),
     )
     budget_create(organisation=organisation, actor=ACTOR, name="Tiny", scope="organisation", amount=Decimal("0.000001"))
-    version_make(prompt, params={"max_tokens": 50})
+    PromptVersionFactory(prompt=prompt, params={"max_tokens": 50})
     login(client, prompt_engineer)
 
-    response = _run(client, prompt, customer_name="Ada")
+    response = playground_run(client, prompt, customer_name="Ada")
 
     assert response.status_code == 200
     page = response.content.decode()
@@ -149,10 +137,10 @@ def test_an_exhausted_budget_is_shown_and_no_model_is_called(
 
 
 def test_a_model_without_route_names_it(client, prompt_engineer, prompt, routed, dev_upstream):
-    version_make(prompt, model="nowhere-model")
+    PromptVersionFactory(prompt=prompt, model="nowhere-model")
     login(client, prompt_engineer)
 
-    page = _run(client, prompt, customer_name="Ada").content.decode()
+    page = playground_run(client, prompt, customer_name="Ada").content.decode()
 
     models = reverse("proxy:route_list")
     assert f'No route for model <code>nowhere-model</code>: create one under <a href="{models}">Models</a>.' in page
@@ -160,22 +148,22 @@ def test_a_model_without_route_names_it(client, prompt_engineer, prompt, routed,
 
 
 def test_without_htmx_the_page_keeps_the_inputs(client, prompt_engineer, prompt, routed):
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     login(client, prompt_engineer)
 
-    page = _run(client, prompt, htmx=False, customer_name="Grace Hopper").content.decode()
+    page = playground_run(client, prompt, htmx=False, customer_name="Grace Hopper").content.decode()
 
     assert "<h1" in page and "Grace Hopper</textarea>" in page and "Steward dev reply" in page
 
 
 def test_viewer_is_forbidden_and_outsider_gets_404(client, viewer, outsider, prompt, routed, dev_upstream):
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     login(client, viewer)
     page = client.get(reverse("registry:version_detail", args=[prompt.name, 1])).content.decode()
     assert 'id="playground-run"' not in page
-    assert _run(client, prompt, customer_name="Ada").status_code == 403
+    assert playground_run(client, prompt, customer_name="Ada").status_code == 403
     login(client, outsider)
-    assert _run(client, prompt, customer_name="Ada").status_code == 404
+    assert playground_run(client, prompt, customer_name="Ada").status_code == 404
     assert dev_upstream.stats()["requests"] == 0
     assert not RequestLog.objects.exists()
 
@@ -184,7 +172,7 @@ def test_run_under_the_asgi_server(client, steward_server, prompt_engineer, prom
     """The production path: Django's sync view inside uvicorn, whose request thread waits for the run."""
     import requests
 
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     login(client, prompt_engineer)
     http = requests.Session()
     http.cookies.set("sessionid", client.cookies["sessionid"].value)
@@ -211,7 +199,7 @@ def test_run_in_the_browser_swaps_the_result_and_keeps_inputs(
     """Real Chromium on the ASGI server: the Run button posts the playground's variables with htmx."""
     from playwright.sync_api import sync_playwright
 
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     # Playwright's sync API keeps an event loop in this thread; the ORM calls here are plain blocking calls.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as p:
@@ -239,12 +227,12 @@ def test_run_in_the_browser_swaps_the_result_and_keeps_inputs(
 def test_a_revoked_playground_key_is_replaced(client, organisation, prompt_engineer, prompt, routed):
     from accounts.services import api_key_revoke
 
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     login(client, prompt_engineer)
-    first = log_of(_request_id(_run(client, prompt, customer_name="a").content.decode())).api_key_id
+    first = log_of(request_id_in_page(playground_run(client, prompt, customer_name="a").content.decode())).api_key_id
     api_key_revoke(api_key=ApiKey.objects.get(pk=first), actor=ACTOR)
 
-    second = log_of(_request_id(_run(client, prompt, customer_name="b").content.decode())).api_key_id
+    second = log_of(request_id_in_page(playground_run(client, prompt, customer_name="b").content.decode())).api_key_id
 
     assert second != first
     assert ApiKey.objects.filter(name=PLAYGROUND_KEY_NAME, revoked_at__isnull=True).get().id == second

@@ -12,15 +12,17 @@ from django.test.utils import CaptureQueriesContext
 from core.errors import NotFound, ValidationFailed
 from registry import services
 from registry.selectors import RenderedPrompt, aprompt_resolve, prompt_resolve
-from tests.conftest import subprocess_env
-from tests.registry.conftest import SYSTEM, version_make
+from tests.factories import PromptVersionFactory
+from tests.helpers import SYSTEM, subprocess_env
 
 
 @pytest.fixture
 def labelled(prompt):
-    version_make(prompt, variables=[{"name": "customer_name", "type": "string"}], params={"temperature": 0.2})
-    version_make(
-        prompt,
+    PromptVersionFactory(
+        prompt=prompt, variables=[{"name": "customer_name", "type": "string"}], params={"temperature": 0.2}
+    )
+    PromptVersionFactory(
+        prompt=prompt,
         text="Dear {{ customer_name }}, about {{ question }} ({{ tries }} tries)"
         "{% for t in topics %} #{{ t }}{% endfor %}",
         params={"temperature": 0.5, "max_tokens": 64},
@@ -90,7 +92,7 @@ def test_values_are_data_never_templates(labelled, organisation):
 
 @pytest.mark.django_db
 def test_sandbox_refuses_internals(prompt, organisation):
-    version_make(prompt, text="{{ customer_name.__class__.__mro__ }}")
+    PromptVersionFactory(prompt=prompt, text="{{ customer_name.__class__.__mro__ }}")
     with pytest.raises(ValidationFailed) as exc:
         prompt_resolve(
             organisation_id=organisation.id, name="support-reply", version=1, variables={"customer_name": "x"}
@@ -219,7 +221,9 @@ def test_parallel_writers_get_distinct_consecutive_numbers(prompt):
         try:
             barrier.wait()
             for i in range(per_writer):
-                numbers.append(version_make(prompt, text=f"writer {w} edit {i} {{{{ customer_name }}}}").number)
+                numbers.append(
+                    PromptVersionFactory(prompt=prompt, text=f"writer {w} edit {i} {{{{ customer_name }}}}").number
+                )
         except Exception as exc:  # surfaced by the assertion below
             errors.append(exc)
         finally:

@@ -11,10 +11,8 @@ from audit.models import AuditEvent
 from billing.models import Budget, KeyCostCeiling
 from billing.services import budget_create, key_cost_ceiling_set
 from proxy.invoke import PLAYGROUND_KEY_NAME
-from tests.conftest import login
-from tests.proxy.conftest import ACTOR, log_of, route_with_deployments
-from tests.registry.conftest import version_make
-from tests.registry.test_playground_run import _request_id, _run
+from tests.factories import PromptVersionFactory
+from tests.helpers import ACTOR, log_of, login, playground_run, request_id_in_page, route_with_deployments
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,9 +21,9 @@ def test_a_re_created_playground_key_keeps_the_limits_of_the_revoked_one(
     client, organisation, prompt_engineer, prompt, dev_upstream
 ):
     route_with_deployments(organisation, "dev-small", [dev_upstream])
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     login(client, prompt_engineer)
-    first_id = log_of(_request_id(_run(client, prompt, customer_name="a").content.decode())).api_key_id
+    first_id = log_of(request_id_in_page(playground_run(client, prompt, customer_name="a").content.decode())).api_key_id
     # An admin confines the playground key (as in the Django admin) and caps its cost.
     ApiKey.objects.filter(pk=first_id).update(
         allowed_models=["dev-large"], rpm_limit=7, tpm_limit=7000, max_in_flight=2, overridable_params=["temperature"]
@@ -39,13 +37,13 @@ def test_a_re_created_playground_key_keeps_the_limits_of_the_revoked_one(
     api_key_revoke(api_key=first, actor=ACTOR)
     requests_before = dev_upstream.stats()["requests"]
 
-    page = _run(client, prompt, customer_name="b").content.decode()
+    page = playground_run(client, prompt, customer_name="b").content.decode()
 
     second = ApiKey.objects.get(organisation=organisation, name=PLAYGROUND_KEY_NAME, revoked_at__isnull=True)
     assert second.id != first_id
     # The model restriction still holds: the run is refused before any upstream call.
-    assert log_of(_request_id(page)).api_key_id == second.id
-    assert log_of(_request_id(page)).status != "ok"
+    assert log_of(request_id_in_page(page)).api_key_id == second.id
+    assert log_of(request_id_in_page(page)).status != "ok"
     assert dev_upstream.stats()["requests"] == requests_before
     assert (second.allowed_models, second.rpm_limit, second.tpm_limit, second.max_in_flight) == (
         ["dev-large"], 7, 7000, 2,

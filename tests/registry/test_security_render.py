@@ -20,8 +20,7 @@ from registry import services as registry
 from registry.content import version_content_validate
 from registry.models import PromptVersion
 from registry.rendering import version_compile
-from tests.conftest import login
-from tests.proxy.conftest import proxy  # noqa: F401  (the fixture)
+from tests.helpers import login
 
 SYSTEM = Actor.system("tests")
 NESTED_LOOPS = "{% for i in range(20000) %}{% for j in range(5000) %}{% endfor %}{% endfor %}"
@@ -135,7 +134,7 @@ def _store_unchecked(prompt, template: str) -> PromptVersion:
     return version
 
 
-def _ask(proxy, prompt, version: PromptVersion, timeout: float = 30) -> requests.Response:  # noqa: F811
+def _ask(proxy, prompt, version: PromptVersion, timeout: float = 30) -> requests.Response:
     return requests.post(
         f"{proxy.url}/chat/completions",
         json={"model": "dev-small", "prompt": {"name": prompt.name, "version": version.number}},
@@ -144,7 +143,7 @@ def _ask(proxy, prompt, version: PromptVersion, timeout: float = 30) -> requests
     )
 
 
-def test_stored_version_is_refused_at_request_time(proxy, prompt):  # noqa: F811
+def test_stored_version_is_refused_at_request_time(proxy, prompt):
     for template, limit in ((NESTED_LOOPS, "STEWARD_RENDER_MAX_RANGE"), (GIGABYTE, "STEWARD_RENDER_MAX_OUTPUT_CHARS")):
         version = _store_unchecked(prompt, template)
         started = time.monotonic()
@@ -156,7 +155,7 @@ def test_stored_version_is_refused_at_request_time(proxy, prompt):  # noqa: F811
         assert set(error) >= {"message", "type", "param", "code"}
 
 
-def test_a_long_render_does_not_hold_up_other_requests(proxy, prompt, settings):  # noqa: F811
+def test_a_long_render_does_not_hold_up_other_requests(proxy, prompt, settings):
     """The render runs against its time limit on a thread: meanwhile the same server answers other
     requests promptly (a correctness bound, not a benchmark)."""
     settings.STEWARD_RENDER_TIME_LIMIT_MS = 800

@@ -16,8 +16,8 @@ import yaml
 from registry import services
 from registry.models import Label, PromotionRequest, Prompt
 from registry.yaml_io import prompts_export
-from tests.conftest import login
-from tests.registry.conftest import SYSTEM, version_make
+from tests.factories import PromptVersionFactory
+from tests.helpers import SYSTEM, login
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +32,7 @@ def _post(client, url: str, data: dict, **extra):
 
 @pytest.fixture
 def two_prompts(prompt, protected_prompt):
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     return prompt, protected_prompt
 
 

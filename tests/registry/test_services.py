@@ -6,14 +6,15 @@ from audit.services import Actor
 from core.errors import Conflict, Forbidden, ValidationFailed
 from registry import services
 from registry.models import LabelMove, PromotionStatus, PromptVersion
-from tests.registry.conftest import SYSTEM, version_make
+from tests.factories import PromptVersionFactory
+from tests.helpers import SYSTEM
 
 pytestmark = pytest.mark.django_db
 
 
 def test_versions_are_numbered_hashed_and_audited(prompt):
-    v1 = version_make(prompt)
-    v2 = version_make(prompt, text="Hi {{ customer_name }}")
+    v1 = PromptVersionFactory(prompt=prompt)
+    v2 = PromptVersionFactory(prompt=prompt, text="Hi {{ customer_name }}")
     assert (v1.number, v2.number) == (1, 2)
     assert len(v1.content_hash) == 64 and v1.content_hash != v2.content_hash
     actions = list(AuditEvent.objects.filter(target_type="prompt_version").values_list("action", flat=True))
@@ -21,15 +22,15 @@ def test_versions_are_numbered_hashed_and_audited(prompt):
 
 
 def test_same_content_as_latest_is_refused(prompt):
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     with pytest.raises(Conflict) as exc:
-        version_make(prompt)
+        PromptVersionFactory(prompt=prompt)
     assert exc.value.code == "version_unchanged"
     assert PromptVersion.objects.filter(prompt=prompt).count() == 1
 
 
 def test_database_refuses_update_and_delete_of_versions(prompt):
-    version = version_make(prompt)
+    version = PromptVersionFactory(prompt=prompt)
     with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("UPDATE registry_promptversion SET model = 'x' WHERE id = %s", [version.id])
     with pytest.raises(DatabaseError), transaction.atomic():
@@ -57,7 +58,7 @@ def test_database_refuses_update_and_delete_of_versions(prompt):
 )
 def test_bad_content_is_refused_and_nothing_stored(prompt, kwargs, param):
     with pytest.raises(ValidationFailed) as exc:
-        version_make(prompt, **kwargs)
+        PromptVersionFactory(prompt=prompt, **kwargs)
     assert exc.value.param == param
     assert not PromptVersion.objects.filter(prompt=prompt).exists()
 
@@ -77,8 +78,8 @@ def test_unknown_role_is_refused(prompt):
 
 
 def test_label_moves_are_kept_as_history_and_rollback_moves_back(prompt):
-    version_make(prompt)
-    version_make(prompt, text="v2 {{ customer_name }}")
+    PromptVersionFactory(prompt=prompt)
+    PromptVersionFactory(prompt=prompt, text="v2 {{ customer_name }}")
     services.label_move(prompt=prompt, label="staging", version=1, reason="first", actor=SYSTEM)
     services.label_move(prompt=prompt, label="staging", version=2, reason="try v2", actor=SYSTEM)
     services.label_move(prompt=prompt, label="staging", version=1, reason="rollback", actor=SYSTEM)
@@ -141,12 +142,12 @@ def test_regression_gate_blocks_approval_until_passed(protected_prompt, prompt_e
 
 
 def test_purge_is_the_only_way_past_the_delete_trigger(prompt, organisation):
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     services.label_move(prompt=prompt, label="staging", version=1, reason="", actor=SYSTEM)
     assert services.organisation_prompts_purge(organisation=organisation) == 1
     assert not PromptVersion.objects.exists()
     other = services.prompt_create(organisation=organisation, name="again", actor=SYSTEM)
-    version = version_make(other)
+    version = PromptVersionFactory(prompt=other)
     # The purge's permission ended with it.
     with pytest.raises(DatabaseError), transaction.atomic():
         PromptVersion.objects.filter(pk=version.pk).delete()

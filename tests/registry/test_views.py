@@ -2,8 +2,8 @@ import pytest
 from django.urls import reverse
 
 from registry.models import Label, PromotionRequest, PromptVersion
-from tests.conftest import login
-from tests.registry.conftest import version_make
+from tests.factories import PromptVersionFactory
+from tests.helpers import login
 
 pytestmark = pytest.mark.django_db
 
@@ -32,10 +32,10 @@ def _editor_post(client, prompt, headers=None, **overrides):
 
 def test_list_searches_and_filters(client, viewer, prompt, organisation):
     from registry import services
-    from tests.registry.conftest import SYSTEM
+    from tests.helpers import SYSTEM
 
     services.prompt_create(organisation=organisation, name="billing-faq", tags=["billing"], actor=SYSTEM)
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     services.label_move(prompt=prompt, label="production", version=1, reason="", actor=SYSTEM)
     login(client, viewer)
     url = reverse("registry:prompt_list")
@@ -112,7 +112,7 @@ def test_editor_reorders_adds_removes_and_detects_without_saving(client, prompt_
 
 
 def test_editor_prefills_variables_for_a_new_prompt_and_from_a_version(client, prompt_engineer, prompt):
-    version_make(prompt, text="Dear {{ customer_name }} about {{ order_id }}", variables=[])
+    PromptVersionFactory(prompt=prompt, text="Dear {{ customer_name }} about {{ order_id }}", variables=[])
     login(client, prompt_engineer)
     page = client.get(reverse("registry:version_edit", args=[prompt.name]), {"from": 1}).content.decode()
     assert "Dear {{ customer_name }} about {{ order_id }}" in page
@@ -121,8 +121,8 @@ def test_editor_prefills_variables_for_a_new_prompt_and_from_a_version(client, p
 
 
 def test_diff_page_highlights_changed_words(client, viewer, prompt):
-    version_make(prompt, text="Hello dear {{ customer_name }}")
-    version_make(prompt, text="Hello kind {{ customer_name }} <b>", params={"temperature": 0.7})
+    PromptVersionFactory(prompt=prompt, text="Hello dear {{ customer_name }}")
+    PromptVersionFactory(prompt=prompt, text="Hello kind {{ customer_name }} <b>", params={"temperature": 0.7})
     login(client, viewer)
     page = client.get(reverse("registry:version_diff", args=[prompt.name]), {"a": 1, "b": 2}).content.decode()
     assert '<del class="diff-del">dear</del>' in page
@@ -132,7 +132,7 @@ def test_diff_page_highlights_changed_words(client, viewer, prompt):
 
 
 def test_playground_renders_and_reports_missing_variables(client, viewer, prompt):
-    version_make(prompt, text="Hi {{ customer_name }} {{ extra }}")
+    PromptVersionFactory(prompt=prompt, text="Hi {{ customer_name }} {{ extra }}")
     login(client, viewer)
     url = reverse("registry:version_detail", args=[prompt.name, 1])
     page = client.get(url).content.decode()
@@ -170,7 +170,7 @@ def test_import_page_and_export_download(client, prompt_engineer, protected_prom
 
 
 def test_outsider_gets_404_and_viewer_gets_403(client, outsider, viewer, prompt):
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     login(client, outsider)
     for url in (
         reverse("registry:prompt_detail", args=[prompt.name]),

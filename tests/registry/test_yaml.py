@@ -9,7 +9,8 @@ from core.errors import Conflict, ValidationFailed
 from registry import services
 from registry.models import Label, LabelMove, PromotionRequest, Prompt, PromptVersion
 from registry.yaml_io import prompts_export, prompts_import
-from tests.registry.conftest import SYSTEM, version_make
+from tests.factories import PromptVersionFactory
+from tests.helpers import SYSTEM
 
 pytestmark = pytest.mark.django_db
 
@@ -31,8 +32,8 @@ def _snapshot(org):
 def test_export_then_import_into_an_empty_organisation_reproduces_everything(
     protected_prompt, prompt, organisation, other_organisation
 ):
-    version_make(
-        prompt,
+    PromptVersionFactory(
+        prompt=prompt,
         text="Multi\nline {{ customer_name }}\n",
         params={
             "stop": ["END"],
@@ -58,7 +59,7 @@ def test_importing_the_same_file_twice_changes_nothing(protected_prompt, organis
 
 def test_new_versions_and_unprotected_label_moves_are_applied(protected_prompt, organisation, other_organisation):
     prompts_import(organisation=other_organisation, text=prompts_export(prompts=[protected_prompt]), actor=SYSTEM)
-    version_make(protected_prompt, text="v3 {{ customer_name }}")
+    PromptVersionFactory(prompt=protected_prompt, text="v3 {{ customer_name }}")
     services.label_move(prompt=protected_prompt, label="staging", version=3, reason="", actor=SYSTEM)
     result = prompts_import(
         organisation=other_organisation, text=prompts_export(prompts=[protected_prompt]), actor=SYSTEM
@@ -67,7 +68,7 @@ def test_new_versions_and_unprotected_label_moves_are_applied(protected_prompt, 
 
 
 def test_a_conflicting_file_is_rejected_whole(protected_prompt, prompt, organisation):
-    version_make(prompt)
+    PromptVersionFactory(prompt=prompt)
     data = yaml.safe_load(prompts_export(prompts=[prompt, protected_prompt]))
     # The first prompt would gain a version, the second conflicts: neither may change.
     data["prompts"][0]["versions"].append(

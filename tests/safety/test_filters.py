@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 
 import pytest
 import requests
 
 from safety import services as safety
 from safety.policies import FilterAction, FilterContext, FilterDecision, PassThroughPolicy, hold_decision
-from tests.proxy.conftest import log_of
+from tests.helpers import log_of, parked_on_hold, wait_until
 
 CONTEXT = FilterContext(
     request_id="r1", organisation_id=1, api_key_id=None, team_id=None, endpoint="chat.completions", model="m"
@@ -98,13 +97,18 @@ def test_hold_parks_the_response_until_a_reviewer_decides(proxy, installed, allo
 
     installed(Scripted(post=hold))
     result = {}
-    caller = threading.Thread(target=lambda: result.setdefault("r", post(proxy)))
+    answered = threading.Event()
+
+    def call():
+        result["r"] = post(proxy)
+        answered.set()
+
+    caller = threading.Thread(target=call)
     caller.start()
-    deadline = time.monotonic() + 5
-    while not holds and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)
-    assert "r" not in result  # parked
+    wait_until(lambda: holds, timeout=5)
+    # Parked: blocked on its hold in Redis, and not answered (the event is set when the answer comes).
+    wait_until(parked_on_hold, timeout=5)
+    assert not answered.is_set()
     safety.hold_resolve(hold_id=holds[0], allow=allow)
     caller.join(10)
     assert result["r"].status_code == (200 if allow else 400)
