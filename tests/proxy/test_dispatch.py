@@ -14,7 +14,7 @@ from proxy import dispatch, upstream
 from proxy.errors import ProxyError
 from proxy.pipeline import ProxyRequest
 from proxy.selectors import DeploymentTarget
-from tests.proxy.conftest import route_with_deployments
+from tests.helpers import route_with_deployments
 
 pytestmark = pytest.mark.usefixtures("transactional_db", "redis_clean")
 
