@@ -43,7 +43,7 @@ bench: install
 		|| echo "wrk is not installed (Debian: apt-get install wrk); closed loops fall back to the asyncio client"
 	export DATABASE_URL=$${DATABASE_URL:-$(BENCH_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(BENCH_REDIS_URL)}; \
 		$(PY) manage.py db_ensure && $(PY) manage.py migrate --noinput -v0 && \
-		$(PY) -m registry.bench && $(PY) -m proxy.bench $(BENCH_ARGS)
+		$(PY) -m bench.registry && $(PY) -m bench $(BENCH_ARGS)
 
 # Optional: builds llama-cpp-python from source the first time (about 8 minutes); kept out of requirements.lock.
 test-real-model: install

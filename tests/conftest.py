@@ -265,7 +265,7 @@ class UpstreamHandle:
 
 @contextlib.contextmanager
 def dev_upstream_running(name: str = "dev") -> Iterator[UpstreamHandle]:
-    from core.devupstream import DevUpstream, serve
+    from devtools.devupstream import DevUpstream, serve
 
     upstream = DevUpstream(name=name)
     port = free_port()
