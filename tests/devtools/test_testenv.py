@@ -17,7 +17,6 @@ import pytest
 import redis
 
 from devtools import testenv
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,15 +38,16 @@ def test_servers_answer():
 """
 
 
-def _testenv(tmp_path: Path, outcome: str, **extra_env: str) -> subprocess.Popen:
+def _testenv(tmp_path: Path, outcome: str, *, session: bool = False, **extra_env: str) -> subprocess.Popen:
     (tmp_path / "test_inner.py").write_text(INNER_TEST)
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
     env.update(MARKER=str(tmp_path / "marker"), OUTCOME=outcome, **extra_env)
-    dead = f"127.0.0.1:{free_port()}"
+    dead = f"127.0.0.1:{testenv.free_port()}"
     command = [sys.executable, "-m", "devtools.testenv", "--pg-probe", dead, "--redis-probe", dead, "--no-browser"]
     command += ["--var", str(tmp_path / "var"), "--", "-p", "no:randomly", "-q", "-c", str(ROOT / "pyproject.toml")]
     command += ["--rootdir", str(ROOT), "-p", "no:xdist", str(tmp_path / "test_inner.py")]
-    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    return subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=session, **output)
 
 
 def _urls(tmp_path: Path) -> tuple[str, str]:
@@ -73,15 +73,19 @@ def test_without_servers_it_runs_pytest_on_throwaway_ones_and_stops_them(tmp_pat
     _assert_gone(tmp_path, *_urls(tmp_path))
 
 
-def test_cancelled_mid_run_it_still_stops_its_servers(tmp_path):
-    process = _testenv(tmp_path, "hang")
+@pytest.mark.parametrize("cancel", ["SIGTERM to it", "Ctrl-C"])
+def test_cancelled_mid_run_it_still_stops_its_servers(tmp_path, cancel):
+    process = _testenv(tmp_path, "hang", session=True)
     deadline = time.monotonic() + 120
     while not (tmp_path / "marker").exists():
         assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
         time.sleep(0.2)
     urls = _urls(tmp_path)
     assert redis.Redis.from_url(urls[1]).ping()  # up while pytest runs
-    process.send_signal(signal.SIGTERM)  # what a CI runner sends when a job is cancelled
+    if cancel == "Ctrl-C":
+        os.killpg(process.pid, signal.SIGINT)  # the terminal signals the foreground group: pytest too
+    else:
+        process.send_signal(signal.SIGTERM)  # what a CI runner sends when a job is cancelled
     process.communicate(timeout=60)
     assert process.returncode != 0
     _assert_gone(tmp_path, *urls)
@@ -102,7 +106,7 @@ def test_a_missing_browser_stops_the_run_at_once_with_one_line(tmp_path):
     cannot download without internet access on this machine; with access it would install."""
     env = {**os.environ, "STEWARD_TEST_CHROMIUM": str(tmp_path / "no-chromium"), "HOME": str(tmp_path)}
     env.pop("DATABASE_URL", None)
-    dead = f"127.0.0.1:{free_port()}"
+    dead = f"127.0.0.1:{testenv.free_port()}"
     command = [sys.executable, "-m", "devtools.testenv", "--pg-probe", dead, "--redis-probe", dead]
     command += ["--var", str(tmp_path / "var"), "--", "--collect-only"]
     if os.geteuid() == 0:
