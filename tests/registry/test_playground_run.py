@@ -194,7 +194,7 @@ def test_run_under_the_asgi_server(client, steward_server, prompt_engineer, prom
 
 @pytest.mark.browser
 def test_run_in_the_browser_swaps_the_result_and_keeps_inputs(
-    steward_server, prompt_engineer, prompt, routed, dev_upstream, monkeypatch
+    steward_server, prompt_engineer, prompt, routed, dev_upstream, monkeypatch, chromium_executable
 ):
     """Real Chromium on the ASGI server: the Run button posts the playground's variables with htmx."""
     from playwright.sync_api import sync_playwright
@@ -204,7 +204,7 @@ def test_run_in_the_browser_swaps_the_result_and_keeps_inputs(
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium", args=["--headless=new", "--no-sandbox", "--disable-gpu"]
+            executable_path=chromium_executable, args=["--headless=new", "--no-sandbox", "--disable-gpu"]
         )
         try:
             page = browser.new_context(base_url=steward_server.url).new_page()

@@ -96,7 +96,7 @@ class Command(BaseCommand):
             if not no_upstream:
                 start(
                     "dev upstream",
-                    [python, "-m", "core.devupstream", "--port", str(settings.STEWARD_DEV_UPSTREAM_PORT)],
+                    [python, "-m", "devtools.devupstream", "--port", str(settings.STEWARD_DEV_UPSTREAM_PORT)],
                 )
             start(
                 "web",

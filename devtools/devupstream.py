@@ -2,7 +2,7 @@
 
 Deterministic replies, real SSE streaming, a `usage` block, and knobs for latency and failure:
 
-    python -m core.devupstream --port 8100 [--delay-ms 0] [--name dev-a]
+    python -m devtools.devupstream --port 8100 [--delay-ms 0] [--name dev-a]
 
 Knobs can be changed while it runs with `POST /_control` (JSON, any subset):
     delay_ms              wait before answering (before the first token when streaming)

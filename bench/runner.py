@@ -1,6 +1,6 @@
 """`make bench`: the development upstream and Steward as child processes, load, and a table.
 
-    python -m proxy.bench [--quick] [--soak MINUTES] [--direct-only] [--only NAME ...] [--duration S] [--rounds N]
+    python -m bench [--quick] [--soak MINUTES] [--direct-only] [--only NAME ...] [--duration S] [--rounds N]
 
 Steward (one uvicorn worker) is pinned to CPU 0; the upstream, the load generators (wrk, sseload,
 asyncio clients), the request-log worker (at nice 19) and a Redis of the bench's own to CPU 1.
@@ -32,8 +32,8 @@ from pathlib import Path
 import psutil
 import requests
 
-from proxy.bench import loadgen
-from proxy.bench.loadgen import RunResult
+from bench import loadgen
+from bench.loadgen import RunResult
 
 STEWARD_CPU = 0
 LOAD_CPU = 1
@@ -292,7 +292,7 @@ class Bench:
         python = sys.executable
         upstream = self.children.start(
             "upstream",
-            [python, "-m", "core.devupstream", "--port", str(self.upstream_port), "--name", "bench-upstream"],
+            [python, "-m", "devtools.devupstream", "--port", str(self.upstream_port), "--name", "bench-upstream"],
             cpu=LOAD_CPU,
             env=self.env(),
         )
@@ -306,7 +306,7 @@ class Bench:
         django_ready()
         from django.conf import settings
 
-        from proxy.bench.fixtures import bench_setup
+        from bench.fixtures import bench_setup
 
         self.redis_url = settings.REDIS_URL
 
@@ -616,7 +616,7 @@ class Bench:
     def close(self) -> None:
         # The teardown publishes cache invalidations: while the bench's own Redis still runs.
         if self.target is not None:
-            from proxy.bench.fixtures import bench_teardown
+            from bench.fixtures import bench_teardown
 
             with contextlib.suppress(Exception):
                 bench_teardown(self.target)
@@ -770,7 +770,7 @@ def machine_description() -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m proxy.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per scenario")
     parser.add_argument(
         "--duration", type=float, help="seconds measured per scenario on each side (default 10, --quick 3)"

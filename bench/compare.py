@@ -1,6 +1,6 @@
 """Two Steward checkouts side by side: which one spends less CPU per request.
 
-    python -m proxy.bench.compare OTHER_CHECKOUT [--rounds 5] [--duration 10] [--concurrency 16] [--chat]
+    python -m bench.compare OTHER_CHECKOUT [--rounds 5] [--duration 10] [--concurrency 16] [--chat]
 
 `make bench` compares Steward with the upstream, run after run; on a shared virtual machine the
 speed of a core drifts by 10-20% between runs minutes apart, more than most single changes are
@@ -21,8 +21,8 @@ import sys
 import threading
 from pathlib import Path
 
-from proxy.bench import loadgen
-from proxy.bench.runner import (
+from bench import loadgen
+from bench.runner import (
     LOAD_CPU,
     STEWARD_CPU,
     Children,
@@ -34,7 +34,7 @@ from proxy.bench.runner import (
     wait_http,
 )
 
-HERE = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs a C compiler for sseload")
 
     django_ready()
-    from proxy.bench.fixtures import bench_setup, bench_teardown
+    from bench.fixtures import bench_setup, bench_teardown
 
     os.sched_setaffinity(0, {LOAD_CPU})
     log_dir = HERE / "var" / "bench-compare"
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream_port = free_port()
         upstream = children.start(
             "upstream",
-            [python, "-m", "core.devupstream", "--port", str(upstream_port), "--name", "bench-upstream"],
+            [python, "-m", "devtools.devupstream", "--port", str(upstream_port), "--name", "bench-upstream"],
             cpu=LOAD_CPU,
             env=env,
         )

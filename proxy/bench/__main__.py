@@ -1,5 +1,0 @@
-import sys
-
-from proxy.bench.runner import main
-
-sys.exit(main())
