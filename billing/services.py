@@ -47,7 +47,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from audit.actions import Action
-from audit.services import Actor, audit_event_record
+from audit.services import audit_event_record
 from billing import models as m
 from billing.money import (
     EPOCH,
@@ -61,6 +61,7 @@ from billing.money import (
     nano_to_decimal,
     period_bounds,
 )
+from core.actors import Actor
 from core.conf import hot
 from core.crypto import RotationReport, secret_decrypt, secret_encrypt, secrets_reencrypt
 from core.db import read_retrying

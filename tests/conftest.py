@@ -21,7 +21,7 @@ import requests
 from django.conf import settings
 
 from accounts.roles import Role
-from audit.services import Actor
+from core.actors import Actor
 
 
 def free_port() -> int:

@@ -8,7 +8,8 @@ import pytest
 from django.db import connection
 
 from audit.actions import Action
-from audit.services import Actor, audit_event_record
+from audit.services import audit_event_record
+from core.actors import Actor
 
 
 @contextlib.contextmanager

@@ -18,10 +18,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.services import Actor
 from billing.models import UsageLine
 from billing.money import period_bounds
 from billing.services import billing_config_get, budget_counters_read, budget_create, price_set
+from core.actors import Actor
 from core.invalidation import invalidate
 from tests.conftest import login
 

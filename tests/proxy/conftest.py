@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from audit.services import Actor
+from core.actors import Actor
 
 ACTOR = Actor.system("tests")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from audit.services import Actor
+from core.actors import Actor
 from registry import services
 
 SYSTEM = Actor.system("tests")
