@@ -1341,6 +1341,8 @@ def _lines_for_record(record: dict) -> list[m.UsageLine]:
         "team_id": _int_or_none(record.get("team_id")),
         "prompt_id": _int_or_none(record.get("prompt_id")),
         "prompt_version_id": _int_or_none(record.get("prompt_version_id")),
+        "prompt_name": str(record.get("prompt_name") or "")[:100],
+        "prompt_version_number": _int_or_none(record.get("prompt_version_number")),
         "started_at": started_at,
     }
     record_usage = _usage_from(record.get("usage")) or Usage()
@@ -1588,7 +1590,7 @@ ROLLUP_DIMENSIONS = ("team_id", "api_key_id", "model", "prompt_id", "prompt_vers
 
 
 def rollup_rows_compute(*, organisation_id: int, day: dt.date, time_zone: str) -> list[m.UsageDaily]:
-    from django.db.models import Count
+    from django.db.models import Count, Max
 
     start, end = day_bounds(day, time_zone)
     groups = (
@@ -1602,6 +1604,9 @@ def rollup_rows_compute(*, organisation_id: int, day: dt.date, time_zone: str) -
             cached_tokens=Sum("cached_tokens"),
             reasoning_tokens=Sum("reasoning_tokens"),
             cost=Sum("cost"),
+            # One prompt version has one name and number; Max only keeps them out of the GROUP BY.
+            prompt_name=Max("prompt_name"),
+            prompt_version_number=Max("prompt_version_number"),
         )
         .order_by()
     )
