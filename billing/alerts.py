@@ -27,6 +27,11 @@ from core.crypto import secret_decrypt
 logger = logging.getLogger(__name__)
 
 
+# A receiver gets this long to answer (a worker waits meanwhile); a slow one is retried with
+# backoff by the task (billing.tasks.budget_alert_webhook_deliver), not waited for longer.
+WEBHOOK_TIMEOUT_SECONDS = 5
+
+
 def _thresholds_check(*, config: BillingConfig, lines: list[m.UsageLine]) -> None:
     now = timezone.now()
     for rule in config.rules:
@@ -144,7 +149,9 @@ def budget_alert_webhook_send(*, alert_id: int) -> str:
     # A refused address is not retried: it stays refused until the URL or the policy changes.
     try:
         with egress.requests_session() as session:
-            response = session.post(billing.webhook_url, data=body, headers=headers, timeout=5, allow_redirects=False)
+            response = session.post(
+                billing.webhook_url, data=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS, allow_redirects=False
+            )
     except egress.EgressDenied as exc:
         logger.warning("budget alert %s: webhook not sent: %s", alert.pk, exc)
         m.BudgetAlert.objects.filter(pk=alert.pk).update(webhook_status="failed")

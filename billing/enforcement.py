@@ -42,6 +42,23 @@ from core.redis import Script, ScriptCall, abatch, redis_client
 logger = logging.getLogger(__name__)
 
 
+# Counters outlive their period a little so the usage page can still read them at the turn.
+COUNTERS_OUTLIVE_PERIOD = dt.timedelta(days=2)
+# Retry-After (seconds) of a refusal by a budget: when its period resets, but at least a second
+# (clients treat 0 as "now") and at most a day (an hour for a budget that never resets), since a
+# client will not usefully sleep for weeks on a monthly budget and an administrator may raise it.
+RETRY_AFTER_MIN = 1.0
+RETRY_AFTER_MAX = 86400
+RETRY_AFTER_NEVER_RESETS = 3600
+# Retry-After (seconds) while Redis is unreachable: an outage is usually a restart or failover.
+BUDGET_STORE_RETRY_AFTER = 5
+# The settle script's done marker outlives the reservation (twice its TTL), so a settle or release
+# repeated after the reservation has expired still finds it and changes nothing.
+DONE_MARKER_TTL_FACTOR = 2
+# Keys per SCAN round trip of the sweep: Redis' own guidance is tens to hundreds per call, so the
+# sweep never holds Redis for long.
+SWEEP_SCAN_COUNT = 500
+
 _LUA_DIR = Path(__file__).resolve().parent / "lua"
 
 
@@ -66,8 +83,7 @@ def _period_keys(prefix: str) -> list[str]:
 def _keys_expire_at_ms(period_end: datetime | None) -> int:
     if period_end is None:
         return 0
-    # Counters outlive their period a little so the usage page can still read them at the turn.
-    return int((period_end + dt.timedelta(days=2)).timestamp() * 1000)
+    return int((period_end + COUNTERS_OUTLIVE_PERIOD).timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,8 @@ class BudgetWindow:
     expire_at_ms: int
 
 
+# The memo of budget_windows holds one entry per (API key, team, prompt) seen since the config
+# was loaded; past this many it starts again rather than grow with a tenant's number of keys.
 WINDOWS_PER_CONFIG = 10_000
 MAX_DATETIME = dt.datetime.max.replace(tzinfo=dt.UTC)
 
@@ -154,8 +172,8 @@ def _spent_rebuild(config: BillingConfig, windows: list[BudgetWindow]) -> None:
 
 def _retry_after(resets_at: datetime | None, now: datetime) -> float:
     if resets_at is None:
-        return 3600
-    return max(1.0, min((resets_at - now).total_seconds(), 86400))
+        return RETRY_AFTER_NEVER_RESETS
+    return max(RETRY_AFTER_MIN, min((resets_at - now).total_seconds(), RETRY_AFTER_MAX))
 
 
 @dataclass
@@ -265,7 +283,7 @@ async def abudget_reserve_complete(plan: ReservePlan, result) -> Reservation:
                 return reservation
             raise BudgetUnavailable(
                 "Budgets cannot be checked right now (the budget store is unreachable); the request was not sent.",
-                extra={"retry_after": 5},
+                extra={"retry_after": BUDGET_STORE_RETRY_AFTER},
             ) from exc
         raise
     status = int(result[0])
@@ -344,7 +362,7 @@ async def abudget_extend(*, reservation: Reservation) -> None:
             return
         raise BudgetUnavailable(
             "Budgets cannot be checked right now (the budget store is unreachable); the request was not retried.",
-            extra={"retry_after": 5},
+            extra={"retry_after": BUDGET_STORE_RETRY_AFTER},
         ) from exc
     status = int(result[0])
     if status == 1:
@@ -382,7 +400,7 @@ def budget_finish_call(*, reservation: Reservation, actual_cost: Decimal | None)
     keys = [f"billing:done:{reservation.id}"]
     for prefix in reservation.keys.values():
         keys.extend(_period_keys(prefix))
-    done_ttl_ms = int(hot.STEWARD_BILLING_RESERVATION_TTL_SECONDS * 1000) * 2
+    done_ttl_ms = int(hot.STEWARD_BILLING_RESERVATION_TTL_SECONDS * 1000) * DONE_MARKER_TTL_FACTOR
     args = [reservation.id, actual_nano, done_ttl_ms, len(reservation.keys)]
     # The amounts as the reserve script stored them (`amounts` and `keys` were filled together).
     args.extend(nano_ceil(amount) for amount in reservation.amounts.values())
@@ -431,7 +449,7 @@ def reservations_sweep() -> int:
     script = client.register_script(_lua("sweep"))
     now_ms = int(time.time() * 1000)
     dropped = 0
-    for key in client.scan_iter(match="billing:bp:*:exp", count=500):
+    for key in client.scan_iter(match="billing:bp:*:exp", count=SWEEP_SCAN_COUNT):
         prefix = key.decode().rsplit(":", 1)[0]
         dropped += int(script(keys=[f"{prefix}:rsv", f"{prefix}:res", f"{prefix}:exp"], args=[now_ms]))
     return dropped

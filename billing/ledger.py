@@ -23,6 +23,10 @@ from core.errors import ApplicationError, ValidationFailed
 logger = logging.getLogger(__name__)
 
 
+# Rows per INSERT: the request-log consumer hands over batches of records, a few lines each.
+LEDGER_INSERT_BATCH = 500
+
+
 def _usage_from(data: dict | None) -> Usage | None:
     if not data:
         return None
@@ -159,7 +163,7 @@ def usage_lines_record(*, records: list[dict]) -> int:
     if not lines:
         return 0
     with transaction.atomic():
-        created = m.UsageLine.objects.bulk_create(lines, ignore_conflicts=True, batch_size=500)
+        created = m.UsageLine.objects.bulk_create(lines, ignore_conflicts=True, batch_size=LEDGER_INSERT_BATCH)
         organisations = {line.organisation_id for line in lines}
         configs = {org_id: billing_config_get(org_id) for org_id in organisations}
         pending = {

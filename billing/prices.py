@@ -37,7 +37,14 @@ DEV_MODEL_PRICES = {
     "dev-embed": {"input": "0.02", "output": "0", "cached": None, "max_output": 1},
 }
 PER_MILLION = Decimal(1_000_000)
+# Tokens a provider adds around the body's text (role markers, the chat template's start and end
+# of turn), which the body's bytes do not count: a margin that keeps the worst case an upper bound.
 INPUT_OVERHEAD_TOKENS = 16
+# A price "from now" sent by a client whose clock is a little behind is not refused as backdated.
+PRICE_START_TOLERANCE = dt.timedelta(minutes=1)
+# Rows per INSERT when seeding litellm's price list (a few thousand models): one statement each
+# would be slow, one statement for all would be a very large one.
+PRICES_SEED_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -256,7 +263,7 @@ def prices_seed(*, price_model=None, now: datetime | None = None, litellm: bool 
                 created_by="seed",
             )
         )
-    Price.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
+    Price.objects.bulk_create(rows, ignore_conflicts=True, batch_size=PRICES_SEED_BATCH)
     if price_model is None:
         _caches_invalidate(PRICES_NAMESPACE)
     return len(rows)
@@ -332,7 +339,7 @@ def price_set(
         _non_negative(name, value)
     now = timezone.now()
     effective_from = effective_from or now
-    if effective_from < now - dt.timedelta(minutes=1):
+    if effective_from < now - PRICE_START_TOLERANCE:
         raise ValidationFailed(
             "a price cannot start in the past: costs already recorded are never rewritten", param="effective_from"
         )

@@ -17,7 +17,10 @@ logger = logging.getLogger(__name__)
 CONFIG_NAMESPACE = "billing.config"
 PRICES_NAMESPACE = "billing.prices"
 _config_cache = LocalCache(CONFIG_NAMESPACE)
-_price_cache = LocalCache(PRICES_NAMESPACE, max_entries=5_000)
+# One entry per (organisation, model, deployment) looked up; bounded so that requests naming ever
+# new models cannot grow a process without limit, and large enough for every model of many tenants.
+PRICE_CACHE_ENTRIES = 5_000
+_price_cache = LocalCache(PRICES_NAMESPACE, max_entries=PRICE_CACHE_ENTRIES)
 
 
 def _caches_invalidate(namespace: str) -> None:
