@@ -16,11 +16,7 @@ from billing import models as m
 from billing.budgets import BillingConfig, BudgetRule
 from billing.contract import BudgetScope
 from billing.enforcement import budget_spent_from_ledger
-from billing.money import (
-    ZERO,
-    money,
-    period_bounds,
-)
+from billing.money import ZERO, money, period_bounds
 from core.actors import Actor
 from core.crypto import secret_decrypt
 

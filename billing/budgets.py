@@ -4,7 +4,6 @@ that change budgets, billing settings and key cost ceilings."""
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -14,16 +13,11 @@ from audit.actions import Action
 from audit.services import audit_event_record
 from billing import models as m
 from billing.contract import BudgetScope
-from billing.money import (
-    MAX_BUDGET_AMOUNT,
-    money,
-)
+from billing.money import MAX_BUDGET_AMOUNT, money
 from billing.store import CONFIG_NAMESPACE, _adb_read, _caches_invalidate, _config_cache
 from core.actors import Actor
 from core.crypto import RotationReport, secret_decrypt, secret_encrypt, secrets_reencrypt
 from core.errors import ValidationFailed
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

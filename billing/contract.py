@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from billing.money import (
-    ZERO,
-)
+from billing.money import ZERO
 from core.errors import ApplicationError
-
-logger = logging.getLogger(__name__)
 
 
 class BudgetExceeded(ApplicationError):

@@ -27,13 +27,7 @@ from billing.contract import (
     PriceUnknown,
     Reservation,
 )
-from billing.money import (
-    EPOCH,
-    ZERO,
-    nano_ceil,
-    nano_to_decimal,
-    period_bounds,
-)
+from billing.money import EPOCH, ZERO, nano_ceil, nano_to_decimal, period_bounds
 from billing.prices import aprice_resolve, worst_case_cost
 from billing.store import _adb_read
 from core.conf import hot

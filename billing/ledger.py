@@ -13,10 +13,7 @@ from billing import models as m
 from billing.alerts import _thresholds_check
 from billing.budgets import billing_config_get
 from billing.contract import Cost, Usage
-from billing.money import (
-    ZERO,
-    local_day,
-)
+from billing.money import ZERO, local_day
 from billing.prices import cost_compute
 from core.errors import ApplicationError, ValidationFailed
 

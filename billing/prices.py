@@ -4,7 +4,6 @@ seeding and setting prices."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -16,19 +15,11 @@ from audit.actions import Action
 from audit.services import audit_event_record
 from billing import models as m
 from billing.contract import Cost, Usage
-from billing.money import (
-    EPOCH,
-    ZERO,
-    decimal_from_price,
-    money,
-)
+from billing.money import EPOCH, ZERO, decimal_from_price, money
 from billing.store import PRICES_NAMESPACE, _adb_read, _caches_invalidate, _price_cache
 from core.actors import Actor
 from core.conf import hot
 from core.errors import ValidationFailed
-
-logger = logging.getLogger(__name__)
-
 
 DEV_MODEL_PRICES = {
     # Development upstream models: demo prices (USD per million tokens) so the demo shows real costs.

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 
 from django.db import transaction
 from django.db.models import Sum
 
 from billing import models as m
 from billing.budgets import billing_config_load
-from billing.money import (
-    day_bounds,
-)
-
-logger = logging.getLogger(__name__)
-
+from billing.money import day_bounds
 
 ROLLUP_DIMENSIONS = ("team_id", "api_key_id", "model", "prompt_id", "prompt_version_id")
 

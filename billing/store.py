@@ -3,16 +3,11 @@ the retried database read of the hot path."""
 
 from __future__ import annotations
 
-import logging
-
 from asgiref.sync import sync_to_async
 
 from billing.contract import BudgetUnavailable
 from core.db import read_retrying
 from core.invalidation import LocalCache, invalidate
-
-logger = logging.getLogger(__name__)
-
 
 CONFIG_NAMESPACE = "billing.config"
 PRICES_NAMESPACE = "billing.prices"
