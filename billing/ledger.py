@@ -20,6 +20,8 @@ from core.errors import ApplicationError, ValidationFailed
 logger = logging.getLogger(__name__)
 
 
+# The ledger's column widths: values from a record are cut to fit rather than lose the line.
+_COLUMN_WIDTH = {f.name: f.max_length for f in m.UsageLine._meta.get_fields() if getattr(f, "max_length", None)}
 # Rows per INSERT: the request-log consumer hands over batches of records, a few lines each.
 LEDGER_INSERT_BATCH = 500
 
@@ -51,7 +53,7 @@ def _int_or_none(value) -> int | None:
 
 
 def _lines_for_record(record: dict) -> list[m.UsageLine]:
-    request_id = str(record["request_id"])[:64]
+    request_id = str(record["request_id"])[: _COLUMN_WIDTH["request_id"]]
     organisation_id = int(record["organisation_id"])
     started_at = record.get("started_at")
     if isinstance(started_at, str):
@@ -67,7 +69,7 @@ def _lines_for_record(record: dict) -> list[m.UsageLine]:
         "team_id": _int_or_none(record.get("team_id")),
         "prompt_id": _int_or_none(record.get("prompt_id")),
         "prompt_version_id": _int_or_none(record.get("prompt_version_id")),
-        "prompt_name": str(record.get("prompt_name") or "")[:100],
+        "prompt_name": str(record.get("prompt_name") or "")[: _COLUMN_WIDTH["prompt_name"]],
         "prompt_version_number": _int_or_none(record.get("prompt_version_number")),
         "started_at": started_at,
     }
@@ -78,8 +80,8 @@ def _lines_for_record(record: dict) -> list[m.UsageLine]:
                 **common,
                 attempt=0,
                 deployment_id=None,
-                model=str(record.get("model") or "")[:200],
-                status=str(record.get("status") or "ok")[:32],
+                model=str(record.get("model") or "")[: _COLUMN_WIDTH["model"]],
+                status=str(record.get("status") or "ok")[: _COLUMN_WIDTH["status"]],
                 cached=True,
                 estimated=record_usage.estimated,
                 prompt_tokens=record_usage.prompt_tokens,
@@ -105,10 +107,10 @@ def _lines_for_record(record: dict) -> list[m.UsageLine]:
         ]
     lines = []
     for index, attempt in enumerate(attempts, start=1):
-        model = str(attempt.get("model") or record.get("model") or "")[:200]
+        model = str(attempt.get("model") or record.get("model") or "")[: _COLUMN_WIDTH["model"]]
         deployment_id = _int_or_none(attempt.get("deployment_id"))
         usage = _usage_from(attempt.get("usage"))
-        status = str(attempt.get("status") or "")[:32]
+        status = str(attempt.get("status") or "")[: _COLUMN_WIDTH["status"]]
         if usage is None:
             cost = Cost(total=ZERO, basis=m.CostBasis.NO_USAGE, reason=f"attempt ended '{status}' with no tokens")
             usage = Usage()
@@ -133,7 +135,7 @@ def _lines_for_record(record: dict) -> list[m.UsageLine]:
                 cost=cost.total,
                 currency=cost.currency,
                 basis=cost.basis,
-                reason=cost.reason[:200],
+                reason=cost.reason[: _COLUMN_WIDTH["reason"]],
                 price_id=cost.price_id,
             )
         )
