@@ -28,7 +28,8 @@ from accounts.selectors import invitation_pending_get, invitation_token_hash
 from accounts.services import membership_set, roles_validate, user_create
 from accounts.tasks import invitation_mail_send as invitation_mail_send_task
 from audit.actions import Action
-from audit.services import Actor, audit_event_record
+from audit.services import audit_event_record
+from core.actors import Actor
 from core.crypto import secret_decrypt, secret_encrypt
 from core.errors import Conflict, NotFound, ValidationFailed
 

@@ -20,7 +20,7 @@ from rest_framework.permissions import BasePermission
 
 from accounts.authentication import ApiKeyUser
 from accounts.models import Organisation
-from audit.services import Actor
+from core.actors import Actor
 
 
 @dataclass(frozen=True)

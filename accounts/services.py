@@ -12,7 +12,8 @@ from django.utils import timezone
 from accounts.models import ApiKey, Membership, Organisation, Team
 from accounts.roles import ROLE_VALUES, Role
 from audit.actions import Action
-from audit.services import Actor, audit_event_record
+from audit.services import audit_event_record
+from core.actors import Actor
 from core.errors import Conflict, ValidationFailed
 from core.invalidation import invalidate
 

@@ -245,3 +245,9 @@ def team_list(request):
             messages.success(request, f"Team {team.name} created.")
             return redirect("accounts:team_list")
     return render(request, "accounts/team_list.html", {"teams": teams_list(organisation=organisation), "form": form})
+
+
+@role_required()
+def coming(request, *, title: str):
+    """Placeholder page for sections a later release fills in (members only, like the real pages)."""
+    return render(request, "accounts/coming.html", {"title": title})

@@ -3,11 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-
-class ActorType(models.TextChoices):
-    USER = "user"
-    API_KEY = "api_key"
-    SYSTEM = "system"
+from core.actors import ActorType
 
 
 class AuditEvent(models.Model):

@@ -14,33 +14,13 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.actions import Action
-from audit.models import ActorType, AuditChainHead, AuditEvent, AuditVerification, VerificationStatus
+from audit.models import AuditChainHead, AuditEvent, AuditVerification, VerificationStatus
+from core.actors import Actor
 from core.logging import request_id_var
 
 logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who did it: a user, an API key or the system (a task, a sweeper)."""
-
-    type: str
-    id: str = ""
-    label: str = ""
-
-    @classmethod
-    def system(cls, label: str = "system") -> Actor:
-        return cls(ActorType.SYSTEM, "", label)
-
-    @classmethod
-    def for_user(cls, user) -> Actor:
-        return cls(ActorType.USER, str(user.pk), user.get_username())
-
-    @classmethod
-    def for_api_key(cls, *, key_id: int, prefix: str) -> Actor:
-        return cls(ActorType.API_KEY, str(key_id), prefix)
 
 
 def _canonical_json(value: Any) -> str:

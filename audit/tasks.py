@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from config.celery import Queue
+from core.queues import Queue
 
 
 @shared_task(

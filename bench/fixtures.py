@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 
 from accounts.services import api_key_create, api_key_revoke, organisation_create
-from audit.services import Actor
+from core.actors import Actor
 
 ACTOR = Actor.system("bench")
 UNLIMITED = 1_000_000_000

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from accounts.models import Organisation
     from accounts.services import organisation_create
-    from audit.services import Actor
+    from core.actors import Actor
     from core.invalidation import _registry
     from registry import selectors, services
 

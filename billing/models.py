@@ -144,6 +144,10 @@ class UsageLine(models.Model):
     team_id = models.BigIntegerField(null=True, blank=True)
     prompt_id = models.BigIntegerField(null=True, blank=True)
     prompt_version_id = models.BigIntegerField(null=True, blank=True)
+    # The prompt's name and version number when the request ran: the ledger outlives prompts, and
+    # billing's reports name them without reading the registry.
+    prompt_name = models.CharField(max_length=100, blank=True, default="", db_default="")
+    prompt_version_number = models.PositiveIntegerField(null=True, blank=True)
     deployment_id = models.BigIntegerField(null=True, blank=True)
     model = models.CharField(max_length=200)
     status = models.CharField(max_length=32)
@@ -186,6 +190,9 @@ class UsageDaily(models.Model):
     model = models.CharField(max_length=200)
     prompt_id = models.BigIntegerField(null=True, blank=True)
     prompt_version_id = models.BigIntegerField(null=True, blank=True)
+    # Labels, not dimensions: the names carried by the day's ledger lines (see UsageLine).
+    prompt_name = models.CharField(max_length=100, blank=True, default="", db_default="")
+    prompt_version_number = models.PositiveIntegerField(null=True, blank=True)
     requests = models.PositiveIntegerField(default=0)
     lines = models.PositiveIntegerField(default=0)
     prompt_tokens = models.BigIntegerField(default=0)

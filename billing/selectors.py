@@ -130,17 +130,17 @@ def _labels(*, organisation, dimension: str, keys) -> dict:
         return {t.pk: t.name for t in Team.objects.filter(organisation=organisation, pk__in=keys)}
     if dimension == "api_key_id":
         return {k.pk: f"{k.name} ({k.prefix}…)" for k in ApiKey.objects.filter(organisation=organisation, pk__in=keys)}
-    # Prompts are referenced by plain ids (the ledger outlives them); name them when they still exist.
-    if dimension == "prompt_id":
-        from registry.models import Prompt
-
-        return {p.pk: p.name for p in Prompt.objects.filter(organisation=organisation, pk__in=keys)}
-    if dimension == "prompt_version_id":
-        from registry.models import PromptVersion
-
-        versions = PromptVersion.objects.filter(prompt__organisation=organisation, pk__in=keys).select_related("prompt")
-        return {v.pk: f"{v.prompt.name} v{v.number}" for v in versions}
     return {}
+
+
+def _prompt_label(row: m.UsageDaily, dimension: str) -> str:
+    """A prompt (version) named as the ledger recorded it; the registry is not read, and the
+    ledger outlives the prompts it names."""
+    if not row.prompt_name:
+        return ""
+    if dimension == "prompt_version_id" and row.prompt_version_number is not None:
+        return f"{row.prompt_name} v{row.prompt_version_number}"
+    return row.prompt_name
 
 
 def usage_report(*, organisation, filters: UsageFilters, breakdown: str = "model") -> UsageReport:
@@ -167,7 +167,15 @@ def usage_report(*, organisation, filters: UsageFilters, breakdown: str = "model
             target.prompt_tokens += row.prompt_tokens
             target.completion_tokens += row.completion_tokens
             target.cost += row.cost
-    labels = _labels(organisation=organisation, dimension=dimension, keys=groups.keys())
+    if dimension in ("prompt_id", "prompt_version_id"):
+        # The latest day's name wins for a prompt renamed within the range.
+        labels = {}
+        for row in sorted(rows, key=lambda r: r.day):
+            label = _prompt_label(row, dimension)
+            if label:
+                labels[getattr(row, dimension)] = label
+    else:
+        labels = _labels(organisation=organisation, dimension=dimension, keys=groups.keys())
     for key, group in groups.items():
         if key is None:
             group.label = "(none)"

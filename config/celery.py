@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import enum
 import os
 
 from celery import Celery
 from kombu import Queue as KombuQueue
 
+from core.queues import Queue
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-
-
-class Queue(enum.StrEnum):
-    DEFAULT = "default"
-    PROXY_LOG = "proxy_log"
-    EVALS = "evals"
 
 
 app = Celery("steward")
@@ -26,15 +21,38 @@ app.conf.worker_prefetch_multiplier = 1
 app.conf.broker_transport_options = {"visibility_timeout": 3600}
 app.conf.task_acks_late = False
 
-# Periodic work. Each entry names a task that its app defines; beat only enqueues.
-app.conf.beat_schedule = {
-    "core-heartbeat": {"task": "core.heartbeat", "schedule": 30.0, "options": {"queue": Queue.DEFAULT.value}},
-}
+
+def beat_schedule() -> dict[str, dict]:
+    """Every periodic task, in this one place; each names a task its app defines, beat only enqueues.
+
+    A function of settings, since two intervals are configurable and this module is imported
+    before Django's settings are."""
+    from django.conf import settings
+
+    def entry(task: str, seconds: float, queue: Queue = Queue.DEFAULT) -> dict:
+        return {"task": task, "schedule": seconds, "options": {"queue": queue.value}}
+
+    return {
+        # Proves beat and a worker are alive (the key it writes lives 120 s: four beats).
+        "core-heartbeat": entry("core.heartbeat", 30.0),
+        # Re-queues verifications left RUNNING by a worker that died.
+        "audit-verifications-recover": entry("audit.verifications_recover", 300.0),
+        # Releases budget reservations whose request never settled (crashed worker, lost client).
+        "billing-reservations-sweep": entry("billing.reservations_sweep", 30.0),
+        "billing-rollups-update": entry("billing.rollups_update", 30.0),
+        "proxy-request-log-drain": entry(
+            "proxy.request_log_drain", settings.STEWARD_PROXY_LOG_DRAIN_SECONDS, Queue.PROXY_LOG
+        ),
+        "proxy-deployments-health-check": entry(
+            "proxy.deployments_health_check", settings.STEWARD_PROXY_HEALTH_CHECK_SECONDS
+        ),
+        "proxy-request-bodies-purge": entry("proxy.request_bodies_purge", 3600.0),
+    }
 
 
-def beat_entry_add(name: str, *, task: str, schedule: float, queue: Queue = Queue.DEFAULT) -> None:
-    """Apps register their periodic tasks here (from their AppConfig.ready) instead of editing this file."""
-    app.conf.beat_schedule[name] = {"task": task, "schedule": schedule, "options": {"queue": queue.value}}
+@app.on_after_configure.connect
+def _beat_schedule_set(sender, **kwargs) -> None:
+    sender.conf.beat_schedule = beat_schedule()
 
 
 app.autodiscover_tasks()

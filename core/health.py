@@ -45,9 +45,8 @@ def _redis() -> CheckResult:
 
 
 def _broker() -> CheckResult:
+    from celery import current_app as app
     from django.conf import settings
-
-    from config.celery import app
 
     if settings.CELERY_BROKER_URL.replace("redis+socket://", "unix://") == settings.REDIS_URL:
         return CheckResult("broker", True, {"same_as": "redis"})

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect
 from django.views.decorators.cache import never_cache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -42,14 +42,3 @@ def readyz(request):
 @never_cache
 def metrics(request):
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
-
-
-def coming(request, *, title: str):
-    """Placeholder page for sections a later release fills in (members only, like the real pages)."""
-    from accounts.permissions import role_required
-
-    return role_required()(_coming)(request, title=title)
-
-
-def _coming(request, *, title: str):
-    return render(request, "core/coming.html", {"title": title})

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from core.views import coming
+from accounts.views import coming
 
 app_name = "evals"
 urlpatterns = [path("", coming, {"title": "Evaluations"}, name="home")]

@@ -34,10 +34,11 @@ from accounts.models import ApiKey, Organisation
 from accounts.selectors import ApiKeyPrincipal
 from accounts.services import api_key_create
 from audit.actions import Action
-from audit.services import Actor, audit_event_record
+from audit.services import audit_event_record
 from billing import services as billing
 from billing.models import BudgetScope, KeyCostCeiling
 from billing.selectors import budgets_list
+from core.actors import Actor
 from core.errors import TransientUpstreamError
 from proxy import upstream
 from proxy.pipeline import ProxyRequest

@@ -215,7 +215,8 @@ def circuit_events_audit(*, limit: int = 1000) -> int:
     """
     from audit.actions import Action
     from audit.models import AuditEvent
-    from audit.services import Actor, audit_event_record
+    from audit.services import audit_event_record
+    from core.actors import Actor
     from proxy.models import Deployment
 
     client = redis_client()

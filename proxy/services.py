@@ -18,8 +18,9 @@ from django.utils import timezone
 
 from accounts.models import Organisation
 from audit.actions import Action
-from audit.services import Actor, audit_event_record
+from audit.services import audit_event_record
 from core import egress
+from core.actors import Actor
 from core.crypto import RotationReport, secret_encrypt, secrets_reencrypt
 from core.errors import Conflict, ValidationFailed
 from core.invalidation import invalidate

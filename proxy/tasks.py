@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from config.celery import Queue
+from core.queues import Queue
 
 
 @shared_task(name="proxy.request_log_drain", queue=Queue.PROXY_LOG, soft_time_limit=45, time_limit=55)

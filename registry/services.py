@@ -12,8 +12,8 @@ from django.utils import timezone
 from accounts.models import Organisation, Team
 from accounts.roles import Role
 from audit.actions import Action
-from audit.models import ActorType
-from audit.services import Actor, audit_event_record
+from audit.services import audit_event_record
+from core.actors import Actor, ActorType
 from core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from core.invalidation import invalidate
 from registry.content import label_validate, name_validate, version_content_validate

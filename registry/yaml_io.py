@@ -20,8 +20,8 @@ from django.utils.dateparse import parse_datetime
 
 from accounts.models import Organisation
 from audit.actions import Action
-from audit.models import ActorType
-from audit.services import Actor, audit_event_record
+from audit.services import audit_event_record
+from core.actors import Actor, ActorType
 from core.errors import Conflict, Forbidden, ValidationFailed
 from core.invalidation import invalidate
 from registry.content import content_hash, label_validate, name_validate, version_content_validate

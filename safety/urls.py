@@ -1,6 +1,6 @@
 from django.urls import path
 
-from core.views import coming
+from accounts.views import coming
 
 app_name = "safety"
 urlpatterns = [path("", coming, {"title": "Moderation"}, name="home")]

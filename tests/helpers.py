@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from django.conf import settings
 
-from audit.services import Actor
+from core.actors import Actor
 
 ACTOR = Actor.system("tests")
 # The registry's tests name their actor SYSTEM; the same actor.

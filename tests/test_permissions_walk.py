@@ -175,14 +175,14 @@ OK_DEFAULT = {"GET": (200,), "POST": WRITE_OK, "PUT": WRITE_OK, "PATCH": WRITE_O
 
 def _api_key(org) -> int:
     from accounts.services import api_key_create
-    from audit.services import Actor
+    from core.actors import Actor
 
     return api_key_create(organisation=org, name="walk key", actor=Actor.system("walk")).api_key.id
 
 
 def _membership(org) -> int:
     from accounts.services import membership_set, user_create
-    from audit.services import Actor
+    from core.actors import Actor
 
     user = user_create(username="paula-param", password="p" * 20)
     return membership_set(organisation=org, user=user, roles=["viewer"], actor=Actor.system("walk")).id
@@ -190,7 +190,7 @@ def _membership(org) -> int:
 
 def _invitation(org) -> int:
     from accounts.invitations import invitation_create
-    from audit.services import Actor
+    from core.actors import Actor
 
     return invitation_create(
         organisation=org, email="walk@example.com", roles=["viewer"], actor=Actor.system("walk")
@@ -199,7 +199,7 @@ def _invitation(org) -> int:
 
 def _invitation_token(org) -> str:
     from accounts.invitations import invitation_create
-    from audit.services import Actor
+    from core.actors import Actor
 
     link = invitation_create(organisation=org, username="walk", roles=["viewer"], actor=Actor.system("walk")).link
     return link.rstrip("/").rsplit("/", 1)[1]
@@ -214,14 +214,14 @@ def _verification(org) -> int:
 def _model_route(org) -> int:
     import secrets
 
-    from audit.services import Actor
+    from core.actors import Actor
     from proxy.services import route_create
 
     return route_create(organisation=org, name=f"walk-{secrets.token_hex(4)}", actor=Actor.system("walk")).id
 
 
 def _deployment(org) -> int:
-    from audit.services import Actor
+    from core.actors import Actor
     from proxy.models import ModelRoute
     from proxy.services import deployment_create
 
@@ -250,8 +250,8 @@ def _budget(org) -> int:
     import secrets
     from decimal import Decimal
 
-    from audit.services import Actor
     from billing.services import budget_create
+    from core.actors import Actor
 
     return budget_create(
         organisation=org, actor=Actor.system("walk"), name=f"walk-{secrets.token_hex(4)}", scope="organisation",
@@ -262,7 +262,7 @@ def _budget(org) -> int:
 def _prompt_name(org) -> str:
     import secrets
 
-    from audit.services import Actor
+    from core.actors import Actor
     from registry.services import prompt_create, prompt_version_create
 
     actor = Actor.system("walk")
@@ -275,7 +275,7 @@ def _prompt_name(org) -> str:
 
 
 def _promotion(org) -> int:
-    from audit.services import Actor
+    from core.actors import Actor
     from registry.models import Prompt
     from registry.services import (
         label_move,
@@ -392,7 +392,7 @@ def member_without_roles(organisation):
 def _key_persona(persona: str, organisation) -> tuple[str, list[str]]:
     """(secret, roles) of an API key persona: no roles, or a viewer confined to a prompt of its own."""
     from accounts.services import api_key_create
-    from audit.services import Actor
+    from core.actors import Actor
 
     if persona == "key_without_roles":
         created = api_key_create(organisation=organisation, name="walk proxy-only", actor=Actor.system("walk"))

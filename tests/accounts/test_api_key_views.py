@@ -66,7 +66,7 @@ def test_admin_creates_a_key_and_sees_the_secret_once(client, admin):
 
 def test_create_form_rejects_bad_input(client, admin, other_organisation):
     from accounts.services import team_create
-    from audit.services import Actor
+    from core.actors import Actor
 
     foreign_team = team_create(organisation=other_organisation, name="Theirs", actor=Actor.system())
     login(client, admin)

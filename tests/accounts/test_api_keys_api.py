@@ -49,7 +49,7 @@ def test_create_returns_the_secret_once_and_never_the_hash(client, admin):
 
 def test_create_validates_input_with_the_error_shape(client, admin, other_organisation):
     from accounts.services import team_create
-    from audit.services import Actor
+    from core.actors import Actor
 
     foreign = team_create(organisation=other_organisation, name="Theirs", actor=Actor.system())
     login(client, admin)

@@ -224,7 +224,7 @@ def test_another_organisations_admin_never_sees_a_users_sign_in_address(client, 
 
 def test_a_member_without_roles_sees_nothing_but_the_organisation_switcher(client, admin, other_organisation):
     from accounts.services import membership_set
-    from audit.services import Actor
+    from core.actors import Actor
 
     user = user_create(username="rolf-noroles", password=PASSWORD)
     membership_set(organisation=admin.organisation, user=user, roles=[], actor=Actor.system("tests"))

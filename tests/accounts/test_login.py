@@ -16,7 +16,7 @@ def _login(client, username: str, password: str, ip: str = "10.0.0.1"):
 def test_login_page_and_successful_login_is_audited(client, admin, other_organisation):
     from accounts.services import membership_set
     from audit.models import AuditEvent
-    from audit.services import Actor
+    from core.actors import Actor
 
     membership_set(organisation=other_organisation, user=admin.user, roles=["viewer"], actor=Actor.system())
     page = client.get(reverse("accounts:login"))

@@ -90,7 +90,7 @@ def test_non_admin_gets_403_and_outsider_404(client, reviewer, outsider, viewer)
 
 def test_organisation_switcher(client, admin, other_organisation):
     from accounts.services import membership_set
-    from audit.services import Actor
+    from core.actors import Actor
 
     membership_set(organisation=other_organisation, user=admin.user, roles=["viewer"], actor=Actor.system())
     login(client, admin)

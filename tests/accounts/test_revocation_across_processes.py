@@ -15,7 +15,7 @@ import requests
 from django.conf import settings
 
 from accounts.services import api_key_revoke
-from audit.services import Actor
+from core.actors import Actor
 from tests.helpers import free_port, subprocess_env, wait_for_port
 
 CONSISTENT = 30  # consecutive 401s, each on a new connection, so both workers have answered

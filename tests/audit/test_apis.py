@@ -4,7 +4,7 @@ import pytest
 
 from audit.actions import Action
 from audit.models import AuditVerification
-from audit.services import Actor
+from core.actors import Actor
 from tests.helpers import login, record
 
 pytestmark = pytest.mark.django_db

@@ -8,7 +8,8 @@ from django.db import connections
 
 from audit.actions import Action
 from audit.models import AuditVerification
-from audit.services import Actor, audit_verification_run
+from audit.services import audit_verification_run
+from core.actors import Actor
 from tests.helpers import record
 
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]

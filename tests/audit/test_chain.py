@@ -14,7 +14,8 @@ from django.db import DatabaseError, connection, connections, transaction
 
 from audit.actions import Action
 from audit.models import AuditChainHead, AuditEvent
-from audit.services import GENESIS_HASH, Actor, audit_chain_verify, audit_event_record, event_canonical, event_hash
+from audit.services import GENESIS_HASH, audit_chain_verify, audit_event_record, event_canonical, event_hash
+from core.actors import Actor
 from tests.helpers import append_only_lifted, record
 
 

@@ -8,7 +8,8 @@ from django.urls import reverse
 
 from audit.actions import Action
 from audit.models import AuditEvent, AuditVerification
-from audit.services import Actor, audit_chain_verify
+from audit.services import audit_chain_verify
+from core.actors import Actor
 from tests.helpers import login, record
 
 pytestmark = pytest.mark.django_db

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from audit.services import Actor
+from core.actors import Actor
 from tests.helpers import Receiver
 
 

@@ -434,7 +434,8 @@ def test_hot_path_database_reads_survive_a_dropped_connection(transactional_db, 
     import psycopg
     from django.db import connection
 
-    from billing.services import _db_read_retrying, billing_config_load
+    from billing.services import billing_config_load
+    from billing.store import _db_read_retrying
 
     connection.ensure_connection()
     pid = connection.connection.info.backend_pid

@@ -17,10 +17,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.services import Actor
 from billing.models import UsageLine
 from billing.money import period_bounds
 from billing.services import billing_config_get, budget_counters_read, budget_create, price_set
+from core.actors import Actor
 from core.invalidation import invalidate
 from tests.factories import PromptFactory, RouteFactory
 from tests.helpers import ledger_lines, login

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from decimal import Decimal
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from billing.models import BillingSettings, Budget, Price
@@ -152,26 +154,31 @@ def test_outsider_gets_404_for_another_organisations_budget(client, outsider, or
     assert "No budgets yet" in client.get(reverse("billing:home")).content.decode()
 
 
-def test_breakdown_by_prompt_version_names_the_version(client, viewer, organisation, record_factory, system_actor):
-    from registry.services import prompt_create, prompt_version_create
-
-    prompt = prompt_create(organisation=organisation, name="summarise", actor=system_actor, roles=["admin"])
-    version = prompt_version_create(
-        prompt=prompt,
-        messages=[{"role": "user", "content": "Summarise {{ text }}"}],
-        model="dev-small",
-        params={},
-        variables=[],
-        commit_message="first",
-        actor=system_actor,
-        roles=["admin"],
+def test_breakdown_by_prompt_version_names_the_version_from_the_ledger(client, viewer, organisation, record_factory):
+    """The names come from the ledger (as the proxy recorded them), not the registry: this prompt
+    no longer exists there, and a renamed one shows its latest recorded name."""
+    yesterday = timezone.now() - dt.timedelta(days=1)
+    usage_lines_record(
+        records=[
+            record_factory(prompt_id=9001, prompt_version_id=9002, prompt_name="summarise", prompt_version_number=3),
+            record_factory(prompt_id=9001, prompt_version_id=9003, prompt_name="digest", prompt_version_number=4),
+            record_factory(
+                prompt_id=9001,
+                prompt_version_id=9002,
+                prompt_name="summarise-old",
+                prompt_version_number=3,
+                started_at=yesterday,
+            ),
+        ]
     )
-    usage_lines_record(records=[record_factory(model="dev-small", prompt_id=prompt.pk, prompt_version_id=version.pk)])
     login(client, viewer)
     html = client.get(reverse("billing:home"), {"breakdown": "prompt_version"}).content.decode()
-    assert f"summarise v{version.number}" in html
-    html = client.get(reverse("billing:home"), {"breakdown": "prompt", "prompt": prompt.pk}).content.decode()
-    assert "<td>summarise</td>" in html
+    assert "<td>summarise v3</td>" in html
+    assert "<td>digest v4</td>" in html
+    assert "summarise-old" not in html
+    html = client.get(reverse("billing:home"), {"breakdown": "prompt", "prompt": 9001}).content.decode()
+    assert "<td>digest</td>" in html or "<td>summarise</td>" in html
+    assert "summarise-old" not in html
 
 
 def test_csv_cells_cannot_become_spreadsheet_formulas(client, viewer, organisation, system_actor):

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from accounts.roles import Role
 from audit.models import AuditEvent
-from audit.services import Actor
+from core.actors import Actor
 from proxy.models import Deployment, ModelRoute, RequestLog
 from proxy.services import deployment_create
 from tests.factories import RouteFactory

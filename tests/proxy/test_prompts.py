@@ -6,7 +6,7 @@ import openai
 import pytest
 import requests
 
-from audit.services import Actor
+from core.actors import Actor
 from registry import services as registry
 
 SYSTEM = Actor.system("tests")

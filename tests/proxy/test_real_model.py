@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from audit.services import Actor
+from core.actors import Actor
 from tests.helpers import free_port
 
 

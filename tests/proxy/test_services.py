@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from audit.models import AuditEvent
-from audit.services import Actor
+from core.actors import Actor
 from core.crypto import secret_decrypt
 from core.errors import Conflict, ValidationFailed
 from proxy.models import Deployment, ModelRoute

@@ -51,7 +51,7 @@ def test_chat_completion_round_trip_metrics_and_stage_timings(proxy, dev_upstrea
 
 
 def test_demo_seed_is_idempotent_and_prints_curl_lines(organisation, admin, django_capture_on_commit_callbacks):
-    from audit.services import Actor
+    from core.actors import Actor
     from proxy.demo import demo_seed
     from proxy.models import ModelRoute
 

@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.services import Actor
+from core.actors import Actor
 from core.crypto import secret_decrypt
 from proxy.models import Deployment, ModelRoute, RequestLog
 from proxy.services import deployment_create

@@ -14,7 +14,7 @@ import requests
 from django.urls import reverse
 from django.utils import timezone
 
-from audit.services import Actor
+from core.actors import Actor
 from core.errors import ValidationFailed
 from registry import services as registry
 from registry.content import version_content_validate

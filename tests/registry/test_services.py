@@ -2,7 +2,7 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 
 from audit.models import AuditEvent
-from audit.services import Actor
+from core.actors import Actor
 from core.errors import Conflict, Forbidden, ValidationFailed
 from registry import services
 from registry.models import LabelMove, PromotionStatus, PromptVersion

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from config.celery import Queue
+from core.queues import Queue
 from core.redis import redis_wait
 
 

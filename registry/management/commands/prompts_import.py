@@ -7,7 +7,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Organisation
-from audit.services import Actor
+from core.actors import Actor
 from core.errors import ApplicationError
 from registry.yaml_io import prompts_import
 

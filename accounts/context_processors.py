@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from accounts.roles import Role
+from accounts.selectors import memberships_for_user
 
 # (label, url name, roles that see it; empty means every member)
 NAVIGATION = [
@@ -24,8 +25,6 @@ def navigation(request) -> dict:
         for label, url_name, allowed in NAVIGATION
         if not allowed or roles & {r.value for r in allowed}
     ]
-    from accounts.selectors import memberships_for_user
-
     user = request.user
     # A callable, so the query only runs on pages that render the organisation switcher.
     return {

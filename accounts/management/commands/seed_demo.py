@@ -19,7 +19,7 @@ from django.db import transaction
 from accounts.models import ApiKey, Organisation
 from accounts.roles import Role
 from accounts.services import api_key_create, membership_set, organisation_create, team_create
-from audit.services import Actor
+from core.actors import Actor
 
 CREDENTIALS_FILE = "demo_credentials.json"
 
