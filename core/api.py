@@ -26,8 +26,8 @@ def _body(*, code: str, message: str, status: int, details=None) -> dict:
 def exception_handler(exc, context):
     """Every management API error is `{"error": {"code", "message", "status", "details"?, "request_id"}}`.
 
-    Unexpected exceptions (None here) go on to Django, which logs them, rolls the request's transaction
-    back and renders a 500; core.middleware.ApiErrorMiddleware then writes this envelope in its place."""
+    Unexpected exceptions (None here) go on to Django, which logs them with their traceback and renders
+    a 500; core.middleware.ApiErrorMiddleware then writes this envelope in its place."""
     if isinstance(exc, ApplicationError):
         details = dict(exc.extra) if exc.extra else None
         if exc.param:
