@@ -60,3 +60,5 @@ def exception_handler(exc, context):
 class Pagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
+    page_query_description = "Page number, from 1 (a page past the end is a 404)."
+    page_size_query_description = "Items per page: default 50, at most 500 (a larger number counts as 500)."

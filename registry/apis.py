@@ -176,7 +176,7 @@ class PromptListCreateApi(_Api):
         operation_id="prompts_list",
         parameters=[
             OpenApiParameter("q", str, description="Search in name and description"),
-            OpenApiParameter("tag", str),
+            OpenApiParameter("tag", str, description="Only prompts with this tag (compared in lower case)"),
             OpenApiParameter("label", str, description="Only prompts that have this label"),
         ],
         responses=OutputSerializer(many=True),
