@@ -2,9 +2,9 @@
 
 The checks are the issue's three promises: no server error (not_a_server_error), no response that
 breaks its schema (response_schema_conformance, content_type_conformance) and no undocumented status
-(status_code_conformance). Every phase runs: the schema's examples, coverage (boundary and invalid
-values of every parameter and body field), fuzzing (`max_examples` per operation) and stateful
-(sequences of calls along the links schemathesis infers)."""
+(status_code_conformance). Every phase is on: examples (skipped while the description has none),
+coverage (boundary and invalid values of every parameter and body field), fuzzing (`max_examples`
+random cases per operation) and stateful (sequences of calls along the links schemathesis infers)."""
 
 from __future__ import annotations
 
