@@ -35,7 +35,6 @@ from accounts.services import (
 )
 from core.api import Pagination
 from core.errors import ValidationFailed
-from core.schema import PAGE_PARAMETERS, paginated
 
 
 class ApiKeyOutputSerializer(serializers.ModelSerializer):
@@ -78,6 +77,8 @@ def _api_key_or_404(request, key_id: int) -> ApiKey:
 class ApiKeyListCreateApi(APIView):
     """GET lists the organisation's keys; POST creates one and returns its secret, once."""
 
+    pagination_class = Pagination
+
     permission_classes = [IsAuthenticated, RoleRequired]
     required_roles = (Role.ADMIN,)
 
@@ -116,12 +117,11 @@ class ApiKeyListCreateApi(APIView):
 
     @extend_schema(
         operation_id="api_keys_list",
-        parameters=PAGE_PARAMETERS,
-        responses=paginated(OutputSerializer),
+        responses=OutputSerializer(many=True),
         tags=["api keys"],
     )
     def get(self, request):
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(api_keys_list(organisation=request.org.organisation), request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
@@ -197,17 +197,17 @@ class MemberOutputSerializer(serializers.ModelSerializer):
 class MemberListApi(APIView):
     """GET lists members with their roles. People join by accepting an invitation (POST /invitations/)."""
 
+    pagination_class = Pagination
+
     permission_classes = [IsAuthenticated, RoleRequired]
     required_roles = (Role.ADMIN,)
 
     class OutputSerializer(MemberOutputSerializer):
         pass
 
-    @extend_schema(
-        operation_id="members_list", parameters=PAGE_PARAMETERS, responses=paginated(OutputSerializer), tags=["members"]
-    )
+    @extend_schema(operation_id="members_list", responses=OutputSerializer(many=True), tags=["members"])
     def get(self, request):
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(members_list(organisation=request.org.organisation), request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
@@ -246,6 +246,8 @@ class InvitationListCreateApi(APIView):
     same body): the invitation is only an offer, which the person accepts through its link. The link
     is in this response only (and in the mail sent to the person when an address is known)."""
 
+    pagination_class = Pagination
+
     permission_classes = [IsAuthenticated, RoleRequired]
     required_roles = (Role.ADMIN,)
 
@@ -268,12 +270,11 @@ class InvitationListCreateApi(APIView):
 
     @extend_schema(
         operation_id="invitations_list",
-        parameters=PAGE_PARAMETERS,
-        responses=paginated(OutputSerializer),
+        responses=OutputSerializer(many=True),
         tags=["members"],
     )
     def get(self, request):
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(
             invitations_pending(organisation=request.org.organisation), request, view=self
         )
@@ -346,6 +347,7 @@ class MemberRolesApi(APIView):
 
 
 class TeamListCreateApi(APIView):
+    pagination_class = Pagination
     permission_classes = [IsAuthenticated, RoleRequired]
     required_roles = (Role.ADMIN,)
 
@@ -357,11 +359,9 @@ class TeamListCreateApi(APIView):
     class CreateInputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
 
-    @extend_schema(
-        operation_id="teams_list", parameters=PAGE_PARAMETERS, responses=paginated(OutputSerializer), tags=["members"]
-    )
+    @extend_schema(operation_id="teams_list", responses=OutputSerializer(many=True), tags=["members"])
     def get(self, request):
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(teams_list(organisation=request.org.organisation), request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 

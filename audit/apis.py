@@ -14,11 +14,12 @@ from audit.models import AuditVerification
 from audit.selectors import AuditEventFilters, audit_event_public, audit_events_list, audit_verification_get
 from audit.services import audit_verification_request
 from core.api import Pagination
-from core.schema import PAGE_PARAMETERS, paginated
 
 
 class AuditEventListApi(APIView):
     """The organisation's audit events, newest first, with the same filters as the audit page."""
+
+    pagination_class = Pagination
 
     permission_classes = [IsAuthenticated, RoleRequired]
     required_roles = (Role.ADMIN,)
@@ -54,8 +55,8 @@ class AuditEventListApi(APIView):
 
     @extend_schema(
         operation_id="audit_events_list",
-        parameters=[FilterSerializer, *PAGE_PARAMETERS],
-        responses=paginated(OutputSerializer),
+        parameters=[FilterSerializer],
+        responses=OutputSerializer(many=True),
         tags=["audit"],
     )
     def get(self, request):
@@ -64,7 +65,7 @@ class AuditEventListApi(APIView):
         events = audit_events_list(
             organisation=request.org.organisation, filters=AuditEventFilters(**params.validated_data)
         )
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(events, request, view=self)
         return paginator.get_paginated_response([audit_event_public(e) for e in page])
 

@@ -156,6 +156,8 @@ class SpendApi(APIView):
     permission_classes = [IsAuthenticated, RoleRequired]
     # The one management endpoint a proxy-only key (no roles) may call: `_own_key_only` confines it to itself.
     allows_keys_without_roles = True
+    # A signed-in member's api_key_id that names no key of the organisation (core.schema describes it).
+    extra_error_statuses = (404,)
 
     class FilterSerializer(serializers.Serializer):
         api_key_id = serializers.IntegerField(required=False, min_value=1)

@@ -24,7 +24,10 @@ def _body(*, code: str, message: str, status: int, details=None) -> dict:
 
 
 def exception_handler(exc, context):
-    """Every management API error is `{"error": {"code", "message", "status", "details"?, "request_id"}}`."""
+    """Every management API error is `{"error": {"code", "message", "status", "details"?, "request_id"}}`.
+
+    Unexpected exceptions (None here) go on to Django, which logs them with their traceback and renders
+    a 500; core.middleware.ApiErrorMiddleware then writes this envelope in its place."""
     if isinstance(exc, ApplicationError):
         details = dict(exc.extra) if exc.extra else None
         if exc.param:
@@ -57,3 +60,5 @@ def exception_handler(exc, context):
 class Pagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
+    page_query_description = "Page number, from 1 (a page past the end is a 404)."
+    page_size_query_description = "Items per page: default 50, at most 500 (a larger number counts as 500)."

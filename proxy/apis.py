@@ -141,13 +141,15 @@ def _route_out(route: ModelRoute, deployments: list[Deployment] | None = None) -
 
 
 class RouteListApi(_AdminApi):
+    pagination_class = Pagination
+
     class OutputSerializer(RouteOutputSerializer):
         pass
 
     @extend_schema(operation_id="model_routes_list", responses=OutputSerializer(many=True), tags=TAGS)
     def get(self, request):
         routes = routes_list(organisation=request.org.organisation)
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(routes, request, view=self)
         all_deployments = [d for route in page for d in route.deployments.all()]
         health, _ = deployments_health(deployment_ids=[d.id for d in all_deployments])
@@ -367,6 +369,8 @@ class RequestLogOutputSerializer(serializers.ModelSerializer):
 
 
 class RequestLogListApi(_AdminApi):
+    pagination_class = Pagination
+
     class FilterSerializer(serializers.Serializer):
         api_key_id = serializers.IntegerField(required=False, min_value=1)
         model = serializers.CharField(required=False, allow_blank=True, max_length=200)
@@ -394,7 +398,7 @@ class RequestLogListApi(_AdminApi):
         logs = request_logs_filtered(
             organisation=request.org.organisation, filters=RequestLogFilters(**params.validated_data)
         )
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(logs, request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 

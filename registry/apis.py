@@ -10,7 +10,6 @@ Versions are immutable: their endpoints only answer GET (PUT/PATCH/DELETE are 40
 from __future__ import annotations
 
 from django.http import HttpResponse
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
@@ -160,6 +159,8 @@ class _Api(APIView):
 class PromptListCreateApi(_Api):
     """GET lists and searches prompts (q, tag, label); POST creates an empty prompt."""
 
+    pagination_class = Pagination
+
     required_roles_by_method = {"POST": WRITERS}
 
     class InputSerializer(serializers.Serializer):
@@ -175,7 +176,7 @@ class PromptListCreateApi(_Api):
         operation_id="prompts_list",
         parameters=[
             OpenApiParameter("q", str, description="Search in name and description"),
-            OpenApiParameter("tag", str),
+            OpenApiParameter("tag", str, description="Only prompts with this tag (compared in lower case)"),
             OpenApiParameter("label", str, description="Only prompts that have this label"),
         ],
         responses=OutputSerializer(many=True),
@@ -189,7 +190,7 @@ class PromptListCreateApi(_Api):
             label=request.query_params.get("label", "").strip(),
             names=_names(request),
         )
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
@@ -230,6 +231,8 @@ class PromptDetailApi(_Api):
 class VersionListCreateApi(_Api):
     """GET lists versions (newest first); POST saves a new immutable version."""
 
+    pagination_class = Pagination
+
     required_roles_by_method = {"POST": WRITERS}
 
     class InputSerializer(serializers.Serializer):
@@ -250,7 +253,7 @@ class VersionListCreateApi(_Api):
     @extend_schema(operation_id="prompt_versions_list", responses=OutputSerializer(many=True), tags=TAGS)
     def get(self, request, prompt_name: str):
         prompt = _prompt(request, prompt_name)
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(selectors.prompt_versions(prompt=prompt), request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
@@ -389,10 +392,12 @@ class LabelMoveApi(_Api):
 
 
 class LabelHistoryApi(_Api):
+    pagination_class = Pagination
+
     @extend_schema(operation_id="prompt_labels_history", responses=LabelMoveOutputSerializer(many=True), tags=TAGS)
     def get(self, request, prompt_name: str, label_name: str):
         moves = selectors.label_history(prompt=_prompt(request, prompt_name), label=label_name)
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(moves, request, view=self)
         return paginator.get_paginated_response(LabelMoveOutputSerializer(page, many=True).data)
 
@@ -423,6 +428,8 @@ class LabelProtectionApi(_Api):
 
 
 class PromotionListApi(_Api):
+    pagination_class = Pagination
+
     @extend_schema(
         operation_id="promotion_requests_list",
         parameters=[OpenApiParameter("status", str, enum=["pending", "approved", "rejected"])],
@@ -435,7 +442,7 @@ class PromotionListApi(_Api):
             status=request.query_params.get("status") or None,
             names=_names(request),
         )
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(PromotionOutputSerializer(page, many=True).data)
 
@@ -491,10 +498,39 @@ class PromotionRejectApi(_Api):
 # --- YAML ------------------------------------------------------------------------------------
 
 
+class ExportVersionSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    hash = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    author = serializers.CharField(allow_blank=True)
+    commit_message = serializers.CharField(allow_blank=True)
+    model = serializers.CharField(allow_blank=True)
+    params = serializers.DictField()
+    variables = VariableSerializer(many=True)
+    messages = MessageSerializer(many=True)
+
+
+class ExportPromptSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    tags = serializers.ListField(child=serializers.CharField())
+    protected_labels = serializers.ListField(child=serializers.CharField())
+    labels = serializers.DictField(child=serializers.IntegerField(), help_text="label name: version number")
+    versions = ExportVersionSerializer(many=True)
+
+
+class ExportSerializer(serializers.Serializer):
+    """The structure of a prompts export (`registry.yaml_io.prompts_export`)."""
+
+    steward_prompts = serializers.IntegerField(help_text="The format's version (1)")
+    prompts = ExportPromptSerializer(many=True)
+
+
 class PromptExportApi(_Api):
     """The prompt with all versions and labels as YAML (the format `prompts_import` reads)."""
 
-    @extend_schema(operation_id="prompts_export", responses={(200, "application/yaml"): OpenApiTypes.STR}, tags=TAGS)
+    # The body is a YAML document (not JSON): described by its structure, which YAML parsers return.
+    @extend_schema(operation_id="prompts_export", responses={(200, "application/yaml"): ExportSerializer}, tags=TAGS)
     def get(self, request, prompt_name: str):
         text = prompts_export(prompts=[_prompt(request, prompt_name)])
         response = HttpResponse(text, content_type="application/yaml; charset=utf-8")

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db import connections
+from django.db.models import BooleanField, Exists, OuterRef, Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from accounts.models import Organisation
 from core.db import aread
@@ -182,10 +184,25 @@ def prompts_list(
     if search:
         qs = qs.filter(Q(name__icontains=search) | Q(description__icontains=search))
     if tag:
-        qs = qs.filter(tags__contains=[tag.strip().lower()])
+        qs = _with_tag(qs, tag.strip().lower())
     if label:
         qs = qs.filter(Exists(Label.objects.filter(prompt=OuterRef("pk"), name=label)))
     return qs.order_by("name")
+
+
+def _with_tag(qs: QuerySet[Prompt], tag: str) -> QuerySet[Prompt]:
+    connection = connections[qs.db]
+    if connection.features.supports_json_field_contains:
+        return qs.filter(tags__contains=[tag])
+    # SQLite (make run's default database) has no JSON containment (Django raises NotSupportedError);
+    # json_each walks the list instead. Same answer: tags are a flat list of lowercase strings.
+    # The tag is a bound parameter; the rest of the SQL is constant (registry_prompt is Prompt's table).
+    has_tag = RawSQL(
+        'EXISTS (SELECT 1 FROM json_each("registry_prompt"."tags") WHERE json_each.value = %s)',
+        [tag],
+        output_field=BooleanField(),
+    )
+    return qs.alias(has_tag=has_tag).filter(has_tag=True)
 
 
 def prompt_tags(*, organisation: Organisation) -> list[str]:

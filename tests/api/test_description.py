@@ -1,0 +1,80 @@
+"""The shape of /api/schema/ itself: errors share one component, lists are described as paginated,
+the export as the YAML document it is."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import login
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def schema(client):
+    response = client.get("/api/schema/", {"format": "json"})
+    assert response.status_code == 200
+    return response.json()
+
+
+def _operations(schema):
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            yield f"{method.upper()} {path}", operation
+
+
+def test_every_error_status_is_described_with_the_one_error_component(schema):
+    assert set(schema["components"]["schemas"]["Error"]["properties"]) == {"error"}
+    for name, operation in _operations(schema):
+        errors = {code: r for code, r in operation["responses"].items() if code >= "400"}
+        assert {"401", "403"} <= set(errors), name
+        for code, response in errors.items():
+            assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}, (
+                name,
+                code,
+            )
+        if "requestBody" in operation:
+            assert {"400", "415"} <= set(errors), name
+            assert set(operation["requestBody"]["content"]) == {"application/json"}, name
+        if "{" in name:
+            assert "404" in errors, name
+
+
+def test_paginated_lists_are_described_as_paginated(schema):
+    paginated = set()
+    for name, operation in _operations(schema):
+        ok = operation["responses"].get("200", {}).get("content", {}).get("application/json", {}).get("schema", {})
+        ref = ok.get("$ref", "")
+        if ref.startswith("#/components/schemas/Paginated"):
+            component = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+            assert set(component["properties"]) == {"count", "next", "previous", "results"}, name
+            assert {p["name"] for p in operation["parameters"]} >= {"page", "page_size"}, name
+            assert "404" in operation["responses"], name  # a page past the end
+            paginated.add(name)
+    assert {
+        "GET /api/v1/prompts/",
+        "GET /api/v1/prompts/{prompt_name}/versions/",
+        "GET /api/v1/prompts/{prompt_name}/labels/{label_name}/history/",
+        "GET /api/v1/promotion-requests/",
+        "GET /api/v1/model-routes/",
+        "GET /api/v1/request-logs/",
+        "GET /api/v1/audit-events/",
+        "GET /api/v1/api-keys/",
+        "GET /api/v1/members/",
+        "GET /api/v1/invitations/",
+        "GET /api/v1/teams/",
+    } == paginated
+
+
+def test_the_export_is_described_as_a_yaml_document(schema):
+    responses = schema["paths"]["/api/v1/prompts/{prompt_name}/export/"]["get"]["responses"]
+    assert responses["200"]["content"]["application/yaml"]["schema"] == {"$ref": "#/components/schemas/Export"}
+    export = schema["components"]["schemas"]["Export"]
+    assert set(export["required"]) == {"steward_prompts", "prompts"}
+
+
+def test_spend_for_a_key_that_does_not_exist_is_a_described_404(client, admin, schema):
+    login(client, admin)
+    response = client.get("/api/v1/billing/spend/", {"api_key_id": 987654})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert "404" in schema["paths"]["/api/v1/billing/spend/"]["get"]["responses"]
