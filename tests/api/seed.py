@@ -5,7 +5,7 @@ process for PostgreSQL, and by `manage.py shell` in the SQLite server's environm
 from __future__ import annotations
 
 from accounts.roles import Role
-from audit.services import Actor
+from core.actors import Actor
 
 
 def contract_seed() -> dict:

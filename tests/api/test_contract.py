@@ -17,7 +17,7 @@ from django.conf import settings
 
 from tests.api.contract import assert_kept, schemathesis_run
 from tests.api.seed import contract_seed
-from tests.conftest import free_port, wait_for_port
+from tests.helpers import free_port, wait_for_port
 
 # Variables that point a child process at the suite's PostgreSQL; without them it uses the dev default.
 EXTERNAL = ("DATABASE_URL", "STEWARD_TEST_DATABASE_NAME", "STEWARD_PUBLIC_URL")
