@@ -250,11 +250,22 @@ def deployment_edit(request, deployment_id: int):
         if kwargs["credential_env"] is None and not kwargs["clear_credential"] and deployment.credential_env:
             # An emptied variable-name field on a key-from-environment deployment means "no key".
             kwargs["clear_credential"] = not kwargs["credential_secret"]
+        elif deployment.credential_env and kwargs["credential_env"] == deployment.credential_env:
+            # The form shows the stored name again: that is no new credential, so a changed api_base
+            # still drops it, as it does through the API.
+            kwargs["credential_env"] = None
+        had_credential = deployment.credential_kind != "none"
         try:
             deployment = deployment_update(deployment=deployment, actor=request.org.actor, **kwargs)
         except ApplicationError as exc:
             _service_error_to_form(form, exc)
         else:
+            if had_credential and deployment.credential_kind == "none" and not kwargs["clear_credential"]:
+                messages.warning(
+                    request,
+                    f"The API base URL of {deployment.name} changed, so its credential was removed; "
+                    "set one again if the new host needs it.",
+                )
             messages.success(request, f"Deployment {deployment.name} saved.")
             return redirect("proxy:route_detail", route_id=deployment.route_id)
     context = {"form": form, "route": deployment.route, "deployment": deployment}

@@ -196,6 +196,37 @@ def test_deployment_edit_keeps_the_secret_unless_replaced_or_cleared(client, adm
     assert deployment.credential_kind == "none"
 
 
+def test_deployment_edit_that_moves_the_api_base_drops_the_credential(client, admin, route, settings):
+    """The edit form shows the stored variable name again; submitted unchanged with a new api_base, it
+    is no new credential, so the key does not follow the deployment to the new host (as in the API)."""
+    settings.STEWARD_CREDENTIAL_ENV_ALLOWED = ("STEWARD_UPSTREAM_*",)
+    by_env = deployment_create(
+        route=route,
+        name="by-env",
+        model="dev-small",
+        api_base="http://127.0.0.1:9/v1",
+        credential_env="STEWARD_UPSTREAM_KEY",
+        actor=ACTOR,
+    )
+    login(client, admin)
+    url = reverse("proxy:deployment_edit", args=[by_env.id])
+    same_host = _deployment_post(name="by-env", model="dev-small", credential_env="STEWARD_UPSTREAM_KEY")
+    assert client.post(url, same_host).status_code == 302
+    by_env.refresh_from_db()
+    assert by_env.credential_env == "STEWARD_UPSTREAM_KEY"
+
+    moved = dict(same_host, api_base="http://127.0.0.2:9/v1")
+    response = client.post(url, moved, follow=True)
+    by_env.refresh_from_db()
+    assert by_env.api_base == "http://127.0.0.2:9/v1" and by_env.credential_kind == "none"
+    assert "its credential was removed" in response.content.decode()
+
+    with_new_key = dict(moved, api_base="http://127.0.0.3:9/v1", credential_env="STEWARD_UPSTREAM_OTHER")
+    assert client.post(url, with_new_key).status_code == 302
+    by_env.refresh_from_db()
+    assert by_env.credential_env == "STEWARD_UPSTREAM_OTHER"
+
+
 def test_deployment_form_error_keeps_nothing_half_written(client, admin, route):
     login(client, admin)
     response = client.post(
