@@ -77,6 +77,8 @@ class Reservation:
     failed_open: bool = False
     # budget id -> its window (limit, name, period end), for holding more before a retry
     windows: dict = field(default_factory=dict, repr=False)
+    # worst cases held so far: one, plus one per retry after an attempt the provider may bill
+    worst_cases_held: int = 1
 
     @property
     def empty(self) -> bool:

@@ -329,8 +329,24 @@ async def abudget_extend(*, reservation: Reservation) -> None:
     request), so every attempt's cost stays within what was reserved. All or nothing across the
     budgets; raises `BudgetExceeded` when one cannot cover it (the retry is not made) and
     `BudgetUnavailable` when Redis cannot be reached (unless the organisation fails open).
-    Nothing to do for a request no hard budget covers. The settle stage gives back the unused rest."""
+    The key's per-request ceiling counts the same way: the request may now cost one more worst case,
+    so a retry that would take it past the ceiling is refused with `CostCeilingExceeded`.
+    Nothing more to do for a request no hard budget covers. The settle stage gives back the unused rest."""
+    scope = reservation.scope
+    if scope.api_key_id is not None:
+        config = await abilling_config_get(scope.organisation_id)
+        ceiling = config.ceilings.get(scope.api_key_id)
+        could_cost = reservation.worst_case * (reservation.worst_cases_held + 1)
+        if ceiling is not None and could_cost > ceiling:
+            raise CostCeilingExceeded(
+                f"A retry of this request, after an attempt that timed out and may be billed, could bring its "
+                f"cost to {could_cost} USD, above this key's limit of {ceiling} USD per request.",
+                budget_name="per-request ceiling",
+                resets_at=None,
+                retry_after=None,
+            )
     if reservation.empty or not reservation.windows:
+        reservation.worst_cases_held += 1
         return
     extra = nano_ceil(reservation.worst_case)
     if extra <= 0:
@@ -362,6 +378,7 @@ async def abudget_extend(*, reservation: Reservation) -> None:
     if status == 1:
         for rule_key in rule_keys:
             reservation.amounts[rule_key] = nano_to_decimal(nano_ceil(reservation.amounts[rule_key]) + extra)
+        reservation.worst_cases_held += 1
         return
     window = reservation.windows[rule_keys[int(result[1]) - 1]]
     if status == 0:

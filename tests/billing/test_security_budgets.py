@@ -23,7 +23,7 @@ from billing.services import billing_config_get, budget_counters_read, budget_cr
 from core.actors import Actor
 from core.invalidation import invalidate
 from tests.factories import PromptFactory, RouteFactory
-from tests.helpers import ledger_lines, login
+from tests.helpers import ledger_lines, login, wait_until
 
 ACTOR = Actor.system("tests")
 # An organisation price for dev-small that makes every token count: input 1e-6, output 1e-3 USD.
@@ -220,6 +220,25 @@ def test_retry_after_a_timeout_holds_a_worst_case_of_its_own_and_all_attempts_ar
     spent, held = counters(organisation, "Hard")
     assert spent == sum(ln.cost for ln in lines) == ledger_total(organisation)
     assert held == 0 and spent <= Decimal("0.5")
+
+
+def test_retry_after_a_timeout_stays_within_the_keys_cost_ceiling(
+    flaky_gateway, organisation, dev_upstream, dev_upstream_b
+):
+    from billing.services import key_cost_ceiling_set
+
+    # One attempt's worst case fits the ceiling, two do not: the retry could take the request past it.
+    ceiling = (_worst_case() * Decimal("1.5")).quantize(Decimal("0.000001"))
+    key_cost_ceiling_set(api_key=flaky_gateway["key"], actor=ACTOR, max_request_cost=ceiling)
+    response = post(flaky_gateway, "chat/completions", FLAKY)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "cost_ceiling_exceeded" and "after an attempt that timed out" in error["message"]
+    assert dev_upstream_b.stats()["requests"] == 0  # the retry was never sent
+
+    key_cost_ceiling_set(api_key=flaky_gateway["key"], actor=ACTOR, max_request_cost=2 * ceiling)
+    wait_until(lambda: post(flaky_gateway, "chat/completions", FLAKY).status_code == 200, timeout=10)
+    assert dev_upstream_b.stats()["requests"] == 1
 
 
 # --- unpriced models ----------------------------------------------------------------------------
