@@ -290,40 +290,208 @@ def _call_kwargs(*, model: str, api_base: str | None, api_key: str | None, timeo
     return kwargs
 
 
-# Keyword arguments litellm reads as configuration of the call (where it connects, credentials,
-# headers, retries, mocks, callbacks) besides its own `all_litellm_params`.
-_CONFIG_KWARGS = frozenset(
+# Names that configure the client making the upstream call (where it connects, with which
+# credentials, headers, retries, timeouts, prices, mocks) in litellm or the OpenAI SDKs. The proxy
+# refuses them in any body and never accepts one as a route's pass-through parameter (without
+# importing litellm); calls through litellm refuse them again here, with every name of litellm's own
+# `all_litellm_params`. Prefixes catch the provider families litellm grows every release
+# (tests/proxy/test_security_request.py checks this covers the installed litellm's names).
+PROVIDER_CONFIG_NAMES = frozenset(
     {
         "api_base",
         "base_url",
         "api_key",
         "api_version",
+        "api_type",
         "custom_llm_provider",
         "extra_headers",
         "extra_body",
         "extra_query",
         "headers",
+        "mock_response",
+        "mock_timeout",
+        "mock_tool_calls",
         "timeout",
         "request_timeout",
+        "stream_timeout",
+        "force_timeout",
         "num_retries",
         "max_retries",
-        "mock_response",
+        "retry_policy",
+        "retry_strategy",
         "fallbacks",
+        "max_fallbacks",
+        "fallback_depth",
+        "context_window_fallback_dict",
         "deployment_id",
-        "model_list",
         "organization",
+        "project",
         "client",
+        "use_client",
         "shared_session",
-        "metadata",
+        "http_client",
+        "model_list",
+        "model_info",
+        "model_config",
+        "model_alias_map",
+        "base_model",
+        "hf_model_name",
+        "region_name",
+        "tenant_id",
+        "client_id",
+        "client_secret",
+        "ssl_verify",
+        "proxy_server_request",
+        "preset_cache_key",
+        "cache",
+        "caching",
+        "cache_key",
+        "ttl",
+        "logger_fn",
+        "verbose",
+        "tags",
+        "guardrails",
+        "secret_fields",
+        "no-log",
+        "id",
+        "self",
+        "async_call",
+        "acompletion",
+        "aembedding",
+        "atext_completion",
+        "aimg_generation",
+        "text_completion",
+        "rust",
+        "azure",
+        "rpm",
+        "tpm",
+        "itpm",
+        "otpm",
+        "order",
+        "weight",
+        "max_budget",
+        "budget_duration",
+        "max_parallel_requests",
+        "cooldown_time",
+        "routing_strategy",
+        "custom_prompt_dict",
+        "roles",
+        "bos_token",
+        "eos_token",
+        "initial_prompt_value",
+        "final_prompt_value",
+        "user_continue_message",
+        "assistant_continue_message",
+        "ensure_alternating_roles",
+        "supports_system_message",
         "enable_json_schema_validation",
+        "enable_prompt_caching",
+        "allowed_openai_params",
+        "drop_params",
+        "additional_drop_params",
+        "merge_reasoning_content_in_choices",
+        "complete_response",
+        "completion_call_id",
+        "stream_chunk_size",
+        "stream_response",
+        "keepalive_seconds",
+        "data_residency",
+        "silent_model",
+        "search_tool_name",
+        "attempted_targets",
+        "tiered_pricing",
+        "output_vector_size",
+        "configurable_clientside_auth_params",
+        "allow_client_keepalive_override",
+        "allowed_model_region",
+        "regional_endpoint_uplift_multiplier",
+        "turn_off_message_logging",
+        "use_chat_completions_api",
+        "use_in_pass_through",
+        "log_client_error_tracebacks",
+        "fastest_response",
+        "max_file_size_mb",
+        "model_file_id_mapping",
+        "max_agentic_loops",
+        "enable_tag_filtering",
+        "tag_regex",
+        "caching_groups",
+        "disable_add_transform_inline_image_block",
+        "prompt_id",
+        "prompt_variables",
+        "prompt_version",
+        "prompt_label",
+        "prompt_environment",
+        "allm_passthrough_route",
         "include_server_side_tool_invocations",
+        # OpenAI's on chat (allowed there, see CHAT_FIELDS); litellm's configuration everywhere else.
+        "metadata",
     }
 )
+PROVIDER_CONFIG_PREFIXES = (
+    "_",
+    "litellm_",
+    "azure_",
+    "aws_",
+    "vertex_",
+    "vertexai_",
+    "bedrock_",
+    "anthropic_",
+    "openai_",
+    "watsonx_",
+    "fireworks_",
+    "gcs_",
+    "s3_",
+    "dd_",
+    "langfuse_",
+    "langsmith_",
+    "arize_",
+    "posthog_",
+    "newrelic_",
+    "signoz_",
+    "humanloop_",
+    "wandb_",
+    "weave_",
+    "input_cost_",
+    "output_cost_",
+    "cache_creation_",
+    "cache_read_",
+    "cost_per_",
+    "default_api_key_",
+    "auto_router_",
+    "adaptive_router_",
+    "complexity_router_",
+    "quality_router_",
+    "regional_processing_",
+    "use_litellm",
+    "use_xai",
+    "provider_",
+    "timeout_by_",
+    "stream_timeout_",
+    "client_side_",
+    "annotation_cost_",
+    "citation_cost_",
+    "google_maps_",
+    "search_context_",
+    "ocr_cost_",
+)
+PROVIDER_CONFIG_SUFFIXES = ("_api_key", "_api_base", "_base_url", "_secret", "_token", "_credentials")
+
+
+def provider_config_name(name: str) -> bool:
+    """Whether a body field names configuration of the upstream client rather than a request field."""
+    lowered = name.lower()
+    return (
+        lowered in PROVIDER_CONFIG_NAMES
+        or lowered.startswith(PROVIDER_CONFIG_PREFIXES)
+        or lowered.endswith(PROVIDER_CONFIG_SUFFIXES)
+        or "cost_per_" in lowered
+    )
 
 
 @functools.cache
 def _config_kwargs() -> frozenset[str]:
-    return _CONFIG_KWARGS | frozenset(getattr(_litellm(), "all_litellm_params", ()))
+    return PROVIDER_CONFIG_NAMES | frozenset(getattr(_litellm(), "all_litellm_params", ()))
 
 
 def _request_params(body: dict) -> dict:
@@ -333,7 +501,7 @@ def _request_params(body: dict) -> dict:
     from core.errors import PermanentUpstreamError
 
     params = {k: v for k, v in body.items() if k not in ("model", "stream", "stream_options")}
-    refused = _config_kwargs().intersection(params)
+    refused = _config_kwargs().intersection(params) | {k for k in params if provider_config_name(k)}
     if refused:
         name = min(refused)
         error = PermanentUpstreamError(
