@@ -206,6 +206,13 @@ def chromium_ensure(var: Path) -> str:
     path = chromium_executable()
     if path:
         return path
+    wanted = os.environ.get("STEWARD_TEST_CHROMIUM")
+    if wanted:
+        # The user named the browser to drive: installing another would not be used.
+        raise SetupError(
+            f"no Chromium for the browser tests: STEWARD_TEST_CHROMIUM={wanted} is not an executable; "
+            "point it at one, or unset it to use (or install) Debian's or Playwright's"
+        )
     log = var / "test-browser-install.log"
     with open(log, "w") as output:
         if os.geteuid() == 0 and shutil.which("apt-get"):
@@ -223,10 +230,8 @@ def chromium_ensure(var: Path) -> str:
     path = chromium_executable()
     if path:
         return path
-    wanted = os.environ.get("STEWARD_TEST_CHROMIUM")
-    where = f" (STEWARD_TEST_CHROMIUM={wanted})" if wanted else ""
     raise SetupError(
-        f"no Chromium for the browser tests{where} and `{how}` did not install one (see {log}): "
+        f"no Chromium for the browser tests and `{how}` did not install one (see {log}): "
         "install Debian's chromium and fonts-liberation, or Playwright's with internet access, "
         "or set STEWARD_TEST_CHROMIUM to a Chromium executable"
     )
