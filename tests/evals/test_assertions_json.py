@@ -55,7 +55,8 @@ SCHEMA = {
     [
         ('{"name": "Ada", "age": 36}', True, "matches the schema"),
         ('{"name": "Ada"}', True, "matches the schema"),
-        ('{"age": 36}', False, "at (root): 'name' is a required property"),
+        ('{"age": 36}', False, 'at (root): "name" is a required property'),
+        ('{"age": -1}', False, "at age: -1 is less than the minimum of 0 (and 1 more)"),
         ('{"name": "Ada", "age": -1}', False, "at age: -1 is less than the minimum of 0"),
         ('{"name": "Ada", "extra": 1}', False, None),
         ("not json", False, None),
@@ -75,10 +76,26 @@ def test_json_schema_uses_draft_2020_12():
     assert not score({"type": "json-schema", "schema": schema}, '["a", 1]').passed
 
 
+def test_json_schema_patterns_run_in_linear_time():
+    """(a+)+$ makes a backtracking engine (Python's re, hence the jsonschema package) take exponential time on
+    "aaa…b"; 5,000 characters would never finish there. The schema check uses a linear-time engine."""
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}}}
+    outcome = score({"type": "json-schema", "schema": schema}, '{"code": "' + "a" * 5000 + 'b"}')
+    assert not outcome.passed
+    assert outcome.detail.startswith("at code: ")
+
+
+def test_json_schema_never_fetches_remote_references():
+    with pytest.raises(AssertionConfigError, match="schema: .*Retrieval is disabled"):
+        assertion_validate({"type": "json-schema", "schema": {"$ref": "http://127.0.0.1:9/schema.json"}})
+
+
 @pytest.mark.parametrize(
     "spec",
     [
         {"type": "json-schema"},
+        {"type": "json-schema", "schema": {"pattern": "(a)\\1"}},
+        {"type": "json-schema", "schema": {"patternProperties": {"(?=x)": {}}}},
         {"type": "json-schema", "schema": "object"},
         {"type": "json-schema", "schema": {"type": "no-such-type"}},
         {"type": "json-schema", "schema": {"minimum": "zero"}},
