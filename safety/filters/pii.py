@@ -228,7 +228,9 @@ class PiiFilter(Filter):
                 continue
             if "national_id" in enabled and self._national_id(run, digits, start, end, findings):
                 continue
-            if "phone" in enabled and len(digits) >= 6 and not _DATE_SHAPE.fullmatch(run):
+            # A 3-2-4 group is written for SSNs, not phones, even where it is not a valid SSN.
+            looks_other = _DATE_SHAPE.fullmatch(run) or _SSN_SHAPE.fullmatch(run)
+            if "phone" in enabled and len(digits) >= 6 and not looks_other:
                 self._phones(text, start, end, findings)
 
     def _national_id(self, run: str, digits: str, start: int, end: int, findings: list[Finding]) -> bool:
