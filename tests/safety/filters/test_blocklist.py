@@ -18,7 +18,11 @@ def found(text: str, **settings) -> list[tuple[str, str]]:
 
 def test_terms_are_found_case_insensitively_as_whole_words_by_default():
     text = "Compare ACME corp with globex on arms sales; the farms and Globexia are fine."
-    assert found(text) == [("topic:competitors", "ACME corp"), ("topic:competitors", "globex"), ("topic:weapons", "arms")]
+    assert found(text) == [
+        ("topic:competitors", "ACME corp"),
+        ("topic:competitors", "globex"),
+        ("topic:weapons", "arms"),
+    ]
 
 
 def test_whole_words_off_matches_inside_words():

@@ -1,4 +1,4 @@
-"""The json_schema filter: invalid JSON, schema violations with their paths, the request's schema, skips with reasons."""
+"""The json_schema filter: invalid JSON, violations with their paths, the request's schema, skips with reasons."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The llm_moderation filter: the caller hook, the prompt it sends, lenient reply parsing, failing closed without a caller."""
+"""The llm_moderation filter: the caller hook, the prompt sent, lenient reply parsing, failing without a caller."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pii filter: every kind found with its exact span, checksum-failing look-alikes not reported, settings refused clearly."""
+"""The pii filter: every kind found with its exact span, checksum-failing look-alikes not reported, bad settings."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The secrets filter: known token formats, private keys, assignments, entropy; the detail names the format, never the secret."""
+"""The secrets filter: token formats, private keys, assignments, entropy; details name the format, not the secret."""
 
 from __future__ import annotations
 

@@ -36,7 +36,12 @@ def test_token_cap_counts_multibyte_text_higher():
 
 @pytest.mark.parametrize(
     ("settings", "setting"),
-    [({}, "max_chars"), ({"max_chars": 0}, "max_chars"), ({"max_tokens": "10"}, "max_tokens"), ({"max_chars": 1.5}, "max_chars")],
+    [
+        ({}, "max_chars"),
+        ({"max_chars": 0}, "max_chars"),
+        ({"max_tokens": "10"}, "max_tokens"),
+        ({"max_chars": 1.5}, "max_chars"),
+    ],
 )
 def test_bad_settings_are_refused(settings, setting):
     with pytest.raises(FilterConfigError) as error:
