@@ -115,6 +115,9 @@ class InjectionFilter(Filter):
         self.min_score = setting_number(self.name, self.settings, "min_score", 0.5, minimum=0, maximum=1)
         self.hidden_text = setting_bool(self.name, self.settings, "hidden_text", True)
 
+    def finding_kinds(self) -> tuple[str, ...]:
+        return self.kinds if self.hidden_text else ("prompt_injection",)
+
     def check(self, text: str, context: CheckContext) -> FilterResult:
         findings = []
         for match in _COMBINED.finditer(text):

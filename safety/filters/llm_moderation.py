@@ -126,6 +126,9 @@ class LlmModerationFilter(Filter):
                 setting="prompt",
             ) from None
 
+    def finding_kinds(self) -> tuple[str, ...]:
+        return (*(f"moderation:{category}" for category in self.categories), "moderation:flagged")
+
     def check(self, text: str, context: CheckContext) -> FilterResult:
         raise TypeError("llm_moderation is asynchronous: call acheck")
 

@@ -231,6 +231,9 @@ class PiiFilter(Filter):
             module = importlib.import_module(f"stdnum.{id_name}")
             (self.alnum_ids if id_name in _ALNUM_IDS else self.digit_ids).append((id_name, module))
 
+    def finding_kinds(self) -> tuple[str, ...]:
+        return tuple(kind for kind in KINDS if kind in self.enabled)
+
     def check(self, text: str, context: CheckContext) -> FilterResult:
         findings: list[Finding] = []
         enabled = self.enabled

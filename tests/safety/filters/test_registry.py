@@ -54,3 +54,19 @@ def test_catalogue_describes_every_filter():
 def test_default_filters_check_empty_text_without_findings():
     for name in DEFAULT_FILTERS:
         assert filter_build(name, {}).check("", CheckContext(1, Direction.INPUT)).findings == ()
+
+
+def test_finding_kinds_apply_the_settings():
+    assert filter_build("pii", {"kinds": ["phone", "email"]}).finding_kinds() == ("email", "phone")
+    regex = filter_build(
+        "regex", {"patterns": [{"name": "a", "pattern": "a"}, {"name": "b", "pattern": "b", "kind": "order_id"}]}
+    )
+    assert regex.finding_kinds() == ("regex:a", "order_id")
+    assert filter_build("blocklist", {"lists": {"weapons": ["x"], "drugs": ["y"]}}).finding_kinds() == (
+        "topic:weapons",
+        "topic:drugs",
+    )
+    moderation = filter_build("llm_moderation", {"model": "m", "categories": ["hate"]})
+    assert moderation.finding_kinds() == ("moderation:hate", "moderation:flagged")
+    assert filter_build("injection", {"hidden_text": False}).finding_kinds() == ("prompt_injection",)
+    assert filter_build("size", {"max_chars": 1}).finding_kinds() == ("too_large",)
