@@ -56,6 +56,22 @@ def test_no_schema_anywhere_is_a_skip_with_a_reason():
     assert filter_build("json_schema", {}).check("{}", bad).skipped.startswith("the request's JSON schema is invalid")
 
 
+def test_a_remote_reference_is_never_fetched_and_the_check_is_skipped():
+    # A URL no server answers: fetching it would fail or hang; the filter does neither.
+    schema = {"$ref": "http://127.0.0.1:9/schema.json"}
+    context = CheckContext(organisation_id=1, direction=Direction.OUTPUT, output_schema=schema)
+    result = filter_build("json_schema", {}).check("{}", context)
+    assert result.findings == ()
+    assert result.skipped.startswith("the JSON schema has a reference that is not resolved")
+
+
+def test_local_references_work():
+    schema = {"$defs": {"id": {"type": "integer"}}, "type": "object", "properties": {"id": {"$ref": "#/$defs/id"}}}
+    f = filter_build("json_schema", {"schema": schema})
+    assert f.check('{"id": 3}', OUTPUT).findings == ()
+    assert [x.detail for x in f.check('{"id": "x"}', OUTPUT).findings] == ["$.id: 'x' is not of type 'integer'"]
+
+
 @pytest.mark.parametrize("settings", [{"schema": {"type": "nonsense"}}, {"schema": "object"}, {"max_errors": 0}])
 def test_bad_settings_are_refused(settings):
     with pytest.raises(FilterConfigError):
