@@ -158,7 +158,8 @@ class SecretsFilter(Filter):
                 if not self.assignments:
                     continue
                 value = match.group(_VALUE_GROUP)
-                if _PLACEHOLDER_VALUES.match(value):
+                # One lower-case word is prose ("Password: incorrect"), not a credential.
+                if _PLACEHOLDER_VALUES.match(value) or (value.isalpha() and value.islower()):
                     continue
                 start, end = match.span(_VALUE_GROUP)
             elif fmt == "jwt":

@@ -48,7 +48,10 @@ def test_each_known_format_is_found_with_its_span_and_named_not_shown(fmt, secre
 
 
 def test_assignments_report_the_value_only_and_skip_placeholders():
-    text = 'config: api_key = "Zq81-prod-value", password: hunter2hunter2, token=${API_TOKEN}, secret: <your secret>'
+    text = (
+        'config: api_key = "Zq81-prod-value", password: hunter2hunter2, token=${API_TOKEN}, secret: <your secret>, '
+        "Password: incorrect"
+    )
     result = filter_build("secrets", {"entropy": False}).check(text, CONTEXT)
     assert [text[f.start : f.end] for f in result.findings] == ["Zq81-prod-value", "hunter2hunter2"]
     assert filter_build("secrets", {"entropy": False, "assignments": False}).check(text, CONTEXT).findings == ()
