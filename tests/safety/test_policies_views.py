@@ -106,7 +106,7 @@ def test_errors_show_beside_their_field_and_filter_entry(client, admin):
     assert response.status_code == 200
     html = response.content.decode()
     entry0 = html[html.index('id="filter-entry-0"') : html.index('id="filter-entry-1"')]
-    assert "filters[0] (pii), setting &#x27;kinds&#x27;" in entry0 or "setting 'kinds'" in entry0
+    assert "filters[0] (pii), setting &#x27;kinds&#x27;" in entry0
     entry1 = html[html.index('id="filter-entry-1"') :]
     assert "not valid JSON" in entry1[: entry1.index("</fieldset>")]
     assert not SafetyPolicy.objects.exists()
@@ -117,10 +117,8 @@ def test_errors_show_beside_their_field_and_filter_entry(client, admin):
          "action:email": "hold"},
     )  # fmt: skip
     html = response.content.decode()
-    field = html[html.index('id="field-stream_mode"') :]
-    assert (
-        "a hold action needs stream_mode" in field[: field.index("</div>\n</div>") + 20] or "needs stream_mode" in field
-    )
+    field = html[html.index('id="field-stream_mode"') : html.index('id="field-window_chars"')]
+    assert "a hold action needs stream_mode" in field
     # a kind no filter reports: the error sits in the actions section
     response = client.post("/moderation/policies/new/", {**FORM, "save": "1", "action_lines": "email: block"})
     html = response.content.decode()
