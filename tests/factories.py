@@ -12,6 +12,7 @@ import factory
 from accounts.models import ApiKey, Organisation
 from proxy.models import Deployment, ModelRoute
 from registry.models import Prompt, PromptVersion
+from safety.models import SafetyPolicy
 from tests.helpers import ACTOR, Persona
 
 
@@ -153,7 +154,7 @@ class SafetyPolicyFactory(_ServiceFactory):
     """A stored safety policy (through safety.policy_services); no filters unless given."""
 
     class Meta:
-        model = "safety.SafetyPolicy"
+        model = SafetyPolicy
 
     organisation = factory.SubFactory(OrganisationFactory)
     name = factory.Sequence(lambda n: f"policy-{n}")

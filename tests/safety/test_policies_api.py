@@ -196,3 +196,17 @@ def test_settings_switch(client, admin):
     )
     assert response.status_code == 400
     assert response.json()["error"]["details"]["param"] == "store_redacted_only"
+
+
+def test_a_key_confined_to_some_prompts_cannot_attach_to_others(client, organisation, api_key_factory):
+    policy = SafetyPolicyFactory(organisation=organisation, name="p")
+    mine = PromptFactory(organisation=organisation, name="greeting")
+    other = PromptFactory(organisation=organisation, name="billing-bot")
+    _, secret = api_key_factory(roles=[Role.ADMIN], allowed_prompts=["greeting"])
+    url = f"{BASE}/attachments/create/"
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+    body = {"policy_id": policy.id, "scope": "prompt", "target_id": other.id}
+    response = client.post(url, body, content_type="application/json", **auth)
+    assert response.status_code == 400 and "no prompt" in response.json()["error"]["message"]
+    body["target_id"] = mine.id
+    assert client.post(url, body, content_type="application/json", **auth).status_code == 201
