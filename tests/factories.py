@@ -12,6 +12,7 @@ import factory
 from accounts.models import ApiKey, Organisation
 from proxy.models import Deployment, ModelRoute
 from registry.models import Prompt, PromptVersion
+from safety.models import SafetyPolicy
 from tests.helpers import ACTOR, Persona
 
 
@@ -147,3 +148,19 @@ class DeploymentFactory(_ServiceFactory):
 
         free_unless_priced(kwargs["route"].organisation, kwargs["model"])
         return deployment_create(actor=ACTOR, **kwargs)
+
+
+class SafetyPolicyFactory(_ServiceFactory):
+    """A stored safety policy (through safety.policy_services); no filters unless given."""
+
+    class Meta:
+        model = SafetyPolicy
+
+    organisation = factory.SubFactory(OrganisationFactory)
+    name = factory.Sequence(lambda n: f"policy-{n}")
+
+    @classmethod
+    def _create(cls, model_class, **kwargs):
+        from safety.policy_services import policy_create
+
+        return policy_create(actor=ACTOR, **kwargs)
