@@ -345,6 +345,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "accounts.context_processors.navigation",
+                "evals.context_processors.drift_alerts",
             ],
         },
     },
