@@ -81,7 +81,8 @@ def test_a_regressed_run_blocks_the_promotion_and_says_why(gated, django_capture
     with pytest.raises(Conflict):
         services.promotion_request_approve(promotion=promotion, actor=quinn, roles=ENGINEER)
     assert Label.objects.get(prompt=prompt, name="production").version_id == v1.id
-    event = AuditEvent.objects.filter(action="promotion.gate_changed", target_id=str(promotion.id)).order_by("id").last()
+    events = AuditEvent.objects.filter(action="promotion.gate_changed", target_id=str(promotion.id))
+    event = events.order_by("id").last()
     assert event.after == {"gate_status": "failed", "run_id": run.id}
 
 
@@ -132,7 +133,8 @@ def test_a_run_of_other_versions_or_an_unfinished_run_does_not_decide(gated, dja
     promotion = request_promotion(prompt, pat, django_capture_on_commit_callbacks)
     same = [True] * N
     # Candidate v1 against v1: not the requested version.
-    run_make(suite=suite, prompt=prompt, version=version, variants=[("baseline", v1, True, same), ("candidate", v1, False, same)])
+    variants = [("baseline", v1, True, same), ("candidate", v1, False, same)]
+    run_make(suite=suite, prompt=prompt, version=version, variants=variants)
     running = run_make(
         suite=suite,
         prompt=prompt,
@@ -154,7 +156,7 @@ def test_a_run_of_other_versions_or_an_unfinished_run_does_not_decide(gated, dja
 
 
 def test_an_admin_overrides_a_blocked_gate_with_a_reason(gated, admin, django_capture_on_commit_callbacks):
-    prompt, v1, v2, suite, version, pat, quinn = gated
+    prompt, _, v2, _, _, pat, quinn = gated
     promotion = request_promotion(prompt, pat, django_capture_on_commit_callbacks)
     services.promotion_request_gate_set(
         promotion=promotion, status="failed", actor=SYSTEM, detail={"sentence": "Blocked: pass rate is regressed."}
