@@ -56,3 +56,9 @@ class Action(models.TextChoices):
     # evals
     EVAL_RUN_STARTED = "eval_run.started"
     EVAL_RUN_FINISHED = "eval_run.finished"
+    EVAL_RUN_CANCEL_REQUESTED = "eval_run.cancel_requested"
+    DATASET_CREATED = "dataset.created"
+    DATASET_VERSION_CREATED = "dataset.version_created"
+    SUITE_CREATED = "suite.created"
+    SUITE_UPDATED = "suite.updated"
+    SUITE_DELETED = "suite.deleted"
