@@ -345,7 +345,7 @@ def _parse_csv(text: str) -> tuple[list[tuple[int, dict]], list[dict]]:
     return rows, errors
 
 
-def dataset_import(*, dataset: Dataset, fileobj: IO, format: str, actor: Actor, note: str = "") -> DatasetVersion:  # noqa: A002
+def dataset_import(*, dataset: Dataset, fileobj: IO, format: str, actor: Actor, note: str = "") -> DatasetVersion:
     """A new version from a CSV or JSON Lines file (module docstring: columns and keys).
 
     Raises DatasetImportError listing every invalid row ({"line", "reason"}); then nothing is written.
@@ -375,7 +375,9 @@ def dataset_import(*, dataset: Dataset, fileobj: IO, format: str, actor: Actor, 
             errors.append({"line": line, "reason": reason})
             continue
         if checked["key"] in seen:
-            errors.append({"line": line, "reason": f"duplicate id {checked['key']!r} (first on line {seen[checked['key']]})"})
+            errors.append(
+                {"line": line, "reason": f"duplicate id {checked['key']!r} (first on line {seen[checked['key']]})"}
+            )
             continue
         seen[checked["key"]] = line
         items.append(checked)
@@ -400,7 +402,7 @@ def _item_dict(item: DatasetItem) -> dict:
     }
 
 
-def dataset_export(*, version: DatasetVersion, format: str) -> str:  # noqa: A002
+def dataset_export(*, version: DatasetVersion, format: str) -> str:
     """The version's items as CSV or JSON Lines text that dataset_import reads back to the same items.
 
     CSV uses `vars.<name>` columns when every variable value is text, else one `vars` JSON column.
@@ -427,14 +429,20 @@ def dataset_export(*, version: DatasetVersion, format: str) -> str:  # noqa: A00
     names = sorted({n for i in items for n in i["variables"]}) if text_only else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["id", *(f"vars.{n}" for n in names), *([] if text_only else ["vars"]), "expected", "metadata", "critical"])
+    writer.writerow(
+        ["id", *(f"vars.{n}" for n in names), *([] if text_only else ["vars"]), "expected", "metadata", "critical"]
+    )
     for i in items:
         cells = [i["key"]]
         if text_only:
             cells += [i["variables"].get(n, "") for n in names]
         else:
             cells.append(json.dumps(i["variables"], ensure_ascii=False))
-        cells += [i["expected"], json.dumps(i["metadata"], ensure_ascii=False) if i["metadata"] else "", "true" if i["critical"] else "false"]
+        cells += [
+            i["expected"],
+            json.dumps(i["metadata"], ensure_ascii=False) if i["metadata"] else "",
+            "true" if i["critical"] else "false",
+        ]
         writer.writerow(cells)
     return out.getvalue()
 
@@ -506,9 +514,11 @@ def dataset_items_from_requests(
     batch_start = 0
     # Bodies are looked up per batch of candidates (never for the whole organisation); some candidates
     # have no stored body, so look further than `limit`, within a bound.
-    candidates = list(logs.order_by("-started_at").values(
-        "request_id", "model", "prompt_version_number", "prompt_name", "started_at"
-    )[: limit * 5 + 100])
+    candidates = list(
+        logs.order_by("-started_at").values(
+            "request_id", "model", "prompt_version_number", "prompt_name", "started_at"
+        )[: limit * 5 + 100]
+    )
     while len(fresh) < limit and batch_start < len(candidates):
         batch = candidates[batch_start : batch_start + 500]
         batch_start += 500

@@ -149,9 +149,13 @@ def _error_text(response: httpx.Response) -> str:
 
 
 class Executor:
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, *, slice_seconds: float | None = None):
         self.plan = plan
-        self.db = ThreadPoolExecutor(max_workers=min(16, plan.concurrency + 2), thread_name_prefix=f"evals-{plan.run_id}")
+        self.slice_end = time.monotonic() + slice_seconds if slice_seconds else None
+        self.sliced = False
+        self.db = ThreadPoolExecutor(
+            max_workers=min(16, plan.concurrency + 2), thread_name_prefix=f"evals-{plan.run_id}"
+        )
         self.connections: set = set()  # the DB threads' connections, closed at the end
         self.buffer: list[dict] = []
         self.claim_lock = asyncio.Lock()
@@ -180,6 +184,9 @@ class Executor:
         return self.plan.deadline_at - time.time()
 
     async def next_cell(self) -> dict | None:
+        if self.slice_end is not None and time.monotonic() > self.slice_end and not self.buffer:
+            self.sliced = not self.exhausted
+            return None
         while not self.buffer and not self.exhausted and not self.cancelled.is_set():
             async with self.claim_lock:
                 if self.buffer or self.exhausted:
@@ -310,7 +317,9 @@ class Executor:
         key = (route, deployment)
         if key not in self.plan.deployments:
             self.plan.deployments[key] = (
-                Deployment.objects.filter(route__organisation_id=self.plan.organisation_id, route__name=route, name=deployment)
+                Deployment.objects.filter(
+                    route__organisation_id=self.plan.organisation_id, route__name=route, name=deployment
+                )
                 .values_list("pk", flat=True)
                 .first()
             )
@@ -368,9 +377,9 @@ class Executor:
         if not result.get("error"):
             try:
                 result["cost_usd"] = self._cost(
-                    result["route"], result["deployment"], {
-                        "prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"]
-                    }
+                    result["route"],
+                    result["deployment"],
+                    {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"]},
                 )
             except Exception as exc:  # pricing must not lose the output
                 logger.warning("pricing cell %s failed: %s", cell["id"], exc)
@@ -456,10 +465,13 @@ class Executor:
                 conn.close()
 
 
-def execute(run_id: int) -> None:
-    """Execute the run's claimable cells until none is left (or the run is cancelled or out of time), then end
-    the run if no other worker still holds cells. Safe to call for any run, any number of times at once."""
+def execute(run_id: int, *, slice_seconds: float | None = None) -> str:
+    """Execute the run's claimable cells until none is left (or the run is cancelled or out of time, or
+    `slice_seconds` passed: then "more" is returned and the caller hands the rest on), then end the run if no
+    other worker still holds cells. Safe to call for any run, any number of times at once."""
     plan = plan_load(run_id)
     if plan is None:
-        return
-    asyncio.run(Executor(plan).execute())
+        return "done"
+    executor = Executor(plan, slice_seconds=slice_seconds)
+    asyncio.run(executor.execute())
+    return "more" if executor.sliced else "done"

@@ -13,7 +13,6 @@ import random
 import time
 import uuid
 
-
 _ACQUIRE = """
 local now = tonumber(ARGV[1])
 local expiry = now + tonumber(ARGV[2])

@@ -174,9 +174,9 @@ def run_start(
     repeats = suite.repeats if repeats is None else repeats
     if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 20:
         raise ValidationFailed("repeats must be between 1 and 20", param="repeats")
-    dataset_version = suite.dataset_version or DatasetVersion.objects.filter(dataset=suite.dataset).order_by(
-        "-number"
-    ).first()
+    dataset_version = (
+        suite.dataset_version or DatasetVersion.objects.filter(dataset=suite.dataset).order_by("-number").first()
+    )
     if dataset_version is None:
         raise ValidationFailed(f"The dataset {suite.dataset.name!r} has no version yet.", param="suite")
     items = list(dataset_version.items.order_by("position").values_list("pk", flat=True))
@@ -497,3 +497,30 @@ def cells_sweep() -> dict:
     for run_id in runs:
         run_counters_refresh(run_id)
     return {"requeued": requeued, "failed": failed, "runs": sorted(runs)}
+
+
+def runs_sweep(*, kick) -> dict:
+    """The sweeper: cells_sweep, then for every open run: fail it past its deadline, end it when no cell is
+    open, or `kick(run_id)` (enqueue execution) when it has pending cells and no live worker's heartbeat."""
+    from core.redis import redis_client
+    from evals.executor import ALIVE_KEY
+
+    swept = cells_sweep()
+    now = timezone.now()
+    ended, kicked, failed = [], [], []
+    client = redis_client()
+    for run in Run.objects.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).only("id", "deadline"):
+        if run.deadline < now:
+            if run_fail(run_id=run.id, error="the run's deadline passed"):
+                failed.append(run.id)
+            continue
+        if run_finish_if_done(run_id=run.id):
+            ended.append(run.id)
+            continue
+        pending = Cell.objects.filter(run_id=run.id, status=CellStatus.PENDING).exists()
+        if pending and not client.exists(ALIVE_KEY.format(run_id=run.id)):
+            # Marked alive at once, so the next sweep does not kick it again before the task starts.
+            client.set(ALIVE_KEY.format(run_id=run.id), "kicked", ex=60)
+            kick(run.id)
+            kicked.append(run.id)
+    return {**swept, "ended": ended, "kicked": kicked, "failed": failed}

@@ -166,9 +166,12 @@ def suite_update(*, suite: Suite, actor: Actor, **fields) -> Suite:
     with transaction.atomic():
         locked = Suite.objects.select_for_update().get(pk=suite.pk)
         before = _public(locked)
-        if "name" in clean and Suite.objects.filter(organisation_id=locked.organisation_id, name=clean["name"]).exclude(
-            pk=locked.pk
-        ).exists():
+        if (
+            "name" in clean
+            and Suite.objects.filter(organisation_id=locked.organisation_id, name=clean["name"])
+            .exclude(pk=locked.pk)
+            .exists()
+        ):
             raise Conflict(f"A suite named {clean['name']!r} already exists.", param="name")
         for key, value in clean.items():
             setattr(locked, key, value)

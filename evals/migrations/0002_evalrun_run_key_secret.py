@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('evals', '0001_initial'),
+        ("evals", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='run',
-            name='api_key_secret_encrypted',
+            model_name="run",
+            name="api_key_secret_encrypted",
             field=models.TextField(blank=True),
         ),
     ]
