@@ -1,6 +1,8 @@
 """What happens when a run ends: its promotion gate is settled and a scheduled run is compared with
-the previous one. Connected to Run's post_save (EvalsConfig.ready); the drift beat task covers ends
-written with a queryset update, which sends no signal."""
+the previous one. Connected (EvalsConfig.ready) to the audit event that records a run's end (the runner
+ends a run with a conditional queryset update, which sends no model signal, and audits it in the same
+transaction) and to Run's post_save (a run saved as ended); both act after commit, and the drift beat
+task settles anything they missed."""
 
 from __future__ import annotations
 
@@ -46,6 +48,21 @@ def run_saved(sender, instance, created: bool, update_fields=None, **kwargs) -> 
 
         run = Run.objects.filter(pk=run_id).first()
         if run is not None:
+            run_finished(run)
+
+    transaction.on_commit(settle)
+
+
+def audit_saved(sender, instance, created: bool, **kwargs) -> None:
+    if not created or instance.action != "eval_run.finished" or instance.target_type != "eval_run":
+        return
+    run_id = int(instance.target_id)
+
+    def settle() -> None:
+        from evals.models import Run
+
+        run = Run.objects.filter(pk=run_id).first()
+        if run is not None and run.status in ENDED:
             run_finished(run)
 
     transaction.on_commit(settle)
