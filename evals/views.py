@@ -415,8 +415,8 @@ def suite_edit(request, name: str | None = None):
                 else:
                     suite = suite_update(suite=suite, actor=request.org.actor, **fields)
             except ApplicationError as exc:
-                field = exc.param if exc.param in form.fields else None
-                form.add_error(field, exc.message)
+                param = (exc.param or "").split("[")[0]
+                form.add_error(param if param in form.fields else None, exc.message)
             else:
                 messages.success(request, f"Suite {suite.name} saved.")
                 return redirect("evals:suite_detail", name=suite.name)

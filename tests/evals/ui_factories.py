@@ -37,7 +37,7 @@ def dataset_make(organisation, *, name: str = "support-cases", n: int = 30, crit
 
 def suite_make(organisation, dataset, *, name: str = "support-regression", **fields) -> Suite:
     return Suite.objects.create(
-        organisation=organisation, name=name, dataset=dataset, assertions=ASSERTIONS, margin=0.05, **fields
+        organisation=organisation, name=name, dataset=dataset, assertions=ASSERTIONS, **{"margin": 0.05, **fields}
     )
 
 
