@@ -91,7 +91,7 @@ def test_a_better_or_equal_run_raises_nothing(watched):
 
 
 def test_the_beat_starts_due_scheduled_runs_once_per_period(organisation, watched):
-    prompt, v1, suite, _ = watched
+    _prompt, v1, suite, _ = watched
     now = timezone.now()
     result = drift_tick(now)
     [run] = Run.objects.filter(trigger="schedule")

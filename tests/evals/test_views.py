@@ -58,7 +58,7 @@ def test_every_role_sees_the_pages(request, client, world, persona):
 
 
 def test_another_tenant_gets_404_everywhere(client, world, outsider):
-    prompt, dataset, suite, run = world
+    _prompt, dataset, suite, run = world
     login(client, outsider)
     lists = {"/evaluations/", "/evaluations/datasets/", "/evaluations/suites/"}
     for url in pages(*world):
@@ -83,7 +83,7 @@ def test_viewers_cannot_start_runs_or_edit(client, world, viewer):
 
 
 def test_run_page_shows_verdicts_intervals_regressions_first_and_filters(client, world, prompt_engineer):
-    prompt, dataset, suite, run = world
+    _prompt, _dataset, _suite, run = world
     login(client, prompt_engineer)
     page = client.get(f"/evaluations/runs/{run.id}/").content.decode()
     assert 'data-verdict="regressed"' in page and "Pass rate (95% Wilson)" in page
@@ -223,7 +223,7 @@ def test_dataset_import_shows_row_errors_and_imports_nothing(client, organisatio
 
 
 def test_prompt_page_offers_a_run_and_the_trend_chart_is_drawn(client, world, prompt_engineer):
-    prompt, dataset, suite, run = world
+    prompt, _dataset, suite, _run = world
     login(client, prompt_engineer)
     page = client.get(f"/prompts/{prompt.name}/").content.decode()
     assert f'href="/evaluations/runs/new/?prompt={prompt.name}&amp;candidate=2&amp;baseline=production"' in page
@@ -236,7 +236,7 @@ def test_prompt_page_offers_a_run_and_the_trend_chart_is_drawn(client, world, pr
 
 def test_gate_ui_blocked_explained_then_overridden_by_an_admin(client, world, admin, prompt_engineer, settings):
     settings.STEWARD_EVAL_GATE_AUTORUN = False
-    prompt, dataset, suite, run = world
+    prompt, _dataset, suite, run = world
     login(client, admin)
     response = client.post(
         "/evaluations/gates/", {"prompt": prompt.name, "label": "production", "suite": suite.name, "next": "/x"}
@@ -269,7 +269,7 @@ def test_gate_ui_blocked_explained_then_overridden_by_an_admin(client, world, ad
 
 
 def test_drift_banner_until_acknowledged(client, world, viewer):
-    prompt, dataset, suite, run = world
+    _prompt, _dataset, suite, run = world
     alert = DriftAlert.objects.create(
         organisation=run.organisation, suite=suite, run=run, previous_run=run, message="Suite got worse."
     )
