@@ -121,7 +121,7 @@ def test_not_utf8_is_reported_with_its_line(dataset):
 
 
 ITEMS = [
-    {"key": "a", "variables": {"q": "Comma, \"quote\"", "lang": "en"}, "expected": "line\nbreak", "critical": True},
+    {"key": "a", "variables": {"q": 'Comma, "quote"', "lang": "en"}, "expected": "line\nbreak", "critical": True},
     {"key": "b", "variables": {"q": "ünïcödé"}, "expected": "", "metadata": {"source": "faq", "n": 2}},
 ]
 
