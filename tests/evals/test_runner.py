@@ -11,7 +11,7 @@ from billing.models import Budget
 from core.errors import NotFound, ValidationFailed
 from evals import services
 from evals.models import Cell, CellStatus, Run, RunStatus
-from tests.evals.runfixtures import dataset_with, eval_prompt, start_worker, suite_with  # noqa: F401
+from tests.evals.runfixtures import dataset_with, suite_with
 from tests.helpers import ACTOR, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
