@@ -10,6 +10,7 @@ urlpatterns = [
     path("runs/<int:run_id>/progress/", views.run_progress, name="run_progress"),
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),
     path("datasets/", views.dataset_list, name="dataset_list"),
+    path("datasets/new/", views.dataset_create, name="dataset_create"),
     path("datasets/<slug:name>/", views.dataset_detail, name="dataset_detail"),
     path("datasets/<slug:name>/import/", views.dataset_import, name="dataset_import"),
     path("datasets/<slug:name>/v/<int:number>/export/", views.dataset_export, name="dataset_export"),

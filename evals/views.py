@@ -213,33 +213,44 @@ def run_cancel(request, run_id: int):
 # --- datasets --------------------------------------------------------------------------------
 
 
-@require_http_methods(["GET", "POST"])
-@role_required()
-def dataset_list(request):
-    org = request.org.organisation
-    form = DatasetCreateForm(request.POST or None)
-    if request.method == "POST":
-        if not _can_write(request):
-            raise Http404("No such page")
-        if form.is_valid():
-            from evals.services import dataset_create
-
-            try:
-                dataset = dataset_create(
-                    organisation=org,
-                    name=form.cleaned_data["name"],
-                    description=form.cleaned_data["description"],
-                    actor=request.org.actor,
-                )
-            except ApplicationError as exc:
-                form.add_error("name" if exc.param == "name" else None, exc.message)
-            else:
-                return redirect("evals:dataset_detail", name=dataset.name)
+def _dataset_list_page(request, form: DatasetCreateForm, status: int = 200):
     return render(
         request,
         "evals/dataset_list.html",
-        {"datasets": Dataset.objects.filter(organisation=org), "form": form, "can_write": _can_write(request)},
+        {
+            "datasets": Dataset.objects.filter(organisation=request.org.organisation),
+            "form": form,
+            "can_write": _can_write(request),
+        },
+        status=status,
     )
+
+
+@require_GET
+@role_required()
+def dataset_list(request):
+    return _dataset_list_page(request, DatasetCreateForm())
+
+
+@require_POST
+@role_required(*WRITERS)
+def dataset_create(request):
+    from evals.services import dataset_create as service_dataset_create
+
+    form = DatasetCreateForm(request.POST)
+    if form.is_valid():
+        try:
+            dataset = service_dataset_create(
+                organisation=request.org.organisation,
+                name=form.cleaned_data["name"],
+                description=form.cleaned_data["description"],
+                actor=request.org.actor,
+            )
+        except ApplicationError as exc:
+            form.add_error("name" if exc.param == "name" else None, exc.message)
+        else:
+            return redirect("evals:dataset_detail", name=dataset.name)
+    return _dataset_list_page(request, form, status=400)
 
 
 @require_GET

@@ -78,7 +78,7 @@ def test_viewers_cannot_start_runs_or_edit(client, world, viewer):
     login(client, viewer)
     assert client.get("/evaluations/runs/new/").status_code == 403
     assert client.post("/evaluations/suites/new/", {}).status_code == 403
-    assert client.post("/evaluations/datasets/", {"name": "x"}).status_code == 404
+    assert client.post("/evaluations/datasets/new/", {"name": "x"}).status_code == 403
     assert not Dataset.objects.filter(name="x").exists()
 
 
@@ -199,7 +199,7 @@ def test_suite_create_and_edit_through_the_form(client, organisation, prompt_eng
 
 def test_dataset_import_shows_row_errors_and_imports_nothing(client, organisation, prompt_engineer):
     login(client, prompt_engineer)
-    assert client.post("/evaluations/datasets/", {"name": "faq"}).status_code == 302
+    assert client.post("/evaluations/datasets/new/", {"name": "faq"}).status_code == 302
     bad = b'{"vars": {"q": "a"}}\nnot json\n{"vars": "x"}\n'
     response = client.post(
         "/evaluations/datasets/faq/import/",
@@ -279,3 +279,28 @@ def test_drift_banner_until_acknowledged(client, world, viewer):
     assert response.status_code == 302 and response["Location"] == "/prompts/"
     assert "Suite got worse." not in client.get("/prompts/").content.decode()
     assert AuditEvent.objects.filter(action="eval_drift.acknowledged").count() == 1
+
+
+def test_start_a_run_from_the_form_then_cancel_it(client, organisation, eval_prompt, prompt_engineer):
+    from evals.models import Run
+    from tests.evals.runfixtures import dataset_with, suite_with
+
+    suite_with(organisation, dataset_with(organisation, 3), name="basic")
+    login(client, prompt_engineer)
+    data = {"prompt": "support-reply", "candidate": "9", "baseline": "production", "suite": "basic"}
+    page = client.post("/evaluations/runs/new/", data).content.decode()
+    assert "Prompt support-reply has no version 9." in page
+    page = client.post("/evaluations/runs/new/", {**data, "candidate": "2", "suite": "nope"}).content.decode()
+    assert "No such suite." in page
+    page = client.post("/evaluations/runs/new/", {**data, "candidate": "2", "baseline": "gone"}).content.decode()
+    assert "gone" in page and not Run.objects.exists()
+    response = client.post("/evaluations/runs/new/", {**data, "candidate": "2"})
+    run = Run.objects.get()
+    assert response["Location"] == f"/evaluations/runs/{run.id}/" and run.cells_total == 6
+    assert run.created_by_id == prompt_engineer.user.id and run.trigger == "ui"
+    listing = client.get("/evaluations/").content.decode()
+    assert f'data-run="{run.id}"' in listing and 'hx-trigger="every 3s"' in listing
+    response = client.post(f"/evaluations/runs/{run.id}/cancel/")
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert run.status == "cancelled"
