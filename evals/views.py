@@ -9,6 +9,7 @@ from django.contrib import messages
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.permissions import role_required
@@ -25,6 +26,16 @@ from registry.models import Label, PromotionRequest, Prompt
 
 WRITERS = (Role.PROMPT_ENGINEER, Role.ADMIN)
 PAGE = 100
+
+
+def _safe_next(request, default: str) -> str:
+    """Where to go back to after a form: a path on this site only (never another host)."""
+    target = request.POST.get("next", "")
+    if target.startswith("/") and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return default
 
 
 def _can_write(request) -> bool:
@@ -500,9 +511,7 @@ def prompt_evals(request, prompt_name: str):
 def gate_set(request):
     org = request.org.organisation
     form = GateForm(request.POST)
-    back = request.POST.get("next") or reverse("evals:suite_list")
-    if not back.startswith("/") or back.startswith("//"):
-        back = reverse("evals:suite_list")
+    back = _safe_next(request, reverse("evals:suite_list"))
     if not form.is_valid():
         messages.error(request, "Give a prompt, a label and a suite.")
         return redirect(back)
@@ -582,7 +591,4 @@ def drift_ack(request, alert_id: int):
     if alert is None:
         raise Http404("No such alert")
     drift_alert_acknowledge(alert=alert, actor=request.org.actor)
-    back = request.POST.get("next") or reverse("evals:home")
-    if not back.startswith("/") or back.startswith("//"):
-        back = reverse("evals:home")
-    return redirect(back)
+    return redirect(_safe_next(request, reverse("evals:home")))

@@ -278,6 +278,9 @@ def test_drift_banner_until_acknowledged(client, world, viewer):
     response = client.post(f"/evaluations/drift/{alert.id}/acknowledge/", {"next": "/prompts/"})
     assert response.status_code == 302 and response["Location"] == "/prompts/"
     assert "Suite got worse." not in client.get("/prompts/").content.decode()
+    for elsewhere in ("//evil.example/", "https://evil.example/", "/\\evil.example/"):
+        response = client.post(f"/evaluations/drift/{alert.id}/acknowledge/", {"next": elsewhere})
+        assert response["Location"] == "/evaluations/"
     assert AuditEvent.objects.filter(action="eval_drift.acknowledged").count() == 1
 
 
