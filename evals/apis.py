@@ -228,6 +228,8 @@ class CellOutputSerializer(serializers.ModelSerializer):
 class DatasetListCreateApi(_Api):
     """GET lists the organisation's datasets; POST creates an empty one (add versions after)."""
 
+    pagination_class = Pagination
+
     class InputSerializer(serializers.Serializer):
         name = serializers.SlugField(max_length=100)
         description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
@@ -261,6 +263,8 @@ class DatasetDetailApi(_Api):
 
 class DatasetVersionListCreateApi(_Api):
     """GET lists versions (newest first); POST makes a new immutable version from items given as JSON."""
+
+    pagination_class = Pagination
 
     class InputSerializer(serializers.Serializer):
         items = ItemInputSerializer(many=True, allow_empty=False)
@@ -376,6 +380,8 @@ class DatasetVersionDetailApi(_Api):
 
 
 class DatasetItemsApi(_Api):
+    pagination_class = Pagination
+
     @extend_schema(operation_id="eval_dataset_items_list", responses=ItemOutputSerializer(many=True), tags=TAGS)
     def get(self, request, dataset_id: int, version_number: int):
         version = selectors.dataset_version_get(dataset=_dataset(request, dataset_id), number=version_number)
@@ -392,15 +398,16 @@ class DatasetExportApi(_Api):
 
     @extend_schema(
         operation_id="eval_dataset_versions_export",
-        parameters=[OpenApiParameter("format", str, enum=list(FORMATS), description="csv (default) or jsonl")],
+        # Not `format`: DRF reads that query parameter to pick a renderer.
+        parameters=[OpenApiParameter("file_format", str, enum=list(FORMATS), description="csv (default) or jsonl")],
         responses=OutputSerializer,
         tags=TAGS,
     )
     def get(self, request, dataset_id: int, version_number: int):
         version = selectors.dataset_version_get(dataset=_dataset(request, dataset_id), number=version_number)
-        fmt = request.query_params.get("format", "csv")
+        fmt = request.query_params.get("file_format", "csv")
         if fmt not in FORMATS:
-            raise ValidationFailed("format must be csv or jsonl", param="format")
+            raise ValidationFailed("file_format must be csv or jsonl", param="file_format")
         content = services.dataset_export(version=version, format=fmt)
         filename = f"{version.dataset.name}-v{version.number}.{fmt}"
         return Response({"format": fmt, "filename": filename, "content": content})
@@ -450,6 +457,10 @@ def _suite_fields(request, data: dict, *, dataset: Dataset | None = None) -> dic
 
 
 class SuiteListCreateApi(_Api):
+    pagination_class = Pagination
+    # The dataset is named in the body.
+    extra_error_statuses = {404}
+
     @extend_schema(operation_id="eval_suites_list", responses=SuiteOutputSerializer(many=True), tags=TAGS)
     def get(self, request):
         return _paginate(
@@ -525,6 +536,10 @@ class VariantInputSerializer(serializers.Serializer):
 class RunListStartApi(_Api):
     """GET lists runs (newest first; filters prompt, status, suite_id); POST starts one (202: it runs in the
     background; poll the run or its progress)."""
+
+    pagination_class = Pagination
+    # The suite and the prompt are named in the body: either may name nothing.
+    extra_error_statuses = {404}
 
     class InputSerializer(serializers.Serializer):
         suite_id = serializers.IntegerField(min_value=1)
@@ -627,6 +642,8 @@ class RunProgressApi(_Api):
 
 
 class RunCellsApi(_Api):
+    pagination_class = Pagination
+
     @extend_schema(
         operation_id="eval_run_cells_list",
         parameters=[
