@@ -40,7 +40,8 @@ def test_dataset_lifecycle(client, prompt_engineer):
     items = client.get(reverse("api-eval-dataset-items", kwargs={"dataset_id": dataset_id, "version_number": 1}))
     assert [(i["key"], i["critical"]) for i in items.json()["results"]] == [("a", True), ("b", False)]
     exported = client.get(
-        reverse("api-eval-dataset-export", kwargs={"dataset_id": dataset_id, "version_number": 1}), {"file_format": "jsonl"}
+        reverse("api-eval-dataset-export", kwargs={"dataset_id": dataset_id, "version_number": 1}),
+        {"file_format": "jsonl"},
     ).json()
     assert exported["filename"] == "faq-v1.jsonl"
     again = _post(
