@@ -211,7 +211,7 @@ class Executor:
         while True:
             now = time.monotonic()
             if now - beat >= HEARTBEAT_SECONDS:
-                await redis.set(alive_key, "1", ex=int(HEARTBEAT_SECONDS * 4))
+                await redis.set(alive_key, "1", ex=int(HEARTBEAT_SECONDS * 3))
                 beat = now
             if await redis.get(cancel_key):
                 self.cancelled.set()
@@ -257,8 +257,16 @@ class Executor:
             if response is not None and (response.status_code in RETRYABLE or retry_after is not None):
                 # Rate limited: wait as told (at least the backoff), for as long as the deadline allows.
                 self.rate_limited += 1
-                wait = max(retry_after or 0.0, backoff) * (0.8 + random.random() * 0.4)
-                backoff = min(backoff * 2, BACKOFF_CAP)
+                # As told when told (plus up to 20% jitter, so waiting cells do not return in one burst),
+                # else a jittered exponential backoff.
+                if retry_after is not None:
+                    wait = min(retry_after, BACKOFF_CAP) * (1.0 + random.random() * 0.2)
+                else:
+                    wait = backoff * (0.5 + random.random())
+                    backoff = min(backoff * 2, BACKOFF_CAP)
+                logger.info(
+                    "run %s cell %s: %s, retrying in %.1fs", self.plan.run_id, cell["id"], _error_text(response), wait
+                )
                 if wait >= self.seconds_left():
                     raise RuntimeError(f"rate limited until the run's deadline ({_error_text(response)})")
                 if not await self.in_thread(runs.cell_lease_extend, cell_id=cell["id"], attempts=cell["attempts"]):
@@ -420,7 +428,25 @@ class Executor:
             cell = await self.next_cell()
             if cell is None:
                 return
-            await self.execute_cell(cell, limits)
+            try:
+                await self.execute_cell(cell, limits)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # A bug or an outage (database, Redis) on one cell: record it if possible and go on; a cell
+                # that cannot even be recorded stays leased and the sweeper gives it another try.
+                logger.exception("run %s cell %s failed", self.plan.run_id, cell["id"])
+                with contextlib.suppress(Exception):
+                    await self.in_thread(
+                        runs.cell_finish,
+                        cell_id=cell["id"],
+                        attempts=cell["attempts"],
+                        result={
+                            "error": f"internal error: {type(exc).__name__}: {exc}"[:2000],
+                            "score": 0.0,
+                            "passed": False,
+                        },
+                    )
 
     async def execute(self) -> None:
         import redis.asyncio as aredis
@@ -430,7 +456,7 @@ class Executor:
         self.deadline_passed = False
         watcher = asyncio.create_task(self.watch(redis))
         workers = [asyncio.create_task(self.worker(limits)) for _ in range(self.plan.concurrency)]
-        everything = asyncio.gather(*workers)
+        everything = asyncio.gather(*workers, return_exceptions=True)
         cancel_wait = asyncio.create_task(self.cancelled.wait())
         try:
             await asyncio.wait([everything, cancel_wait], return_when=asyncio.FIRST_COMPLETED)

@@ -425,10 +425,33 @@ RETURNING id
 def cells_claim(*, run_id: int, limit: int) -> list[dict]:
     """Claim up to `limit` pending cells of the run under a lease (SKIP LOCKED: concurrent workers never
     claim the same cell). Each claim increments `attempts`, which is the lease's token for cell_finish."""
+    if connection.vendor != "postgresql":
+        return _cells_claim_portable(run_id=run_id, limit=limit)
     with connection.cursor() as cursor:
         cursor.execute(_CLAIM_SQL, [float(settings.STEWARD_EVALS_LEASE_SECONDS), run_id, run_id, limit])
         rows = cursor.fetchall()
     return [{"id": r[0], "variant_id": r[1], "item_id": r[2], "repeat": r[3], "attempts": r[4]} for r in rows]
+
+
+def _cells_claim_portable(*, run_id: int, limit: int) -> list[dict]:
+    # SQLite (make run's default) has no SKIP LOCKED, but it runs one writer at a time: a transaction is enough.
+    from django.db.models import F
+
+    lease = timezone.now() + timezone.timedelta(seconds=settings.STEWARD_EVALS_LEASE_SECONDS)
+    with transaction.atomic():
+        if Run.objects.filter(pk=run_id, cancel_requested_at__isnull=False).exists():
+            return []
+        ids = list(
+            Cell.objects.filter(run_id=run_id, status=CellStatus.PENDING)
+            .order_by("id")
+            .values_list("id", flat=True)[:limit]
+        )
+        Cell.objects.filter(pk__in=ids, status=CellStatus.PENDING).update(
+            status=CellStatus.RUNNING, attempts=F("attempts") + 1, lease_expires_at=lease
+        )
+        return list(
+            Cell.objects.filter(pk__in=ids).values("id", "variant_id", "item_id", "repeat", "attempts").order_by("id")
+        )
 
 
 def cell_lease_extend(*, cell_id: int, attempts: int) -> bool:
@@ -448,6 +471,8 @@ def cell_finish(*, cell_id: int, attempts: int, result: dict) -> bool:
     error = result.get("error", "")
     status = CellStatus.ERROR if error else CellStatus.DONE
     cost = Decimal(str(result.get("cost_usd") or 0))
+    if connection.vendor != "postgresql":
+        return _cell_finish_portable(cell_id=cell_id, attempts=attempts, result=result, status=status, cost=cost)
     with connection.cursor() as cursor:
         cursor.execute(
             _FINISH_SQL,
@@ -470,6 +495,36 @@ def cell_finish(*, cell_id: int, attempts: int, result: dict) -> bool:
             ],
         )
         return cursor.fetchone() is not None
+
+
+def _cell_finish_portable(*, cell_id: int, attempts: int, result: dict, status: str, cost: Decimal) -> bool:
+    from django.db.models import F
+
+    error = result.get("error", "")
+    with transaction.atomic():
+        changed = Cell.objects.filter(pk=cell_id, status=CellStatus.RUNNING, attempts=attempts).update(
+            status=status,
+            output=result.get("output", ""),
+            request_id=result.get("request_id", "")[:64],
+            latency_ms=result.get("latency_ms"),
+            cost_usd=cost,
+            prompt_tokens=result.get("prompt_tokens", 0),
+            completion_tokens=result.get("completion_tokens", 0),
+            outcomes=result.get("outcomes", []),
+            score=result.get("score"),
+            passed=result.get("passed"),
+            error=error[:5000],
+            finished_at=timezone.now(),
+            lease_expires_at=None,
+        )
+        if changed:
+            run_id = Cell.objects.filter(pk=cell_id).values_list("run_id", flat=True).first()
+            Run.objects.filter(pk=run_id).update(
+                cells_done=F("cells_done") + 1,
+                cells_failed=F("cells_failed") + (1 if error else 0),
+                cost_usd=F("cost_usd") + cost,
+            )
+    return bool(changed)
 
 
 def cells_cancel_open(*, run_id: int) -> int:
