@@ -31,6 +31,7 @@ class Action(models.TextChoices):
     PROMOTION_APPROVED = "promotion.approved"
     PROMOTION_REJECTED = "promotion.rejected"
     PROMOTION_GATE_CHANGED = "promotion.gate_changed"
+    PROMOTION_GATE_OVERRIDDEN = "promotion.gate_overridden"
     # proxy
     ROUTE_CREATED = "route.created"
     ROUTE_UPDATED = "route.updated"
@@ -61,3 +62,12 @@ class Action(models.TextChoices):
     # evals
     EVAL_RUN_STARTED = "eval_run.started"
     EVAL_RUN_FINISHED = "eval_run.finished"
+    EVAL_RUN_CANCEL_REQUESTED = "eval_run.cancel_requested"
+    DATASET_CREATED = "dataset.created"
+    DATASET_VERSION_CREATED = "dataset.version_created"
+    SUITE_CREATED = "suite.created"
+    SUITE_UPDATED = "suite.updated"
+    SUITE_DELETED = "suite.deleted"
+    EVAL_GATE_CHANGED = "eval_gate.changed"
+    EVAL_DRIFT_DETECTED = "eval_drift.detected"
+    EVAL_DRIFT_ACKNOWLEDGED = "eval_drift.acknowledged"

@@ -47,6 +47,10 @@ def beat_schedule() -> dict[str, dict]:
             "proxy.deployments_health_check", settings.STEWARD_PROXY_HEALTH_CHECK_SECONDS
         ),
         "proxy-request-bodies-purge": entry("proxy.request_bodies_purge", 3600.0),
+        # Re-queues evaluation cells whose worker died, and re-kicks runs nobody is executing.
+        "evals-sweep-stuck-cells": entry("evals.sweep_stuck_cells", settings.STEWARD_EVALS_SWEEP_SECONDS),
+        # Starts due scheduled evaluation runs (drift watch), compares finished ones, settles promotion gates.
+        "evals-drift-tick": entry("evals.drift_tick", 60.0),
     }
 
 

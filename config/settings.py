@@ -345,6 +345,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "accounts.context_processors.navigation",
+                "evals.context_processors.drift_alerts",
             ],
         },
     },
@@ -535,3 +536,18 @@ CELERY_TASK_SOFT_TIME_LIMIT = _env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300, minim
 CELERY_TASK_TIME_LIMIT = _env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
 CELERY_WORKER_CONCURRENCY = _env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- evaluations -----------------------------------------------------------------------------
+STEWARD_EVALS_DATASET_MAX_ROWS = _env_int("STEWARD_EVALS_DATASET_MAX_ROWS", 10_000, minimum=1)
+STEWARD_EVALS_DATASET_MAX_BYTES = _env_int("STEWARD_EVALS_DATASET_MAX_BYTES", 20 * 1024 * 1024, minimum=1024)
+STEWARD_EVALS_DATASET_MAX_CELL_CHARS = _env_int("STEWARD_EVALS_DATASET_MAX_CELL_CHARS", 100_000, minimum=100)
+# Where run workers reach the proxy (a run calls it over HTTP with the run's own key).
+STEWARD_EVALS_PROXY_URL = os.environ.get("STEWARD_EVALS_PROXY_URL", f"{STEWARD_PUBLIC_URL}/v1").rstrip("/")
+# A claimed cell returns to the queue when its worker has not finished it within this lease.
+STEWARD_EVALS_LEASE_SECONDS = _env_int("STEWARD_EVALS_LEASE_SECONDS", 120, minimum=5)
+STEWARD_EVALS_MAX_ATTEMPTS = _env_int("STEWARD_EVALS_MAX_ATTEMPTS", 3, minimum=1, maximum=20)
+# Calls in flight per model across every worker (a Redis semaphore); 0 = no limit beyond the run's own.
+STEWARD_EVALS_MODEL_CONCURRENCY = _env_int("STEWARD_EVALS_MODEL_CONCURRENCY", 64, minimum=0)
+STEWARD_EVALS_SWEEP_SECONDS = _env_float("STEWARD_EVALS_SWEEP_SECONDS", 15.0, minimum=0.5)
+# The route embedding-cosine assertions embed with (through the proxy, with the run's key).
+STEWARD_EVALS_EMBEDDING_MODEL = os.environ.get("STEWARD_EVALS_EMBEDDING_MODEL", "text-embedding-3-small")

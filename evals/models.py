@@ -162,6 +162,9 @@ class Run(models.Model):
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=0)
     # The run's own API key (created at start, revoked at the end): every call is attributed to it.
     api_key_id = models.BigIntegerField(null=True, blank=True)
+    # The key's secret as a Fernet token (core.crypto), so any worker can call the proxy with it; emptied
+    # when the run ends and the key is revoked.
+    api_key_secret_encrypted = models.TextField(blank=True)
     cells_total = models.PositiveIntegerField(default=0)
     cells_done = models.PositiveIntegerField(default=0)
     cells_failed = models.PositiveIntegerField(default=0)

@@ -17,6 +17,7 @@ from core.actors import Actor, ActorType
 from core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from core.invalidation import invalidate
 from registry.content import label_validate, name_validate, version_content_validate
+from registry.gates import gate_provider
 from registry.models import (
     GateStatus,
     Label,
@@ -304,6 +305,8 @@ def promotion_request_create(
         raise Conflict(f"Label {label!r} already points at v{target.number}.", code="label_unchanged")
     if PromotionRequest.objects.filter(prompt=locked, label=label, status=PromotionStatus.PENDING).exists():
         raise Conflict(f"A promotion of {label!r} is already pending.", code="promotion_pending")
+    provider = gate_provider()
+    gated = provider is not None and provider.required(prompt=locked, label=label)
     promotion = PromotionRequest.objects.create(
         prompt=locked,
         label=label,
@@ -312,7 +315,8 @@ def promotion_request_create(
         reason=reason,
         requested_by_id=_user_id(actor),
         requested_by_label=actor.label[:200],
-        gate_status=GateStatus.NOT_REQUIRED,
+        gate_status=GateStatus.PENDING if gated else GateStatus.NOT_REQUIRED,
+        gate_detail={"sentence": "Waiting for a regression run of the candidate."} if gated else {},
     )
     audit_event_record(
         organisation_id=locked.organisation_id,
@@ -320,8 +324,12 @@ def promotion_request_create(
         action=Action.PROMOTION_REQUESTED,
         target_type="promotion_request",
         target_id=promotion.id,
-        after={"prompt": locked.name, "label": label, "version": target.number, "reason": reason},
+        after={"prompt": locked.name, "label": label, "version": target.number, "reason": reason, "gated": gated},
     )
+    if gated:
+        # After commit: the provider starts a run (a Celery task) that must see the request.
+        promotion_id = promotion.id
+        transaction.on_commit(lambda: provider.requested(promotion_id=promotion_id, actor=actor))
     return promotion
 
 
@@ -447,6 +455,48 @@ def promotion_request_gate_set(
         after={"gate_status": status, "run_id": run_id},
     )
     return promotion
+
+
+@transaction.atomic
+def promotion_request_gate_override(
+    *, promotion: PromotionRequest, reason: str, actor: Actor, roles: Iterable[str] | None = None
+) -> PromotionRequest:
+    """An admin lets a pending request past its regression gate, with a written reason (audited).
+    The gate is then `passed`, its detail keeps what it said before and who overrode it and why.
+    Never an API key; refused once the request is decided."""
+    if actor.type == ActorType.API_KEY:
+        raise Forbidden("API keys cannot override the regression gate.", code="api_key_forbidden")
+    _require_role(actor=actor, roles=roles, allowed=(Role.ADMIN,), doing="Overriding the regression gate")
+    reason = _reason_clean(reason)
+    if not reason:
+        raise ValidationFailed("Say why the regression gate is overridden.", param="reason")
+    locked = PromotionRequest.objects.select_for_update().select_related("prompt").get(pk=promotion.pk)
+    if locked.status != PromotionStatus.PENDING:
+        raise Conflict("This promotion request was already decided.", code="promotion_decided")
+    if locked.gate_status in (GateStatus.NOT_REQUIRED, GateStatus.PASSED):
+        raise Conflict("The regression gate does not block this request.", code="gate_not_blocking")
+    before = {"gate_status": locked.gate_status, "detail": locked.gate_detail}
+    detail = {
+        **(locked.gate_detail or {}),
+        "overridden": True,
+        "override_reason": reason,
+        "override_by": actor.label[:200],
+        "blocked_sentence": (locked.gate_detail or {}).get("sentence", ""),
+        "sentence": f"Overridden by {actor.label[:200]}: {reason}",
+    }
+    locked.gate_status = GateStatus.PASSED
+    locked.gate_detail = detail
+    locked.save(update_fields=["gate_status", "gate_detail"])
+    audit_event_record(
+        organisation_id=locked.prompt.organisation_id,
+        actor=actor,
+        action=Action.PROMOTION_GATE_OVERRIDDEN,
+        target_type="promotion_request",
+        target_id=locked.id,
+        before=before,
+        after={"gate_status": GateStatus.PASSED, "reason": reason},
+    )
+    return locked
 
 
 @transaction.atomic

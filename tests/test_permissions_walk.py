@@ -191,7 +191,26 @@ EXPECTATIONS: dict[str, dict] = {
     "api-billing-budget-detail": {"allowed_roles": ANY_MEMBER, "methods": READ, "key_ok": {"GET": (404,)}},
     "api-billing-settings": {"allowed_roles": ADMIN, "methods": ("GET", "PUT"), "ok": {"PUT": (200,)}},
     "api-billing-key-cost-ceiling": {"allowed_roles": ADMIN, "methods": ("PUT",), "ok": {"PUT": (400,)}},
+    # evals: every member reads; prompt engineers and admins run and edit; admins set and override gates
     "evals:home": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "evals:run_new": {"allowed_roles": PROMPT_WRITERS, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "evals:run_detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "evals:run_progress": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "evals:run_cancel": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "evals:dataset_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "evals:dataset_create": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "evals:dataset_detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "evals:dataset_import": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "evals:dataset_export": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "evals:suite_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "evals:suite_new": {"allowed_roles": PROMPT_WRITERS, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "evals:suite_detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "evals:suite_edit": {"allowed_roles": PROMPT_WRITERS, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "evals:prompt_evals": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "evals:gate_set": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "evals:gate_override": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "evals:gate_check": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "evals:drift_ack": {"allowed_roles": ANY_MEMBER, "methods": ("POST",), "ok": {"POST": (302,)}},
 }
 
 OK_DEFAULT = {"GET": (200,), "POST": WRITE_OK, "PUT": WRITE_OK, "PATCH": WRITE_OK, "DELETE": WRITE_OK}
@@ -298,6 +317,44 @@ def _prompt_name(org) -> str:
     return prompt.name
 
 
+def _eval_name(org) -> str:
+    """A dataset (with version 1) and a suite of the same name: dataset and suite URLs both take `name`."""
+    import secrets
+
+    from core.actors import Actor
+    from evals.services import dataset_create, dataset_version_create, suite_create
+
+    actor = Actor.system("walk")
+    name = f"walk-{secrets.token_hex(4)}"
+    dataset = dataset_create(organisation=org, name=name, actor=actor)
+    dataset_version_create(
+        dataset=dataset, items=[{"variables": {"who": "Ada"}}], note="walk", source="api", actor=actor
+    )
+    suite_create(organisation=org, actor=actor, name=name, dataset=dataset, assertions=[{"type": "is-json"}])
+    return name
+
+
+def _eval_run(org) -> int:
+    from core.actors import Actor
+    from evals.models import Suite
+    from evals.services import run_start
+    from registry.models import Prompt
+    from registry.services import label_move
+
+    actor = Actor.system("walk")
+    prompt = Prompt.objects.get(organisation=org, name=_prompt_name(org))
+    label_move(prompt=prompt, label="production", version=1, reason="walk", actor=actor)
+    suite = Suite.objects.get(organisation=org, name=_eval_name(org))
+    return run_start(suite=suite, prompt=prompt, actor=actor, candidate_version=1).id
+
+
+def _drift_alert(org) -> int:
+    from evals.models import DriftAlert, Run
+
+    run = Run.objects.get(pk=_eval_run(org))
+    return DriftAlert.objects.create(organisation=org, suite=run.suite, run=run, previous_run=run, message="walk").id
+
+
 def _promotion(org) -> int:
     from core.actors import Actor
     from registry.models import Prompt
@@ -356,6 +413,10 @@ PARAM_FACTORIES = {
     "verification_id": _verification,
     "invitation_id": _invitation,
     "token": _invitation_token,
+    "run_id": _eval_run,
+    "name": _eval_name,
+    "number": lambda org: 1,
+    "alert_id": _drift_alert,
 }
 
 # Not walked here: public or superuser-only, or tested elsewhere. /v1/ is not in the URLconf at all

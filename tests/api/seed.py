@@ -42,6 +42,7 @@ def contract_seed() -> dict:
     policy = policy_create(organisation=organisation, name="default", actor=actor, actions={"*": "flag"})
     attachment = policy_attach(organisation=organisation, policy=policy, scope="organisation", target_id=0, actor=actor)
     spare = api_key_create(organisation=organisation, name="spare", team=team, actor=actor).api_key
+    eval_ids = _evals_seed(organisation, prompt, actor)
     tokens = {}
     for persona, roles in (("admin", [Role.ADMIN]), ("viewer", [Role.VIEWER])):
         created = api_key_create(organisation=organisation, name=persona, team=team, roles=roles, actor=actor)
@@ -56,5 +57,25 @@ def contract_seed() -> dict:
         "api_key_id": spare.id,
         "policy_id": policy.id,
         "attachment_id": attachment.id,
+        **eval_ids,
     }
     return {"tokens": tokens, "fixed": fixed}
+
+
+def _evals_seed(organisation, prompt, actor) -> dict:
+    """A dataset (version 1), a suite and a run of it: path parameters of the evaluations API."""
+    from evals.services import dataset_create, dataset_version_create, run_start, suite_create
+
+    dataset = dataset_create(organisation=organisation, name="greetings", actor=actor)
+    dataset_version_create(
+        dataset=dataset, items=[{"key": "a", "variables": {"name": "Ada"}, "expected": "Ada"}], actor=actor
+    )
+    suite = suite_create(
+        organisation=organisation,
+        actor=actor,
+        name="greets",
+        dataset=dataset,
+        assertions=[{"type": "icontains", "value": "{{expected}}"}],
+    )
+    run = run_start(suite=suite, prompt=prompt, actor=actor, candidate_version=1)
+    return {"dataset_id": dataset.id, "suite_id": suite.id, "run_id": run.id}

@@ -1,0 +1,37 @@
+"""Celery tasks of evaluations: executing a run's cells, and the sweeper that recovers stuck work."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from core.queues import Queue
+
+# A task executes cells for at most this long, then hands the rest of the run to a fresh task (so no task
+# outlives the time limits, and a long run moves between workers as they come and go).
+SLICE_SECONDS = 600
+
+
+@shared_task(
+    name="evals.run_execute",
+    queue=Queue.EVALS,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=SLICE_SECONDS + 240,
+    time_limit=SLICE_SECONDS + 300,
+)
+def run_execute(run_id: int) -> None:
+    """Execute the run's pending cells (evals.executor). Idempotent: cells are claimed under leases, and a
+    result is written only by the claim holding its cell, so any number of these may run for one run."""
+    from evals.executor import execute
+
+    if execute(run_id, slice_seconds=SLICE_SECONDS) == "more":
+        run_execute.delay(run_id)
+
+
+@shared_task(name="evals.sweep_stuck_cells", queue=Queue.DEFAULT, soft_time_limit=60, time_limit=75)
+def sweep_stuck_cells() -> dict:
+    """Re-queue cells whose lease expired, end runs with nothing left to do, fail runs past their deadline,
+    and re-kick runs with pending cells that no live worker is executing. Idempotent."""
+    from evals.runs import runs_sweep
+
+    return runs_sweep(kick=lambda run_id: run_execute.delay(run_id))
