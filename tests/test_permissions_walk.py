@@ -168,6 +168,13 @@ EXPECTATIONS: dict[str, dict] = {
     "api-billing-settings": {"allowed_roles": ADMIN, "methods": ("GET", "PUT"), "ok": {"PUT": (200,)}},
     "api-billing-key-cost-ceiling": {"allowed_roles": ADMIN, "methods": ("PUT",), "ok": {"PUT": (400,)}},
     "evals:home": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    # h-abtest: feedback (a key, even one without roles, scores its own requests) and experiments
+    "api-feedback": {
+        "allowed_roles": ANY_MEMBER,
+        "methods": ("GET", "POST"),
+        "ok": {"POST": (400,)},
+        "key_without_roles": True,
+    },
 }
 
 OK_DEFAULT = {"GET": (200,), "POST": WRITE_OK, "PUT": WRITE_OK, "PATCH": WRITE_OK, "DELETE": WRITE_OK}
