@@ -47,6 +47,8 @@ def beat_schedule() -> dict[str, dict]:
             "proxy.deployments_health_check", settings.STEWARD_PROXY_HEALTH_CHECK_SECONDS
         ),
         "proxy-request-bodies-purge": entry("proxy.request_bodies_purge", 3600.0),
+        # Ends online experiments whose variant crossed an error-rate, latency or cost limit.
+        "evals-experiments-guard": entry("evals.experiments_guard", 30.0),
     }
 
 
@@ -56,3 +58,5 @@ def _beat_schedule_set(sender, **kwargs) -> None:
 
 
 app.autodiscover_tasks()
+# Modules of tasks not named tasks.py (one per concern).
+app.autodiscover_tasks(lambda: ["evals"], related_name="experiment_tasks")
