@@ -146,7 +146,7 @@ class RequestLog(models.Model):
     # The online experiment (registry.Experiment, a plain id) whose variant chose the prompt version,
     # and whether the end user's key made the choice sticky (False: assigned at random).
     experiment_id = models.BigIntegerField(null=True, blank=True)
-    experiment_variant = models.CharField(max_length=50, blank=True)
+    experiment_variant = models.CharField(max_length=50, blank=True, default="", db_default="")
     experiment_sticky = models.BooleanField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
