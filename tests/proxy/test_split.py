@@ -78,6 +78,11 @@ def test_same_user_same_version_different_users_spread_and_the_log_records_it(pr
 
 
 def test_warm_split_reads_no_database(proxy, split_prompt, monkeypatch):
+    from core.invalidation import _registry
+
+    # Settle the invalidation poller first: a generation it has not seen yet (this test's own writes,
+    # the previous test's clean Redis) would rightly drop the cache between the warm-up and the check.
+    _registry.poll_once()
     _call(proxy, user="warm")  # loads the label and its split into the process's cache
 
     def refuse(*args, **kwargs):
@@ -86,6 +91,9 @@ def test_warm_split_reads_no_database(proxy, split_prompt, monkeypatch):
     monkeypatch.setattr(selectors, "_resolve_load", refuse)
     monkeypatch.setattr(selectors, "experiment_running_for", refuse)
     monkeypatch.setattr(selectors, "aread", refuse)
+    # Caches are trusted while the poller has seen Redis within 1.5 s; a late poller thread on a loaded
+    # machine rightly sends resolution back to the database.
+    _registry.poll_once()
     versions = {_version(_call(proxy, user=f"user-{i}")) for i in range(30)}
     assert versions == {1, 2}
 
@@ -104,3 +112,27 @@ def test_stopping_puts_every_user_back_on_the_control_within_two_seconds(proxy, 
     response = _call(proxy, user=on_variant[0])
     assert "x-steward-experiment" not in response.headers
     assert log_of(response.headers["x-request-id"]).experiment_id is None
+
+
+def test_an_experiment_stopped_in_another_process_reaches_this_proxy_within_two_seconds(proxy, split_prompt):
+    """The stop runs in a separate Python process: only the Redis generation bump can tell this one."""
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    from tests.helpers import subprocess_env
+
+    _, experiment = split_prompt
+    on_variant = [u for u in (f"user-{i}" for i in range(30)) if _version(_call(proxy, user=u)) == 2]
+    assert on_variant
+    code = (
+        "import django; django.setup()\n"
+        "from core.actors import Actor\n"
+        "from registry.experiments import experiment_stop\n"
+        "from registry.models import Experiment\n"
+        f"experiment_stop(experiment=Experiment.objects.get(pk={experiment.id}), actor=Actor.system('elsewhere'))\n"
+    )
+    env = subprocess_env(DJANGO_SETTINGS_MODULE="config.settings")
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=settings.BASE_DIR, check=True, timeout=60)
+    wait_until(lambda: all(_version(_call(proxy, user=u)) == 1 for u in on_variant), timeout=2.0, interval=0.1)
