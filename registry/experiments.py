@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -52,6 +53,7 @@ from registry.models import (
 from registry.services import REGISTRY_NAMESPACE, WRITER_ROLES, _require_role, _user_id
 
 MAX_VARIANTS = 10
+VARIANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
 TOTAL_WEIGHT = 100
 _HASH_SPACE = float(2**64)
 
@@ -156,9 +158,10 @@ def _variants_clean(prompt: Prompt, variants, control: PromptVersion) -> list[di
             )
         is_control = version.id == control.id
         name = entry.get("name") or ("control" if is_control else f"v{number}")
-        name = label_validate(name) if isinstance(name, str) else label_validate(None)
-        if len(name) > 50 or name in names:
-            raise ValidationFailed("Variant names must be distinct and at most 50 characters.", param="variants")
+        if not isinstance(name, str) or not VARIANT_NAME.match(name) or name in names:
+            raise ValidationFailed(
+                "Variant names must be distinct: lowercase letters, digits, - and _, at most 50.", param="variants"
+            )
         names.add(name)
         clean.append(
             {"name": name, "version": version, "weight": weight, "is_control": is_control, "position": position}

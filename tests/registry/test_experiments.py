@@ -130,6 +130,13 @@ def test_start_validates_and_is_audited(labelled, prompt_engineer, viewer):
         )
     with pytest.raises(NotFound):
         experiment_start(prompt=labelled, label="canary", variants=[{"version": 1, "weight": 50}] * 2, actor=SYSTEM)
+    with pytest.raises(ValidationFailed, match="Variant names"):
+        experiment_start(
+            prompt=labelled,
+            label="production",
+            variants=[{"version": 1, "weight": 50, "name": "A B"}, {"version": 2, "weight": 50}],
+            actor=SYSTEM,
+        )
     with pytest.raises(ValidationFailed, match="max_error_rate"):
         _start(labelled, max_error_rate=1.5)
     with pytest.raises(ValidationFailed, match="sticky_by"):
