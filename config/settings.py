@@ -427,6 +427,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RequestStatusEnum": "proxy.models.RequestStatus.choices",
         "AuditVerificationStatusEnum": "audit.models.VerificationStatus.choices",
+        "ExperimentStatusEnum": "registry.models.ExperimentStatus.choices",
     },
     "SECURITY": [{"ApiKeyAuth": []}, {"cookieAuth": []}],
     "APPEND_COMPONENTS": {

@@ -176,6 +176,11 @@ EXPECTATIONS: dict[str, dict] = {
         "key_without_roles": True,
     },
     "evals:experiment_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-experiment-list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-experiment-start": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (400,)}},
+    # a key confined to another prompt by allowed_prompts does not see the walk's experiment
+    "api-experiment-detail": {"allowed_roles": ANY_MEMBER, "methods": READ, "key_ok": {"GET": (404,)}},
+    "api-experiment-stop": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (200,)}},
     "evals:experiment_start": {"allowed_roles": PROMPT_WRITERS, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
     "evals:experiment_detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
     "evals:experiment_stop": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (302,)}},

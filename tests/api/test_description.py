@@ -64,6 +64,7 @@ def test_paginated_lists_are_described_as_paginated(schema):
         "GET /api/v1/invitations/",
         "GET /api/v1/teams/",
         "GET /api/v1/feedback",
+        "GET /api/v1/experiments/",
     } == paginated
 
 
