@@ -32,6 +32,9 @@ class Action(models.TextChoices):
     PROMOTION_REJECTED = "promotion.rejected"
     PROMOTION_GATE_CHANGED = "promotion.gate_changed"
     PROMOTION_GATE_OVERRIDDEN = "promotion.gate_overridden"
+    EXPERIMENT_STARTED = "experiment.started"
+    EXPERIMENT_STOPPED = "experiment.stopped"
+    EXPERIMENT_ENDED = "experiment.ended"
     # proxy
     ROUTE_CREATED = "route.created"
     ROUTE_UPDATED = "route.updated"

@@ -1,6 +1,6 @@
 """Two Steward checkouts side by side: which one spends less CPU per request.
 
-    python -m bench.compare OTHER_CHECKOUT [--rounds 5] [--duration 10] [--concurrency 16] [--chat]
+    python -m bench.compare OTHER_CHECKOUT [--rounds 5] [--duration 10] [--concurrency 16] [--chat] [--prompt]
 
 `make bench` compares Steward with the upstream, run after run; on a shared virtual machine the
 speed of a core drifts by 10-20% between runs minutes apart, more than most single changes are
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per round")
     parser.add_argument("--concurrency", type=int, default=16, help="per checkout")
     parser.add_argument("--chat", action="store_true", help="non-streaming chat (wrk) instead of streams")
+    parser.add_argument("--prompt", action="store_true", help="invoke the bench prompt (a label) in every request")
     args = parser.parse_args(argv)
     other = args.other.resolve()
     if not (other / "config" / "asgi.py").exists():
@@ -83,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             proc = children.start(f"steward-{name}", steward_command(python, port), cpu=STEWARD_CPU, env=env, cwd=root)
             wait_http(f"http://127.0.0.1:{port}/healthz", process=proc)
             servers[name] = (proc, port)
-        body = loadgen.chat_body(model=target.model, stream=not args.chat)
+        prompt = target.prompt if args.prompt else None
+        if args.prompt and prompt is None:
+            raise RuntimeError(f"--prompt: {target.prompt_note}")
+        body = loadgen.chat_body(model=target.model, stream=not args.chat, prompt=prompt)
         headers = {"Authorization": f"Bearer {target.secret}", "Content-Type": "application/json"}
 
         def load(port: int, duration: float, results: dict, name: str) -> None:

@@ -10,4 +10,5 @@ urlpatterns = [
     path("", include("billing.api_urls")),
     path("", include("safety.policy_api_urls")),
     path("", include("evals.api_urls")),
+    path("", include("evals.experiment_api_urls")),
 ]

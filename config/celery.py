@@ -51,6 +51,8 @@ def beat_schedule() -> dict[str, dict]:
         "evals-sweep-stuck-cells": entry("evals.sweep_stuck_cells", settings.STEWARD_EVALS_SWEEP_SECONDS),
         # Starts due scheduled evaluation runs (drift watch), compares finished ones, settles promotion gates.
         "evals-drift-tick": entry("evals.drift_tick", 60.0),
+        # Ends online experiments whose variant crossed an error-rate, latency or cost limit.
+        "evals-experiments-guard": entry("evals.experiments_guard", 30.0),
     }
 
 
@@ -60,3 +62,5 @@ def _beat_schedule_set(sender, **kwargs) -> None:
 
 
 app.autodiscover_tasks()
+# Modules of tasks not named tasks.py (one per concern).
+app.autodiscover_tasks(lambda: ["evals"], related_name="experiment_tasks")

@@ -435,6 +435,7 @@ SPECTACULAR_SETTINGS = {
         "PolicyDirectionEnum": "safety.policy_validation.DIRECTIONS",
         "PolicyActionEnum": "safety.policy_validation.ACTIONS",
         "ScopeEnum": "billing.models.BudgetScope.choices",  # its name before policy attachments had a scope
+        "ExperimentStatusEnum": "registry.models.ExperimentStatus.choices",
     },
     "SECURITY": [{"ApiKeyAuth": []}, {"cookieAuth": []}],
     "APPEND_COMPONENTS": {

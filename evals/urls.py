@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from evals import views
 
@@ -23,4 +23,5 @@ urlpatterns = [
     path("promotions/<int:promotion_id>/gate/override/", views.gate_override, name="gate_override"),
     path("promotions/<int:promotion_id>/gate/check/", views.gate_check, name="gate_check"),
     path("drift/<int:alert_id>/acknowledge/", views.drift_ack, name="drift_ack"),
+    path("experiments/", include("evals.experiment_urls")),
 ]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from proxy import apis
+from proxy import apis, feedback_apis
 
 urlpatterns = [
     path("model-routes/", apis.RouteListApi.as_view(), name="api-model-route-list"),
@@ -21,4 +21,5 @@ urlpatterns = [
     path("proxy-settings/update/", apis.ProxySettingsUpdateApi.as_view(), name="api-proxy-settings-update"),
     path("request-logs/", apis.RequestLogListApi.as_view(), name="api-request-log-list"),
     path("request-logs/<str:request_id>/", apis.RequestLogDetailApi.as_view(), name="api-request-log-detail"),
+    path("feedback", feedback_apis.FeedbackApi.as_view(), name="api-feedback"),
 ]

@@ -143,10 +143,16 @@ class RequestLog(models.Model):
     usage_estimated = models.BooleanField(default=False)
     # [{n, deployment_id, deployment, model, status, http_status, error_type, latency_ms, usage}]
     attempts = models.JSONField(default=list, blank=True)
+    # The online experiment (registry.Experiment, a plain id) whose variant chose the prompt version,
+    # and whether the end user's key made the choice sticky (False: assigned at random).
+    experiment_id = models.BigIntegerField(null=True, blank=True)
+    experiment_variant = models.CharField(max_length=50, blank=True, default="", db_default="")
+    experiment_sticky = models.BooleanField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         indexes = [
+            models.Index(fields=["experiment_id", "started_at"], name="requestlog_experiment_started"),
             models.Index(fields=["organisation", "-started_at"], name="requestlog_org_started"),
             models.Index(fields=["organisation", "api_key_id", "-started_at"], name="requestlog_org_key_started"),
             models.Index(fields=["organisation", "status", "-started_at"], name="requestlog_org_status_started"),
@@ -174,3 +180,35 @@ class RequestBody(models.Model):
 
     def __str__(self) -> str:
         return self.request_id
+
+
+class Feedback(models.Model):
+    """A score (and optional comment) on one proxied request, from its API key or a member.
+
+    One per request per source: the source is "api_key:<id>" or "user:<id>", and posting again
+    replaces that source's score (proxy.feedback). The request is named by its public id, like the
+    request log; the organisation is checked when it is written, never trusted from the caller.
+    """
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="feedback")
+    request_id = models.CharField(max_length=64)
+    source = models.CharField(max_length=40)
+    score = models.FloatField()
+    comment = models.TextField(blank=True)
+    # The end user the score came from, as the caller names them (free text, e.g. the request's `user`).
+    end_user = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["request_id", "source"], name="feedback_one_per_request_source"),
+            models.CheckConstraint(
+                condition=models.Q(score__gte=-1) & models.Q(score__lte=1), name="feedback_score_range"
+            ),
+        ]
+        indexes = [models.Index(fields=["organisation", "-created_at"], name="feedback_org_created")]
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.request_id}: {self.score}"

@@ -173,6 +173,13 @@ def in_flight() -> int:
     return _in_flight
 
 
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 class ProxyRequest:
     """One request to /v1/, from its headers to its request-log record; `run` shows the stages."""
 
@@ -546,12 +553,16 @@ class ProxyRequest:
                     code="prompt_not_allowed",
                     param="prompt.name",
                 )
+            user = body.get("user")
             rendered = await aprompt_resolve(
                 organisation_id=principal.organisation_id,
                 name=reference["name"],
                 label=reference.get("label"),
                 version=reference.get("version"),
                 variables=reference.get("variables"),
+                # the end user's sticky key, should the label be under an experiment (registry.experiments)
+                user=user if isinstance(user, str) else None,
+                user_header=_header(self.scope, b"x-steward-user"),
             )
             fixed = dict(rendered.params)
             if rendered.model:
@@ -817,6 +828,9 @@ class ProxyRequest:
             headers.append(
                 (b"x-steward-prompt-version", f"{self.prompt.prompt_name}:{self.prompt.version_number}".encode())
             )
+            if self.prompt.experiment is not None:
+                arm = self.prompt.experiment
+                headers.append((b"x-steward-experiment", f"{arm.experiment_id}:{arm.variant}".encode()))
         if cache is not None:
             headers.append((b"x-steward-cache", cache.encode()))
         overhead = (time.perf_counter() - self.t0 - self.upstream_s) * 1000

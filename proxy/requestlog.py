@@ -17,7 +17,8 @@ Record format (also what billing.services.usage_lines_record receives, one dict 
     usage {prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, estimated},
     attempts [{n, deployment_id, deployment, model, status, http_status, error_type, latency_ms,
                usage {...} | None, circuit ("opened"|"closed"|"")}],
-    bodies {request, response} (only when the organisation stores bodies)
+    bodies {request, response} (only when the organisation stores bodies),
+    experiment {id, variant, sticky} (only when a running experiment chose the prompt version)
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def _row(record: dict):
     from proxy.models import RequestLog
 
     usage = record.get("usage") or {}
+    experiment = record.get("experiment") or {}
     return RequestLog(
         request_id=record["request_id"],
         organisation_id=record["organisation_id"],
@@ -90,6 +92,9 @@ def _row(record: dict):
         reasoning_tokens=usage.get("reasoning_tokens") or 0,
         usage_estimated=bool(usage.get("estimated")),
         attempts=record.get("attempts") or [],
+        experiment_id=experiment.get("id"),
+        experiment_variant=(experiment.get("variant") or "")[:50],
+        experiment_sticky=experiment.get("sticky"),
     )
 
 

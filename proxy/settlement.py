@@ -203,6 +203,9 @@ def request_record(r: ProxyRequest) -> dict:
         "usage": r.usage or NO_USAGE,  # orjson writes a Usage as the object the log expects
         "attempts": r.attempts,
     }
+    if prompt is not None and prompt.experiment is not None:
+        arm = prompt.experiment
+        record["experiment"] = {"id": arm.experiment_id, "variant": arm.variant, "sticky": arm.sticky}
     if r.table is not None and r.table.store_bodies and r.client_body is not None:
         response = (
             {"stream": True, "content": "".join(r.relay.content() if r.relay is not None else ())}

@@ -147,3 +147,80 @@ class LabelMove(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label}: {self.from_version_id} -> {self.to_version_id}"
+
+
+class ExperimentStatus(models.TextChoices):
+    RUNNING = "running"
+    STOPPED = "stopped"  # stopped by a person
+    ENDED = "ended"  # ended by a guard rail
+
+
+class StickyBy(models.TextChoices):
+    USER = "user", "The request's `user` field"
+    HEADER = "header", "The x-steward-user header"
+
+
+class Experiment(models.Model):
+    """A live split of one label's traffic between prompt versions (registry.experiments).
+
+    The label itself never moves: while the experiment runs and the label still points at the
+    control, the proxy serves each end user the variant their sticky hash picks; once it stops or
+    ends every request gets the label's version again. Promotion stays a separate, gated step.
+    """
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="experiments")
+    label = models.SlugField(max_length=100)
+    name = models.CharField(max_length=200, blank=True)
+    control_version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
+    sticky_by = models.CharField(max_length=16, choices=StickyBy.choices, default=StickyBy.USER)
+    status = models.CharField(max_length=16, choices=ExperimentStatus.choices, default=ExperimentStatus.RUNNING)
+    # Guard rails: null means no limit. Cost is USD per request, latency the p95 in milliseconds.
+    max_error_rate = models.FloatField(null=True, blank=True)
+    max_latency_p95_ms = models.FloatField(null=True, blank=True)
+    max_cost_per_request = models.DecimalField(max_digits=20, decimal_places=12, null=True, blank=True)
+    # Requests a variant needs before its guard rails may end the experiment.
+    min_sample = models.PositiveIntegerField(default=100)
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    started_by_label = models.CharField(max_length=200, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    ended_by_label = models.CharField(max_length=200, blank=True)
+    end_reason = models.TextField(blank=True)
+    # What the guard rail saw when it ended the experiment: {variant, metric, value, limit, n}.
+    end_detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["prompt", "label"],
+                condition=models.Q(status="running"),
+                name="experiment_one_running_per_label",
+            )
+        ]
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"experiment {self.pk} on {self.prompt_id}:{self.label} ({self.status})"
+
+
+class ExperimentVariant(models.Model):
+    """One arm of an experiment: a version and its share of traffic (weights sum to 100)."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="variants")
+    name = models.SlugField(max_length=50)
+    version = models.ForeignKey(PromptVersion, on_delete=models.PROTECT, related_name="+")
+    weight = models.PositiveSmallIntegerField()
+    is_control = models.BooleanField(default=False)
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "name"], name="experiment_variant_unique_name"),
+            models.UniqueConstraint(fields=["experiment", "version"], name="experiment_variant_unique_version"),
+        ]
+        ordering = ["experiment_id", "position"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (v{self.version_id}, {self.weight}%)"

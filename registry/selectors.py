@@ -8,6 +8,7 @@ version's templates compiled once.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from accounts.models import Organisation
 from core.db import aread
 from core.errors import NotFound, ValidationFailed
 from core.invalidation import LocalCache
+from registry.experiments import Assignment, assignment_pick, experiment_running_for, thresholds_for
 from registry.models import DEFAULT_LABEL, Label, LabelMove, PromotionRequest, PromotionStatus, Prompt, PromptVersion
 from registry.rendering import CompiledVersion, arender, compiled_cache
 from registry.services import REGISTRY_NAMESPACE
@@ -34,6 +36,29 @@ class RenderedPrompt:
     messages: list[dict]
     model: str | None
     params: dict = field(default_factory=dict)
+    # Set when a running experiment on the label chose this version (registry.experiments).
+    experiment: Assignment | None = None
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A running experiment on a label, cached with the label's resolution: no query per request."""
+
+    experiment_id: int
+    sticky_by: str
+    thresholds: tuple[float, ...]
+    arms: tuple[_Resolved, ...]
+    names: tuple[str, ...]
+
+    def pick(self, user: str | None, user_header: str | None) -> tuple[_Resolved, Assignment]:
+        index, sticky = assignment_pick(
+            experiment_id=self.experiment_id,
+            thresholds=self.thresholds,
+            sticky_by=self.sticky_by,
+            user=user,
+            user_header=user_header,
+        )
+        return self.arms[index], Assignment(self.experiment_id, self.names[index], sticky)
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,7 @@ class _Resolved:
     model: str | None
     params: dict
     compiled: CompiledVersion
+    split: _Split | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +115,23 @@ def _resolve_load(organisation_id: int, name: str, kind: str, ref) -> _Resolved 
         version = PromptVersion.objects.filter(prompt=prompt, number=ref).first()
         if version is None:
             return _Missing("version_not_found", f"Prompt {name!r} has no version {ref}.", "prompt.version")
+    resolved = _resolved_of(prompt, version, ref if kind == "label" else None)
+    if kind == "label":
+        experiment = experiment_running_for(prompt_id=prompt.id, label=ref, control_version_id=version.id)
+        if experiment is not None:
+            variants = sorted(experiment.variants.all(), key=lambda v: v.position)
+            split = _Split(
+                experiment_id=experiment.id,
+                sticky_by=experiment.sticky_by,
+                thresholds=thresholds_for(v.weight for v in variants),
+                arms=tuple(_resolved_of(prompt, v.version, ref) for v in variants),
+                names=tuple(v.name for v in variants),
+            )
+            resolved = dataclasses.replace(resolved, split=split)
+    return resolved
+
+
+def _resolved_of(prompt: Prompt, version: PromptVersion, label: str | None) -> _Resolved:
     compiled = compiled_cache.get_or_compile(
         version_id=version.id, content_hash=version.content_hash, messages=version.messages, variables=version.variables
     )
@@ -97,14 +140,16 @@ def _resolve_load(organisation_id: int, name: str, kind: str, ref) -> _Resolved 
         prompt_name=prompt.name,
         version_id=version.id,
         version_number=version.number,
-        label=ref if kind == "label" else None,
+        label=label,
         model=version.model or None,
         params=dict(version.params),
         compiled=compiled,
     )
 
 
-def _finish(found: _Resolved | _Missing, variables: dict | None) -> RenderedPrompt:
+def _finish(
+    found: _Resolved | _Missing, variables: dict | None, assignment: Assignment | None = None
+) -> RenderedPrompt:
     if isinstance(found, _Missing):
         raise NotFound(found.message, code=found.code, param=found.param)
     return RenderedPrompt(
@@ -117,6 +162,7 @@ def _finish(found: _Resolved | _Missing, variables: dict | None) -> RenderedProm
         model=found.model,
         # A copy: callers may merge overrides into it without touching the cache.
         params=dict(found.params),
+        experiment=assignment,
     )
 
 
@@ -127,8 +173,14 @@ def prompt_resolve(
     label: str | None = None,
     version: int | None = None,
     variables: dict | None = None,
+    user: str | None = None,
+    user_header: str | None = None,
 ) -> RenderedPrompt:
     """Render prompt `name` at `label` (default "production") or at `version`.
+
+    A label under a running experiment renders the version the end user's sticky key picks (`user`,
+    the request's `user` field; `user_header`, its x-steward-user header; see registry.experiments),
+    and the result's `experiment` says which arm it was.
 
     Raises NotFound (prompt_not_found / label_not_found / version_not_found) or ValidationFailed
     (prompt_render_error, param prompt.variables, extra["missing"] lists every missing variable).
@@ -140,7 +192,10 @@ def prompt_resolve(
         epoch = _resolved.epoch()
         found = _resolve_load(organisation_id, name, kind, ref)
         _resolved.set(key, found, epoch=epoch)
-    return _finish(found, variables)
+    assignment = None
+    if isinstance(found, _Resolved) and found.split is not None:
+        found, assignment = found.split.pick(user, user_header)
+    return _finish(found, variables, assignment)
 
 
 async def aprompt_resolve(
@@ -150,8 +205,11 @@ async def aprompt_resolve(
     label: str | None = None,
     version: int | None = None,
     variables: dict | None = None,
+    user: str | None = None,
+    user_header: str | None = None,
 ) -> RenderedPrompt:
-    """Async twin of `prompt_resolve`: no thread hop and no query when the version is cached in process."""
+    """Async twin of `prompt_resolve`: no thread hop and no query when the version (and the label's
+    experiment split, if any) is cached in process."""
     kind, ref = _reference(name, label, version)
     key = (organisation_id, name, kind, ref)
     found = _resolved.get(key)
@@ -159,11 +217,15 @@ async def aprompt_resolve(
         epoch = _resolved.epoch()
         found = await aread(_resolve_load, organisation_id, name, kind, ref)
         _resolved.set(key, found, epoch=epoch)
-    if isinstance(found, _Resolved) and found.compiled.loops:
-        # Loops and macros may use their whole time limit (STEWARD_RENDER_TIME_LIMIT_MS): off the
-        # event loop, so other requests are served meanwhile. Plain templates render inline (µs).
-        return await arender(_finish, found, variables)
-    return _finish(found, variables)
+    assignment = None
+    if isinstance(found, _Resolved):
+        if found.split is not None:
+            found, assignment = found.split.pick(user, user_header)
+        if found.compiled.loops:
+            # Loops and macros may use their whole time limit (STEWARD_RENDER_TIME_LIMIT_MS): off the
+            # event loop, so other requests are served meanwhile. Plain templates render inline (µs).
+            return await arender(_finish, found, variables, assignment)
+    return _finish(found, variables, assignment)
 
 
 # --- pages and the management API ------------------------------------------------------------

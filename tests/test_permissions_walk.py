@@ -211,6 +211,22 @@ EXPECTATIONS: dict[str, dict] = {
     "evals:gate_override": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
     "evals:gate_check": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (302,)}},
     "evals:drift_ack": {"allowed_roles": ANY_MEMBER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    # h-abtest: feedback (a key, even one without roles, scores its own requests) and experiments
+    "api-feedback": {
+        "allowed_roles": ANY_MEMBER,
+        "methods": ("GET", "POST"),
+        "ok": {"POST": (400,)},
+        "key_without_roles": True,
+    },
+    "evals:experiment_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-experiment-list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-experiment-start": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (400,)}},
+    # a key confined to another prompt by allowed_prompts does not see the walk's experiment
+    "api-experiment-detail": {"allowed_roles": ANY_MEMBER, "methods": READ, "key_ok": {"GET": (404,)}},
+    "api-experiment-stop": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (200,)}},
+    "evals:experiment_start": {"allowed_roles": PROMPT_WRITERS, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "evals:experiment_detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "evals:experiment_stop": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (302,)}},
 }
 
 OK_DEFAULT = {"GET": (200,), "POST": WRITE_OK, "PUT": WRITE_OK, "PATCH": WRITE_OK, "DELETE": WRITE_OK}
@@ -353,6 +369,21 @@ def _drift_alert(org) -> int:
 
     run = Run.objects.get(pk=_eval_run(org))
     return DriftAlert.objects.create(organisation=org, suite=run.suite, run=run, previous_run=run, message="walk").id
+def _experiment(org) -> int:
+    from core.actors import Actor
+    from registry.experiments import experiment_start
+    from registry.models import Prompt
+    from registry.services import label_move, prompt_version_create
+
+    actor = Actor.system("walk")
+    prompt = Prompt.objects.get(organisation=org, name=_prompt_name(org))
+    prompt_version_create(
+        prompt=prompt, messages=[{"role": "user", "content": "Hello {{ who }}"}], model="dev-small", params={},
+        variables=[], commit_message="walk", actor=actor,
+    )  # fmt: skip
+    label_move(prompt=prompt, label="production", version=1, reason="walk", actor=actor)
+    variants = [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]
+    return experiment_start(prompt=prompt, label="production", variants=variants, actor=actor).id
 
 
 def _promotion(org) -> int:
@@ -403,6 +434,7 @@ PARAM_FACTORIES = {
     "version_number": lambda org: 1,
     "label_name": lambda org: "staging",
     "promotion_id": _promotion,
+    "experiment_id": _experiment,
     "budget_id": _budget,
     "api_key_id": _api_key,
     "route_id": _model_route,

@@ -65,6 +65,8 @@ def test_paginated_lists_are_described_as_paginated(schema):
         "GET /api/v1/teams/",
         "GET /api/v1/safety/policies/",
         "GET /api/v1/safety/attachments/",
+        "GET /api/v1/feedback",
+        "GET /api/v1/experiments/",
     } == paginated
 
 
