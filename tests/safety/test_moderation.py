@@ -28,9 +28,8 @@ from safety.moderation import (
 from safety.moderation_notify import items_escalate
 from safety.moderation_selectors import false_positive_rates, queue_metrics
 from safety.tasks import moderation_notice_deliver
-from tests.billing.test_alerts import verify
 from tests.helpers import ACTOR, SECRET, Receiver
-from tests.safety.moderation_support import HELD_TEXT, held, policy_make
+from tests.safety.moderation_support import HELD_TEXT, held, policy_make, webhook_verify
 
 pytestmark = pytest.mark.django_db
 
@@ -231,7 +230,7 @@ def test_a_decision_is_posted_to_the_webhook_signed_without_any_text(
     notice = ModerationNotice.objects.get(item=item)
     assert moderation_notice_deliver.run(notice.pk) == "sent"
     [delivered] = receiver.requests
-    payload = verify(delivered, SECRET)
+    payload = webhook_verify(delivered, SECRET)
     assert payload["type"] == "moderation.decided" and payload["item"]["id"] == item.public_id
     assert payload["item"]["status"] == "approved" and payload["item"]["edited"] is True
     assert b"Jane" not in delivered["body"]
