@@ -106,3 +106,22 @@ def test_the_queue_filters_and_the_lease_holder(client, organisation, reviewer):
     assert b.public_id in body and a.public_id not in body
     body = client.get(reverse("safety:home"), {"kind": "email"}, HTTP_HX_REQUEST="true").content.decode()
     assert a.public_id in body and b.public_id not in body and "rita-reviewer" in body
+
+
+def test_queue_metrics_are_served_at_metrics(client, organisation, reviewer):
+    from safety.moderation import item_decide, item_lease_take
+
+    policy = policy_make(organisation)
+    held(organisation, policy)
+    decided = held(organisation, policy)
+    item_lease_take(organisation=organisation, public_id=decided.public_id, reviewer=reviewer.user)
+    item_decide(organisation=organisation, public_id=decided.public_id, reviewer=reviewer.user, action="approve")
+    body = client.get("/metrics").content.decode()
+    labels = f'organisation_id="{organisation.pk}",policy_id="{policy.pk}"'
+    assert f"steward_moderation_queue_depth{{{labels}}} 1.0" in body
+    assert f"steward_moderation_oldest_pending_seconds{{{labels}}}" in body
+    assert f'steward_moderation_decided_total{{{labels},status="approved"}} 1.0' in body
+    assert f"steward_moderation_decision_seconds_total{{{labels}}}" in body
+    reviewer_labels = f'action="approve",organisation_id="{organisation.pk}",reviewer_id="{reviewer.user.pk}"'
+    assert f"steward_moderation_reviewer_decisions_total{{{reviewer_labels}}} 1.0" in body
+    assert "pii-hold" not in body and "rita" not in body
