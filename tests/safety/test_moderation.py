@@ -285,3 +285,19 @@ def test_a_waiter_gets_none_while_still_pending(organisation):
     assert asyncio.run(ahold_decision_wait(item.public_id, 0.3)) is None
     assert time.monotonic() - started < 1.5
     assert asyncio.run(ahold_decision_wait("modr_unknown", 0)) is None
+
+
+def test_escalation_emails_the_admins_when_mail_is_configured(
+    organisation, admin, reviewer, settings, mailoutbox, django_capture_on_commit_callbacks
+):
+    settings.EMAIL_HOST = "smtp.example.com"
+    admin.user.email = "alice@example.com"
+    admin.user.save()
+    reviewer.user.email = "rita@example.com"
+    reviewer.user.save()
+    late = held(organisation, sla_seconds=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert items_escalate(now=timezone.now() + timedelta(minutes=1)) == 1
+    [mail] = mailoutbox
+    assert mail.to == ["alice@example.com"] and late.public_id in mail.subject
+    assert "jane" not in mail.body.lower()
