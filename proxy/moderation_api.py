@@ -18,7 +18,7 @@ import orjson
 from accounts.selectors import aapi_key_authenticate
 from proxy.errors import ProxyError
 from safety.models import ModerationItem, ModerationStatus
-from safety.moderation import ahold_decision_wait, moderation_client_view
+from safety.moderation import ahold_decision_wait, moderation_client_view, public_id_valid
 
 logger = logging.getLogger("steward.proxy")
 
@@ -89,7 +89,7 @@ async def moderation_get(scope, receive, send) -> None:
         wait = _wait_param(scope)
         public_id = scope["path"][len(PREFIX) :].rstrip("/")
         item = None
-        if len(public_id) <= 40 and "/" not in public_id:
+        if public_id_valid(public_id):
             item = await ModerationItem.objects.filter(
                 public_id=public_id, organisation_id=principal.organisation_id, api_key_id=principal.id
             ).afirst()

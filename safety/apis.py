@@ -138,10 +138,10 @@ def item_detail(item: ModerationItem) -> dict:
 
 
 class QueueFilterSerializer(serializers.Serializer):
-    policy_id = serializers.IntegerField(required=False, min_value=1)
+    policy_id = serializers.IntegerField(required=False, min_value=1, max_value=2**62)
     priority = serializers.IntegerField(required=False, min_value=1, max_value=4)
     finding_kind = serializers.CharField(required=False, max_length=60)
-    min_age_seconds = serializers.IntegerField(required=False, min_value=1)
+    min_age_seconds = serializers.IntegerField(required=False, min_value=1, max_value=10**8)
 
 
 class ModerationItemListApi(APIView):

@@ -112,6 +112,8 @@ class ModerationItem(models.Model):
     # The upstream's whole response (JSON), so a release can answer in the client's format.
     response = models.JSONField(null=True, blank=True)
     findings = models.JSONField(default=list, blank=True)  # [{"filter", "kind", "start", "end", "score", "detail"}]
+    # " email phone_number ": the findings' kinds, for the queue's filter (SQLite has no JSON containment).
+    finding_kinds = models.CharField(max_length=1000, blank=True, default="")
     priority = models.PositiveSmallIntegerField(default=2)
     status = models.CharField(
         max_length=10, choices=ModerationStatus.choices, default=ModerationStatus.PENDING, db_index=True

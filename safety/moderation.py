@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -55,6 +56,14 @@ REASON_CODES: dict[str, str] = {
 }
 MAX_EDIT_CHARS = 200_000
 MAX_COMMENT_CHARS = 2_000
+
+
+_PUBLIC_ID = re.compile(r"modr_[A-Za-z0-9_-]{1,35}")
+
+
+def public_id_valid(value: str) -> bool:
+    """Shape check before any query: ids come from URLs (a NUL byte would be a database error)."""
+    return bool(_PUBLIC_ID.fullmatch(value or ""))
 
 
 def public_id_new() -> str:
@@ -110,11 +119,18 @@ def hold_create(
         context_messages=context_messages or [],
         response=response,
         findings=findings or [],
+        finding_kinds=kinds_field(findings or []),
         priority=min(4, max(1, int(priority))),
         deadline=now + timedelta(seconds=max(1, int(sla_seconds))),
         required_approvals=2 if required_approvals >= 2 else 1,
         created_at=now,
     )
+
+
+def kinds_field(findings: list) -> str:
+    kinds = sorted({str(f.get("kind", "")).strip() for f in findings if isinstance(f, dict)} - {""})
+    joined = " ".join(k.replace(" ", "_") for k in kinds)
+    return f" {joined} "[:1000] if kinds else ""
 
 
 def _unix(value) -> int | None:
@@ -140,6 +156,8 @@ def moderation_client_view(item: ModerationItem) -> dict:
 
 
 async def _adecided(public_id: str) -> ModerationItem | None:
+    if not public_id_valid(public_id):
+        return None
     item = await ModerationItem.objects.filter(public_id=public_id).afirst()
     if item is not None and item.status != ModerationStatus.PENDING:
         return item
@@ -160,8 +178,7 @@ async def ahold_decision_wait(public_id: str, timeout: float) -> ModerationItem 
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
-        wait = min(WAIT_SLICE_SECONDS, remaining)
-        popped = None
+        wait = max(0.01, min(WAIT_SLICE_SECONDS, remaining))  # BLPOP with 0 would block for ever
         try:
             client = aredis_client()
             popped = await bounded(client.blpop([key], timeout=wait), wait + 2)
@@ -171,11 +188,11 @@ async def ahold_decision_wait(public_id: str, timeout: float) -> ModerationItem 
         except Exception:
             logger.warning("moderation wait on %s: Redis unavailable, reading the database instead", public_id)
             await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-            popped = True
-        if popped or time.monotonic() >= deadline:
-            decided = await _adecided(public_id)
-            if decided is not None:
-                return decided
+        # Read the item after every slice, not only on a wake-up: a waiter cancelled between popping
+        # the token and passing it on would otherwise leave the others asleep until their timeout.
+        decided = await _adecided(public_id)
+        if decided is not None:
+            return decided
 
 
 def _decision_announce(public_id: str) -> None:
@@ -207,8 +224,8 @@ def queue_filter(qs: QuerySet, filters: QueueFilters | None) -> QuerySet:
         qs = qs.filter(policy_id=filters.policy_id)
     if filters.priority:
         qs = qs.filter(priority=filters.priority)
-    if filters.finding_kind:
-        qs = qs.filter(findings__contains=[{"kind": filters.finding_kind}])
+    if filters.finding_kind and "\x00" not in filters.finding_kind:
+        qs = qs.filter(finding_kinds__contains=f" {filters.finding_kind.replace(' ', '_')} ")
     if filters.min_age_seconds:
         qs = qs.filter(created_at__lte=timezone.now() - timedelta(seconds=filters.min_age_seconds))
     return qs
@@ -263,6 +280,8 @@ def _lease_set(item: ModerationItem, reviewer, now) -> None:
 
 
 def item_get(*, organisation: Organisation, public_id: str) -> ModerationItem:
+    if not public_id_valid(public_id):
+        raise NotFound("No such moderation item.")
     item = ModerationItem.objects.filter(organisation=organisation, public_id=public_id).first()
     if item is None:
         raise NotFound("No such moderation item.")
@@ -273,6 +292,8 @@ def item_lease_take(*, organisation: Organisation, public_id: str, reviewer) -> 
     """Lease one named item (the reviewer opened it); Conflict if another reviewer's lease is live
     or the item is decided. Renews the reviewer's own lease."""
     reviewer_check(organisation=organisation, reviewer=reviewer)
+    if not public_id_valid(public_id):
+        raise NotFound("No such moderation item.")
     now = timezone.now()
     with transaction.atomic():
         item = (
@@ -348,6 +369,8 @@ def item_decide(
     and every waiter woken. Raises Conflict (decided, lease lost, same reviewer) or ValidationFailed."""
     reviewer_check(organisation=organisation, reviewer=reviewer)
     decision_validate(action=action, edited_text=edited_text, reason_code=reason_code, comment=comment)
+    if not public_id_valid(public_id):
+        raise NotFound("No such moderation item.")
     from safety.moderation_notify import notice_queue
 
     now = timezone.now()

@@ -40,6 +40,7 @@ def test_the_requesting_key_sees_the_item_without_the_held_text(proxy, api_key_f
         assert other.json()["error"]["code"] == "moderation_item_not_found"
         assert other.json()["error"]["type"] == "not_found_error"
     assert get(proxy, "modr_nothing").status_code == 404
+    assert get(proxy, "modr_%00").status_code == 404  # checked before any query
 
     anonymous = requests.get(f"{proxy.url}/moderation/{item.public_id}", timeout=5)
     assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "missing_api_key"
