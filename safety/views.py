@@ -2,7 +2,9 @@
 
 The queue page (admins and reviewers) lists items without their text; the item page, the only
 page showing a held text, needs the reviewer role: an admin is not a reviewer unless they also
-hold the role. Every form posts with CSRF; decisions redirect to the next item (POST-redirect-GET).
+hold the role. Opening a pending item takes (or renews) the reviewer's lease on it, as "Review
+next" does: reading a held text and holding it are one act, so two reviewers do not work the same
+item unknowingly. Every form posts with CSRF; decisions redirect to the next item (POST-redirect-GET).
 """
 
 from __future__ import annotations
