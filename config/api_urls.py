@@ -11,4 +11,5 @@ urlpatterns = [
     path("", include("safety.policy_api_urls")),
     path("", include("evals.api_urls")),
     path("", include("evals.experiment_api_urls")),
+    path("", include("safety.api_urls")),
 ]

@@ -53,6 +53,8 @@ def beat_schedule() -> dict[str, dict]:
         "evals-drift-tick": entry("evals.drift_tick", 60.0),
         # Ends online experiments whose variant crossed an error-rate, latency or cost limit.
         "evals-experiments-guard": entry("evals.experiments_guard", 30.0),
+        # Raises the priority of held items past their review deadline and notifies the admins, once each.
+        "safety-moderation-escalate": entry("safety.moderation_escalate", 60.0),
     }
 
 

@@ -112,6 +112,8 @@ class ModerationItem(models.Model):
     # The upstream's whole response (JSON), so a release can answer in the client's format.
     response = models.JSONField(null=True, blank=True)
     findings = models.JSONField(default=list, blank=True)  # [{"filter", "kind", "start", "end", "score", "detail"}]
+    # " email phone_number ": the findings' kinds, for the queue's filter (SQLite has no JSON containment).
+    finding_kinds = models.CharField(max_length=1000, blank=True, default="")
     priority = models.PositiveSmallIntegerField(default=2)
     status = models.CharField(
         max_length=10, choices=ModerationStatus.choices, default=ModerationStatus.PENDING, db_index=True
@@ -194,3 +196,25 @@ class SafetySettings(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"safety settings of {self.organisation_id}"
+
+
+class NoticeKind(models.TextChoices):
+    DECIDED = "moderation.decided"
+    ESCALATED = "moderation.escalated"
+
+
+class ModerationNotice(models.Model):
+    """One webhook notice about an item (a decision, an escalation): the outbox its Celery task
+    delivers from, so a delivery is retried and never sent twice. The payload never holds the
+    held text (webhook receivers need not have the reviewer role)."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    item = models.ForeignKey(ModerationItem, on_delete=models.CASCADE, related_name="notices")
+    kind = models.CharField(max_length=40, choices=NoticeKind.choices)
+    payload = models.JSONField()
+    webhook_status = models.CharField(max_length=16, default="pending")  # pending | sent | failed | none
+    webhook_attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.kind} for {self.item_id}"

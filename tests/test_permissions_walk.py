@@ -45,6 +45,8 @@ ADMIN = [Role.ADMIN.value]
 PROMPT_WRITERS = [Role.PROMPT_ENGINEER.value, Role.ADMIN.value]
 PROMPT_ENGINEER = [Role.PROMPT_ENGINEER.value]
 POLICY_READERS = [Role.ADMIN.value, Role.PROMPT_ENGINEER.value, Role.REVIEWER.value]
+REVIEWER = [Role.REVIEWER.value]
+QUEUE_READERS = [Role.ADMIN.value, Role.REVIEWER.value]
 READ = ("GET",)
 WRITE_OK = (200, 201, 202, 204, 302, 400)
 
@@ -167,6 +169,20 @@ EXPECTATIONS: dict[str, dict] = {
     "api-safety-filter-list": {"allowed_roles": POLICY_READERS, "methods": READ},
     "api-safety-settings-detail": {"allowed_roles": POLICY_READERS, "methods": READ},
     "api-safety-settings-update": {"allowed_roles": ADMIN, "methods": ("PUT",), "ok": {"PUT": (400,)}},
+    # moderation: admins see the queue (no texts); the held texts and every decision are reviewers' only
+    "safety:home": {"allowed_roles": QUEUE_READERS, "methods": READ},
+    "safety:queue_next": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "safety:queue_bulk": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "safety:item_detail": {"allowed_roles": REVIEWER, "methods": READ},
+    "safety:item_decide": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "safety:item_release": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "safety:finding_review": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "api-moderation-items": {"allowed_roles": QUEUE_READERS, "methods": READ},
+    "api-moderation-item": {"allowed_roles": REVIEWER, "methods": READ},
+    "api-moderation-decide": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "api-moderation-release": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (204,)}},
+    "api-moderation-claim": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (200, 204)}},
+    "api-moderation-bulk": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (400,)}},
     # billing: every member reads usage, budgets and prices; admins change them (POST on the list
     # pages is admin-only too, checked in tests/billing/test_views.py)
     "billing:home": {"allowed_roles": ANY_MEMBER, "methods": READ},
@@ -425,6 +441,10 @@ def _attachment(org) -> int:
     return policy_attach(
         organisation=org, policy=policy, scope="organisation", target_id=0, actor=Actor.system("walk")
     ).id
+def _moderation_item(org) -> str:
+    from tests.safety.moderation_support import held
+
+    return held(org).public_id
 
 
 PARAM_FACTORIES = {
@@ -449,6 +469,8 @@ PARAM_FACTORIES = {
     "name": _eval_name,
     "number": lambda org: 1,
     "alert_id": _drift_alert,
+    "public_id": _moderation_item,
+    "finding_index": lambda org: 0,
 }
 
 # Not walked here: public or superuser-only, or tested elsewhere. /v1/ is not in the URLconf at all

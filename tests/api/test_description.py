@@ -67,6 +67,7 @@ def test_paginated_lists_are_described_as_paginated(schema):
         "GET /api/v1/safety/attachments/",
         "GET /api/v1/feedback",
         "GET /api/v1/experiments/",
+        "GET /api/v1/moderation/items/",
     } == paginated
 
 
