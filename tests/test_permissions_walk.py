@@ -145,7 +145,6 @@ EXPECTATIONS: dict[str, dict] = {
     "api-proxy-settings-update": {"allowed_roles": ADMIN, "methods": ("PATCH",), "ok": {"PATCH": (200,)}},
     "api-request-log-list": {"allowed_roles": ADMIN, "methods": READ},
     "api-request-log-detail": {"allowed_roles": ADMIN, "methods": READ},
-    "safety:home": {"allowed_roles": ANY_MEMBER, "methods": READ},
     # safety policies: admins change them; prompt engineers and reviewers read them
     "safety:policy_list": {"allowed_roles": POLICY_READERS, "methods": READ},
     "safety:policy_create": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
