@@ -143,6 +143,10 @@ class RequestLog(models.Model):
     usage_estimated = models.BooleanField(default=False)
     # [{n, deployment_id, deployment, model, status, http_status, error_type, latency_ms, usage}]
     attempts = models.JSONField(default=list, blank=True)
+    # The safety policy that applied and every filter run: {"policy_id", "policy_name", "input",
+    # "output" (each {"action", "findings", "runs", "redacted", "failed"}), "moderation_id", ...};
+    # {} when no policy applied (proxy.safetystage).
+    safety = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

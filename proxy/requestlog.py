@@ -17,6 +17,7 @@ Record format (also what billing.services.usage_lines_record receives, one dict 
     usage {prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, estimated},
     attempts [{n, deployment_id, deployment, model, status, http_status, error_type, latency_ms,
                usage {...} | None, circuit ("opened"|"closed"|"")}],
+    safety {policy_id, policy_name, input, output, moderation_id, ...} (only when a safety policy applied),
     bodies {request, response} (only when the organisation stores bodies)
 """
 
@@ -90,6 +91,7 @@ def _row(record: dict):
         reasoning_tokens=usage.get("reasoning_tokens") or 0,
         usage_estimated=bool(usage.get("estimated")),
         attempts=record.get("attempts") or [],
+        safety=record.get("safety") or {},
     )
 
 

@@ -203,11 +203,17 @@ def request_record(r: ProxyRequest) -> dict:
         "usage": r.usage or NO_USAGE,  # orjson writes a Usage as the object the log expects
         "attempts": r.attempts,
     }
+    safety = r.safety
+    if safety is not None:
+        record["safety"] = safety.record()
     if r.table is not None and r.table.store_bodies and r.client_body is not None:
         response = (
             {"stream": True, "content": "".join(r.relay.content() if r.relay is not None else ())}
             if r.stream
             else r.response_data
         )
-        record["bodies"] = {"request": r.client_body, "response": response}
+        request = r.client_body
+        if safety is not None:
+            request, response = safety.stored_bodies(r, request, response)
+        record["bodies"] = {"request": request, "response": response}
     return record
