@@ -85,9 +85,17 @@ class FilterResult:
     rewrite: str | None = None
     # Data the response carries back to the client in its `steward` field (the cleaner's sources).
     extra: dict[str, Any] = field(default_factory=dict)
+    # Non-empty when the filter did not look at the text at all, and why ("no schema supplied"): the
+    # engine records a skip with its reason rather than a pass. A skipped result has no findings.
+    skipped: str = ""
 
 
 PASS = FilterResult()
+
+
+def skip(reason: str) -> FilterResult:
+    """A result saying the filter did not apply to this text, and why."""
+    return FilterResult(skipped=reason)
 
 
 class Filter:
@@ -98,6 +106,10 @@ class Filter:
     directions: ClassVar[tuple[Direction, ...]] = (Direction.INPUT, Direction.OUTPUT)
     is_async: ClassVar[bool] = False
     deterministic: ClassVar[bool] = True
+    description: ClassVar[str] = ""  # one line for the policy UI
+    # Each setting's JSON-schema-like description ({"type": ..., "default": ..., "description": ...}),
+    # shown by the policy UI through `safety.filters.filter_catalogue()`.
+    settings_schema: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, settings: dict[str, Any] | None = None):
         self.settings = dict(settings or {})
