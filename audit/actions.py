@@ -53,6 +53,8 @@ class Action(models.TextChoices):
     POLICY_CHANGED = "safety.policy_changed"
     MODERATION_RELEASED = "moderation.released"
     MODERATION_REJECTED = "moderation.rejected"
+    MODERATION_APPROVAL_RECORDED = "moderation.approval_recorded"  # the first of two required approvals
+    MODERATION_ESCALATED = "moderation.escalated"
     # evals
     EVAL_RUN_STARTED = "eval_run.started"
     EVAL_RUN_FINISHED = "eval_run.finished"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime
 from decimal import Decimal
 
@@ -17,15 +16,15 @@ from billing.budgets import BillingConfig, BudgetRule
 from billing.contract import BudgetScope
 from billing.enforcement import budget_spent_from_ledger
 from billing.money import ZERO, money, period_bounds
+from billing.webhooks import (  # noqa: F401 (WebhookTransientError, webhook_signature: re-exported)
+    WebhookTransientError,
+    organisation_webhook_configured,
+    organisation_webhook_post,
+    webhook_signature,
+)
 from core.actors import Actor
-from core.crypto import secret_decrypt
 
 logger = logging.getLogger(__name__)
-
-
-# A receiver gets this long to answer (a worker waits meanwhile); a slow one is retried with
-# backoff by the task (billing.tasks.budget_alert_webhook_deliver), not waited for longer.
-WEBHOOK_TIMEOUT_SECONDS = 5
 
 
 def _thresholds_check(*, config: BillingConfig, lines: list[m.UsageLine]) -> None:
@@ -79,46 +78,20 @@ def budget_alert_raise(*, rule: BudgetRule, organisation_id: int, period_start: 
     return True
 
 
-def webhook_signature(*, secret: str, timestamp: int, body: bytes) -> str:
-    """HMAC-SHA256 over "<timestamp>.<body>", hex. Receivers reject old timestamps (replay)."""
-    import hashlib
-    import hmac
-
-    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-
-
-class WebhookTransientError(Exception):
-    pass
-
-
 def budget_alert_webhook_send(*, alert_id: int) -> str:
-    """POST the alert to the organisation's webhook, signed. Idempotent: an alert already sent is
-    not sent again (the receiver can also de-duplicate on the body's `id`). The attempt is counted
-    and committed before the HTTP call, which runs outside any transaction. Raises
-    WebhookTransientError for connection errors and 5xx/429 answers (the task retries those)."""
+    """POST the alert to the organisation's webhook, signed (billing.webhooks). Idempotent: an alert
+    already sent is not sent again (the receiver can also de-duplicate on the body's `id`). The
+    attempt is counted and committed before the HTTP call, which runs outside any transaction.
+    Raises WebhookTransientError for connection errors and 5xx/429 answers (the task retries those)."""
     import json
-
-    import requests
-
-    from core import egress
 
     with transaction.atomic():
         alert = m.BudgetAlert.objects.select_for_update().select_related("budget").filter(pk=alert_id).first()
         if alert is None or alert.webhook_status == "sent":
             return "skipped"
-        billing = m.BillingSettings.objects.filter(organisation_id=alert.budget.organisation_id).first()
-        if not billing or not billing.webhook_url:
+        if not organisation_webhook_configured(organisation_id=alert.budget.organisation_id):
             m.BudgetAlert.objects.filter(pk=alert.pk).update(webhook_status="none")
             return "skipped"
-        secret = secret_decrypt(billing.webhook_secret_encrypted)
-        if not secret:
-            # Retrying cannot help: the key that encrypted the secret is gone until an admin sets it again.
-            logger.error(
-                "budget alert %s: the webhook secret cannot be decrypted (encryption key changed); set it again",
-                alert.pk,
-            )
-            m.BudgetAlert.objects.filter(pk=alert.pk).update(webhook_status="failed")
-            return "failed"
         m.BudgetAlert.objects.filter(pk=alert.pk).update(webhook_attempts=alert.webhook_attempts + 1)
     budget = alert.budget
     body = json.dumps(
@@ -134,29 +107,11 @@ def budget_alert_webhook_send(*, alert_id: int) -> str:
         },
         separators=(",", ":"),
     ).encode()
-    timestamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "X-Steward-Timestamp": str(timestamp),
-        "X-Steward-Signature": "sha256=" + webhook_signature(secret=secret, timestamp=timestamp, body=body),
-        "User-Agent": "Steward-Webhook/1",
-    }
-    # Through the egress policy (the URL is an admin's; the check is on the address connected to).
-    # A refused address is not retried: it stays refused until the URL or the policy changes.
-    try:
-        with egress.requests_session() as session:
-            response = session.post(
-                billing.webhook_url, data=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS, allow_redirects=False
-            )
-    except egress.EgressDenied as exc:
-        logger.warning("budget alert %s: webhook not sent: %s", alert.pk, exc)
-        m.BudgetAlert.objects.filter(pk=alert.pk).update(webhook_status="failed")
-        return "failed"
-    except requests.RequestException as exc:
-        raise WebhookTransientError(str(exc)) from exc
-    if response.status_code >= 500 or response.status_code == 429:
-        raise WebhookTransientError(f"webhook answered {response.status_code}")
-    outcome = "sent" if response.status_code < 300 else "failed"
+    outcome = organisation_webhook_post(
+        organisation_id=budget.organisation_id, body=body, what=f"budget alert {alert.pk}"
+    )
+    if outcome == "none":
+        outcome = "failed"  # the webhook was removed between the check and the post
     m.BudgetAlert.objects.filter(pk=alert.pk).update(webhook_status=outcome)
     return outcome
 

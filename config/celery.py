@@ -47,6 +47,8 @@ def beat_schedule() -> dict[str, dict]:
             "proxy.deployments_health_check", settings.STEWARD_PROXY_HEALTH_CHECK_SECONDS
         ),
         "proxy-request-bodies-purge": entry("proxy.request_bodies_purge", 3600.0),
+        # Raises the priority of held items past their review deadline and notifies the admins, once each.
+        "safety-moderation-escalate": entry("safety.moderation_escalate", 60.0),
     }
 
 

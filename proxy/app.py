@@ -16,6 +16,7 @@ from core.redis import aredis_client, bounded
 from proxy import metrics, upstream
 from proxy.admission import scripts_load
 from proxy.errors import ProxyError
+from proxy.moderation_api import is_moderation_path, moderation_get
 from proxy.pipeline import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, ProxyRequest
 from proxy.requestlog import log_buffers_flush
 
@@ -79,6 +80,9 @@ async def application(scope, receive, send):
     if kind != "http":
         return
     path = scope["path"].rstrip("/") or "/"
+    if is_moderation_path(path):
+        await moderation_get(scope, receive, send)
+        return
     route = ROUTES.get(path)
     if route is None and path.startswith("/v1/models/"):
         route = ROUTES["/v1/models"]  # one model: the pipeline reads its id from the path

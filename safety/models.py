@@ -182,3 +182,25 @@ class FindingReview(models.Model):
 
     def __str__(self) -> str:
         return f"finding {self.finding_index} of {self.item_id}"
+
+
+class NoticeKind(models.TextChoices):
+    DECIDED = "moderation.decided"
+    ESCALATED = "moderation.escalated"
+
+
+class ModerationNotice(models.Model):
+    """One webhook notice about an item (a decision, an escalation): the outbox its Celery task
+    delivers from, so a delivery is retried and never sent twice. The payload never holds the
+    held text (webhook receivers need not have the reviewer role)."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    item = models.ForeignKey(ModerationItem, on_delete=models.CASCADE, related_name="notices")
+    kind = models.CharField(max_length=40, choices=NoticeKind.choices)
+    payload = models.JSONField()
+    webhook_status = models.CharField(max_length=16, default="pending")  # pending | sent | failed | none
+    webhook_attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.kind} for {self.item_id}"
