@@ -51,6 +51,11 @@ class Action(models.TextChoices):
     WEBHOOK_CONFIGURED = "webhook.configured"
     # safety
     POLICY_CHANGED = "safety.policy_changed"
+    POLICY_CREATED = "safety.policy_created"
+    POLICY_DELETED = "safety.policy_deleted"
+    POLICY_ATTACHED = "safety.policy_attached"
+    POLICY_DETACHED = "safety.policy_detached"
+    SAFETY_SETTINGS_CHANGED = "safety.settings_changed"
     MODERATION_RELEASED = "moderation.released"
     MODERATION_REJECTED = "moderation.rejected"
     MODERATION_APPROVAL_RECORDED = "moderation.approval_recorded"  # the first of two required approvals

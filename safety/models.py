@@ -204,3 +204,15 @@ class ModerationNotice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} for {self.item_id}"
+
+
+class SafetySettings(TimeStampedModel):
+    """Organisation-wide safety switches. Absent row = defaults."""
+
+    organisation = models.OneToOneField(Organisation, on_delete=models.CASCADE, related_name="safety_settings")
+    # Every policy of the organisation must keep `store_redacted_only` on: the request log never holds
+    # the unredacted text where a policy redacts (safety.policy_services enforces it on every save).
+    require_redacted_logging = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"safety settings of {self.organisation_id}"

@@ -147,3 +147,19 @@ class DeploymentFactory(_ServiceFactory):
 
         free_unless_priced(kwargs["route"].organisation, kwargs["model"])
         return deployment_create(actor=ACTOR, **kwargs)
+
+
+class SafetyPolicyFactory(_ServiceFactory):
+    """A stored safety policy (through safety.policy_services); no filters unless given."""
+
+    class Meta:
+        model = "safety.SafetyPolicy"
+
+    organisation = factory.SubFactory(OrganisationFactory)
+    name = factory.Sequence(lambda n: f"policy-{n}")
+
+    @classmethod
+    def _create(cls, model_class, **kwargs):
+        from safety.policy_services import policy_create
+
+        return policy_create(actor=ACTOR, **kwargs)
