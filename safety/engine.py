@@ -147,6 +147,9 @@ def _combine(policy: CompiledPolicy, text: str, context: CheckContext, outcomes)
             continue
         if status != "done":
             continue
+        if result.skipped:
+            run["status"], run["reason"] = "skipped", result.skipped
+            continue
         if result.findings:
             run["status"] = "triggered"
             run["findings"] = len(result.findings)
