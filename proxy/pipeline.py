@@ -669,8 +669,10 @@ class ProxyRequest:
 
         self.deployment_outcome = (self.deployment, "ok", usage.tokens if usage else 0)
         self.json_answer = (payload, "miss" if self.cache_key else None)
-        if self.safety is not None:
-            t = time.perf_counter()
+        t = time.perf_counter()
+        if self.safety is None:
+            self.lap("post_filters", t)
+        else:
             try:
                 filtered = await self.safety.post_json(self, data)
             except ProxyError:
@@ -775,8 +777,10 @@ class ProxyRequest:
             attempt["usage"] = relay.usage
         self.usage = relay.usage
         self.deployment_outcome = (deployment, "ok", relay.tokens())
-        if screen is not None:
-            t = time.perf_counter()
+        t = time.perf_counter()
+        if screen is None:
+            self.lap("post_filters", t)
+        else:
             try:
                 relay.held = await self.safety.stream_end(self)
             except ProxyError:

@@ -4,11 +4,9 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('safety', '0002_moderation_notices'),
-        ('safety', '0002_policyui_safety_settings'),
+        ("safety", "0002_moderation_notices"),
+        ("safety", "0002_policyui_safety_settings"),
     ]
 
-    operations = [
-    ]
+    operations = []
