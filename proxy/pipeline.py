@@ -790,6 +790,8 @@ class ProxyRequest:
                 self.lap("post_filters", t)
             if screen.ended or self.safety.held_output:
                 self.cache_key = ""  # nor is a stream cut short or held
+                if screen.ended:
+                    self.status = "rejected"
                 return
         if relay.sent is not None:
             # Only a stream that ran to its end is kept: the same events, usage included if the client

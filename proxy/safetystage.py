@@ -179,8 +179,8 @@ class RequestSafety:
             self.stored_response = {"stream": True, "content": stage.text}
         if out is not None:
             return out
-        if f.ended:
-            return b""  # the window's content_filter end went out already
+        if f.ended and f.started_output:
+            return b""  # the content_filter end went out with the text before it
         if stage.action == Action.HOLD and not stage.failed:
             self.held_output = True
             response = _chat_response(r, stage.text, "stop", None) if r.endpoint == CHAT else None

@@ -216,8 +216,10 @@ class StreamFilter:
         return self._text_out(new)
 
     def _end_blocked(self) -> list[bytes]:
+        """A violation ends the stream: with a content_filter chunk once text went out; before that
+        the caller answers with an error instead (`started_output` tells)."""
         self.ended = True
-        return [self._chunk(finish="content_filter")]
+        return [self._chunk(finish="content_filter")] if self.started_output else []
 
     # --- the end ---------------------------------------------------------------------------------
 

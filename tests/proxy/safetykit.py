@@ -20,6 +20,17 @@ class Answer:
     chunks: int = 1
 
 
+def _field(obj, name: str):
+    """A top-level field Steward adds, whether the SDK models it (its own `moderation` type, which
+    keeps Steward's keys as extras) or not (then it is an extra of the completion)."""
+    value = getattr(obj, name, None)
+    if value is None:
+        value = (obj.model_extra or {}).get(name)
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(exclude_none=True)
+    return value
+
+
 def client(proxy):
     return openai.OpenAI(base_url=proxy.url, api_key=proxy.secret, max_retries=0, timeout=30)
 
@@ -32,21 +43,19 @@ def ask(proxy, text: str, *, stream: bool, model: str = "dev-small", **extra) ->
     request_id = raw.headers["x-request-id"]
     if not stream:
         completion = raw.parse()
-        extra_fields = completion.model_extra or {}
         choice = completion.choices[0]
         return Answer(
             request_id,
             choice.message.content,
             choice.finish_reason,
-            extra_fields.get("moderation"),
-            extra_fields.get("steward"),
+            _field(completion, "moderation"),
+            _field(completion, "steward"),
         )
     content, finish, moderation, steward, n = [], None, None, None, 0
     for chunk in raw.parse():
         n += 1
-        fields = chunk.model_extra or {}
-        moderation = fields.get("moderation") or moderation
-        steward = fields.get("steward") or steward
+        moderation = _field(chunk, "moderation") or moderation
+        steward = _field(chunk, "steward") or steward
         for choice in chunk.choices:
             content.append(choice.delta.content or "")
             finish = choice.finish_reason or finish
