@@ -13,8 +13,8 @@ import requests
 
 from billing.models import UsageLine
 from billing.services import budget_create
-from registry import services as registry
 from core.invalidation import invalidate
+from registry import services as registry
 from safety.models import ModerationItem, PolicyAttachment
 from safety.moderation import item_decide, item_lease_take
 from tests.helpers import ACTOR, hang_up_mid_stream, log_of, route_with_deployments, wait_until

@@ -32,7 +32,7 @@ def test_window_passes_text_until_a_violation_then_ends_with_content_filter(prox
         window_chars=30,
     )
     # One word per upstream write, so the window moves as the text comes.
-    dev_upstream.control(reply=" ".join(WORDS[:30] + ["plutonium"] + WORDS[30:]), chunk_delay_ms=3)
+    dev_upstream.control(reply=" ".join([*WORDS[:30], "plutonium", *WORDS[30:]]), chunk_delay_ms=3)
     request_id, raw = events(proxy)
     assert raw[-1] == b"data: [DONE]"
     chunks = [json.loads(e[6:]) for e in raw[:-1]]
@@ -55,7 +55,7 @@ def test_window_holds_back_enough_to_redact(proxy, dev_upstream):
         stream_mode="window",
         window_chars=20,
     )
-    reply = " ".join(WORDS[:12] + ["ada@example.com"] + WORDS[12:])
+    reply = " ".join([*WORDS[:12], "ada@example.com", *WORDS[12:]])
     dev_upstream.control(reply=reply)
     answer = ask(proxy, "go", stream=True)
     assert answer.content == reply.replace("ada@example.com", "[EMAIL_1]")
