@@ -26,6 +26,7 @@ from typing import Any
 
 from safety.filters.base import Action, CheckContext, FilterResult
 from safety.policies import CompiledPolicy, FilterEntry
+from safety.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -75,39 +76,33 @@ async def _bounded(entry: FilterEntry, text: str, context: CheckContext) -> tupl
 
 async def arun_policy(policy: CompiledPolicy, text: str, context: CheckContext) -> StageResult:
     """Run `policy` on `text` (see the module docstring); never raises for a filter's failure."""
-    entries = policy.entries
+    started = time.perf_counter()
     outcomes: list[tuple[FilterEntry, str, Any, float, str]] = []  # entry, status, result|error, seconds, reason
     tasks: dict[int, asyncio.Task] = {}
-    pending_sync = []
-    for i, entry in enumerate(entries):
+    for entry in policy.entries:
         reason = _skip_reason(entry, context)
         if reason:
             outcomes.append((entry, "skipped", None, 0.0, reason))
         elif entry.filter.is_async:
-            tasks[i] = asyncio.ensure_future(_bounded(entry, text, context))
-            outcomes.append((entry, "task", i, 0.0, ""))
+            # Scheduled now, run once this coroutine waits for them (below), all together.
+            tasks[len(outcomes)] = asyncio.ensure_future(_bounded(entry, text, context))
+            outcomes.append((entry, "task", None, 0.0, ""))
         else:
-            pending_sync.append(len(outcomes))
-            outcomes.append((entry, "sync", None, 0.0, ""))
-    started = time.perf_counter()
-    for index in pending_sync:
-        entry = outcomes[index][0]
-        t = time.perf_counter()
-        try:
-            result = entry.filter.check(text, context)
-            outcomes[index] = (entry, "done", result, time.perf_counter() - t, "")
-        except Exception as exc:
-            logger.warning("filter %s errored: %r", entry.name, exc)
-            outcomes[index] = (entry, "errored", exc, time.perf_counter() - t, _error_text(exc))
+            t = time.perf_counter()
+            try:
+                result = entry.filter.check(text, context)
+            except Exception as exc:
+                logger.warning("filter %s errored: %r", entry.name, exc)
+                outcomes.append((entry, "errored", exc, time.perf_counter() - t, _error_text(exc)))
+            else:
+                outcomes.append((entry, "done", result, time.perf_counter() - t, ""))
     if tasks:
         remaining = max(0.0, policy.deadline_s - (time.perf_counter() - started))
         _, not_done = await asyncio.wait(tasks.values(), timeout=remaining)
         for task in not_done:
             task.cancel()
-        for index, (entry, status, task_index, _, _) in enumerate(outcomes):
-            if status != "task":
-                continue
-            task = tasks[task_index]
+        for index, task in tasks.items():
+            entry = outcomes[index][0]
             if task in not_done:
                 outcomes[index] = (entry, "timed_out", None, policy.deadline_s, "policy deadline reached")
                 continue
@@ -127,52 +122,89 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
+_RANK = {
+    action: rank for rank, action in enumerate((Action.ALLOW, Action.FLAG, Action.REDACT, Action.HOLD, Action.BLOCK))
+}
+_BY_RANK = tuple(_RANK)
+
+
+def _run(name: str, status: str, seconds: float, findings: int, reason: str) -> dict[str, Any]:
+    return {"filter": name, "status": status, "ms": round(seconds * 1000, 3), "findings": findings, "reason": reason}
+
+
 def _combine(policy: CompiledPolicy, text: str, context: CheckContext, outcomes) -> StageResult:
+    # On every request of a policy: kept to plain loops and dict reads (see bench.compare --policy).
     runs = []
     findings: list[dict[str, Any]] = []
     to_redact = []
-    actions = []
+    rank = 0
     rewrite = None
     extra: dict[str, Any] = {}
     failed = ""
+    by_kind = policy.kind_actions
+    star = policy.star_action
     for entry, status, result, seconds, reason in outcomes:
-        run = {"filter": entry.name, "status": status, "ms": round(seconds * 1000, 3), "findings": 0, "reason": reason}
-        runs.append(run)
+        name = entry.name
+        if status == "done":
+            if result.skipped:
+                runs.append(
+                    {
+                        "filter": name,
+                        "status": "skipped",
+                        "ms": round(seconds * 1000, 3),
+                        "findings": 0,
+                        "reason": result.skipped,
+                    }
+                )
+                continue
+            found = result.findings
+            if found:
+                proposed = result.proposed
+                for finding in found:
+                    action = by_kind.get(finding.kind) or star or proposed
+                    if _RANK[action] > rank:
+                        rank = _RANK[action]
+                    findings.append(
+                        {
+                            "kind": finding.kind,
+                            "start": finding.start,
+                            "end": finding.end,
+                            "score": finding.score,
+                            "detail": finding.detail,
+                            "filter": name,
+                            "action": action.value,
+                        }
+                    )
+                    if action is Action.REDACT:
+                        to_redact.append(finding)
+                runs.append(
+                    {
+                        "filter": name,
+                        "status": "triggered",
+                        "ms": round(seconds * 1000, 3),
+                        "findings": len(found),
+                        "reason": "",
+                    }
+                )
+            else:
+                runs.append(
+                    {"filter": name, "status": "passed", "ms": round(seconds * 1000, 3), "findings": 0, "reason": ""}
+                )
+            if result.rewrite is not None:
+                rewrite = result.rewrite
+            if result.extra:
+                extra.update(result.extra)
+            continue
         if status in ("errored", "timed_out"):
             if entry.fail_open:
-                run["reason"] = f"{reason}; on_error allow: let through"
+                reason = f"{reason}; on_error allow: let through"
             else:
-                actions.append(Action.BLOCK)
-                failed = failed or entry.name
-            continue
-        if status != "done":
-            continue
-        if result.skipped:
-            run["status"], run["reason"] = "skipped", result.skipped
-            continue
-        if result.findings:
-            run["status"] = "triggered"
-            run["findings"] = len(result.findings)
-            for finding in result.findings:
-                action = policy.action_for(finding.kind, result.proposed)
-                actions.append(action)
-                record = finding.as_dict()
-                record["filter"] = entry.name
-                record["action"] = str(action)
-                findings.append(record)
-                if action == Action.REDACT:
-                    to_redact.append(finding)
-        else:
-            run["status"] = "passed"
-        if result.rewrite is not None:
-            rewrite = result.rewrite
-        if result.extra:
-            extra.update(result.extra)
-    action = Action.strongest(actions)
+                rank = _RANK[Action.BLOCK]
+                failed = failed or name
+        runs.append(_run(name, status, seconds, 0, reason))
+    action = _BY_RANK[rank]
     out, mapping = text, {}
-    if action == Action.REDACT and to_redact:
-        from safety.redaction import redact
-
+    if action is Action.REDACT and to_redact:
         out, mapping = redact(text, to_redact)
     if rewrite is not None:
         # The rewrite is of the original text: carry the redactions over by their original values.
@@ -189,5 +221,5 @@ def _combine(policy: CompiledPolicy, text: str, context: CheckContext, outcomes)
         policy_id=policy.id,
         policy_name=policy.name,
         failed=failed,
-        changed=out != text,
+        changed=out is not text,
     )

@@ -67,11 +67,12 @@ class CompiledPolicy:
     may_redact: bool = False
     inputs: bool = False  # some filter checks the request
     outputs: bool = False  # some filter checks the response
-    meta: dict[str, Any] = field(default_factory=dict)
+    # `actions` read once: kind -> Action, and the "*" action (None when the filter's proposal stands).
+    kind_actions: dict[str, Action] = field(default_factory=dict)
+    star_action: Action | None = None
 
     def action_for(self, kind: str, proposed: Action) -> Action:
-        named = self.actions.get(kind) or self.actions.get("*")
-        return Action(named) if named else proposed
+        return self.kind_actions.get(kind) or self.star_action or proposed
 
 
 def _possible_actions(actions: dict[str, str], entries) -> set[Action]:
@@ -134,6 +135,8 @@ def policy_compile(policy) -> CompiledPolicy:
         required_approvals=policy.required_approvals,
         store_redacted_only=policy.store_redacted_only,
         may_redact=Action.REDACT in possible,
+        kind_actions={kind: Action(value) for kind, value in actions.items() if kind != "*"},
+        star_action=Action(actions["*"]) if "*" in actions else None,
         inputs=any(e.applies(Direction.INPUT) for e in entries),
         outputs=any(e.applies(Direction.OUTPUT) for e in entries),
     )

@@ -15,7 +15,6 @@ reviewer's decision up to the policy's wait.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -76,20 +75,25 @@ def output_segments(endpoint: str, response: dict) -> list[tuple[tuple, str]]:
     return out
 
 
-def _set_path(document: Any, path: tuple, value: str) -> None:
-    for step in path[:-1]:
-        document = document[step]
-    document[path[-1]] = value
-
-
 def with_texts(document: dict, segments, texts: list[str]) -> dict:
+    """`document` with the segments' texts replaced, the original untouched: only the containers on
+    the changed paths are copied (a deep copy of a long conversation costs more than the filters)."""
     changed = [(path, text) for (path, old), text in zip(segments, texts, strict=True) if text != old]
     if not changed:
         return document
-    document = copy.deepcopy(document)
+    copies: dict[tuple, Any] = {(): dict(document)}
     for path, text in changed:
-        _set_path(document, path, text)
-    return document
+        parent = copies[()]
+        for i in range(len(path) - 1):
+            node = copies.get(path[: i + 1])
+            if node is None:
+                original = parent[path[i]]
+                node = list(original) if isinstance(original, list) else dict(original)
+                parent[path[i]] = node
+                copies[path[: i + 1]] = node
+            parent = node
+        parent[path[-1]] = text
+    return copies[()]
 
 
 def _segment_texts(segments, stage: StageResult) -> list[str]:
