@@ -861,7 +861,7 @@ class ProxyRequest:
             )
         if cache is not None:
             headers.append((b"x-steward-cache", cache.encode()))
-        overhead = (time.perf_counter() - self.t0 - self.upstream_s) * 1000
+        overhead = (time.perf_counter() - self.t0 - self.upstream_s) * 1000 - self.timings.get("hold_wait", 0.0)
         self.overhead_header_ms = overhead
         headers.append((b"x-steward-overhead-ms", f"{overhead:.3f}".encode()))
         return headers

@@ -120,8 +120,8 @@ class RequestSafety:
     async def post_json(self, r: ProxyRequest, data: dict) -> bytes | None:
         """The payload the client gets for the upstream's answer `data` (None: unchanged);
         raises ProxyError for a block. A hold answers as the policy says (`r.json_answer`)."""
-        if not self.needed_on_output:
-            return None
+        if not self.needed_on_output or r.endpoint == EMBEDDINGS:
+            return None  # embeddings answer with vectors: no text to check or restore
         if not self.policy.outputs:
             outcome_response = _restored(r.endpoint, data, self.mapping)
             return orjson.dumps(outcome_response)
@@ -231,9 +231,12 @@ class RequestSafety:
         keepalive = None
         if r.stream:
             keepalive = asyncio.ensure_future(r._keepalive(sse_keepalive_seconds()))
+        t = time.perf_counter()
         try:
             return await safety.ahold_wait(item.public_id, float(policy.hold_wait_seconds))
         finally:
+            # A reviewer's time is not Steward's overhead (`x-steward-overhead-ms`, the log's overhead_ms).
+            r.timings["hold_wait"] = round((time.perf_counter() - t) * 1000, 3)
             if keepalive is not None:
                 keepalive.cancel()
                 with contextlib.suppress(BaseException):

@@ -197,7 +197,7 @@ def request_record(r: ProxyRequest) -> dict:
         "cache_hit": r.cache_hit,
         "started_at": datetime.fromtimestamp(r.started_at, UTC).isoformat(),
         "latency_ms": round(total_ms, 3),
-        "overhead_ms": round(total_ms - upstream_ms, 3),
+        "overhead_ms": round(total_ms - upstream_ms - r.timings.get("hold_wait", 0.0), 3),
         "upstream_ms": round(upstream_ms, 3),
         "timings": r.timings,
         "usage": r.usage or NO_USAGE,  # orjson writes a Usage as the object the log expects
