@@ -49,7 +49,7 @@ def _merged(findings: Iterable[Finding], length: int) -> list[tuple[int, int, st
     return [(start, end, kind) for start, end, kind, _ in merged]
 
 
-def redact(text: str, findings: Iterable[Finding], mapping: dict[str, str] | None = None) -> tuple[str, dict]:
+def redact(text: str, findings: Iterable[Finding], mapping: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """The text with each finding's span replaced by a placeholder, and placeholder -> original value.
 
     `mapping` (from earlier messages of the same request) is extended, not changed in place: a value

@@ -114,6 +114,11 @@ class Filter:
     def __init__(self, settings: dict[str, Any] | None = None):
         self.settings = dict(settings or {})
 
+    def finding_kinds(self) -> tuple[str, ...]:
+        """The kinds this built filter can report, with its settings applied (`regex:order`,
+        `topic:weapons`, `moderation:violence`); the class's `kinds` may hold templates instead."""
+        return self.kinds
+
     def check(self, text: str, context: CheckContext) -> FilterResult:
         raise NotImplementedError
 

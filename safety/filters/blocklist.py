@@ -99,8 +99,12 @@ class BlocklistFilter(Filter):
         for key, names in entries.items():
             self.automaton.add_word(key, (len(key), tuple(sorted(names))))
         self.empty = not entries
+        self.list_names = tuple(lists)
         if entries:
             self.automaton.make_automaton()
+
+    def finding_kinds(self) -> tuple[str, ...]:
+        return tuple(f"topic:{name}" for name in self.list_names)
 
     def check(self, text: str, context: CheckContext) -> FilterResult:
         if self.empty:

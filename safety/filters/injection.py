@@ -27,9 +27,16 @@ _ANY = r"(?:\S+\s+){0,3}?"  # up to three filler words ("ignore all of your prev
 # name -> (pattern, score, detail). Patterns are linear: bounded gaps, no nested quantifiers.
 PATTERNS: dict[str, tuple[str, float, str]] = {
     "override": (
-        rf"\b(?:ignore|disregard|forget|skip|override|bypass)\b{_W}{_ANY}"
-        rf"(?:previous|prior|above|earlier|preceding|all|any|your|the|system|initial|original)\b{_W}{_ANY}"
-        rf"(?:instructions?|prompts?|rules?|directives?|guidelines?|context|messages?|constraints?)\b",
+        # A verb of dismissal, then a qualifier naming earlier or higher-ranked instructions
+        # ("all previous", "the system", "your earlier"), then what is dismissed. Without the
+        # qualifier only "your/these/all instructions" counts: "skip the rules section" is chess.
+        rf"\b(?:ignore|disregard|forget|override|bypass)\b{_W}(?:(?:all|any)\s+(?:of\s+)?)?"
+        r"(?:(?:the|your|my|these|those)\s+)?"
+        r"(?:(?:previous|prior|above|earlier|preceding|system|initial|original|developer|safety|existing)\s+){1,2}"
+        rf"{_ANY}(?:instructions?|prompts?|rules?|directives?|guidelines?|context|messages?|constraints?|"
+        r"programming)\b"
+        r"|\b(?:ignore|disregard|forget)\s+(?:all\s+(?:of\s+)?)?(?:your|these|all|my)\s+"
+        r"(?:instructions|rules|guidelines|directives)\b",
         0.95,
         "instruction override",
     ),
@@ -114,6 +121,9 @@ class InjectionFilter(Filter):
         unknown_settings_refuse(self.name, self.settings, self.settings_schema)
         self.min_score = setting_number(self.name, self.settings, "min_score", 0.5, minimum=0, maximum=1)
         self.hidden_text = setting_bool(self.name, self.settings, "hidden_text", True)
+
+    def finding_kinds(self) -> tuple[str, ...]:
+        return self.kinds if self.hidden_text else ("prompt_injection",)
 
     def check(self, text: str, context: CheckContext) -> FilterResult:
         findings = []

@@ -126,6 +126,9 @@ class LlmModerationFilter(Filter):
                 setting="prompt",
             ) from None
 
+    def finding_kinds(self) -> tuple[str, ...]:
+        return (*(f"moderation:{category}" for category in self.categories), "moderation:flagged")
+
     def check(self, text: str, context: CheckContext) -> FilterResult:
         raise TypeError("llm_moderation is asynchronous: call acheck")
 
@@ -133,7 +136,9 @@ class LlmModerationFilter(Filter):
         caller = _caller
         if caller is None:
             raise ModerationUnavailable("no moderation caller is registered (the proxy registers one at start)")
-        content = self.prompt.format(text=text[:MAX_TEXT_CHARS], categories=", ".join(self.categories))
+        # The text cannot close the tag it sits in and speak to the moderator as the prompt.
+        quoted = text[:MAX_TEXT_CHARS].replace("</text>", "<\\/text>").replace("<text>", "<\\text>")
+        content = self.prompt.format(text=quoted, categories=", ".join(self.categories))
         messages = [{"role": "user", "content": content}]
         reply = await caller(context.organisation_id, self.model, messages, float(self.timeout))
         flagged, scores = reply_parse(reply)

@@ -35,7 +35,7 @@ def _options(case_sensitive: bool) -> re2.Options:
 
 class RegexFilter(Filter):
     name = "regex"
-    kinds = ("regex",)  # plus each pattern's own `kind`; the default kind is "regex:<name>"
+    kinds = ("regex:<name>",)  # or each pattern's own `kind`
     description = "Your own patterns (RE2 syntax: linear time, no backreferences or lookaround)."
     settings_schema: ClassVar[dict[str, dict[str, Any]]] = {
         "patterns": {
@@ -100,9 +100,8 @@ class RegexFilter(Filter):
         except re2.error as exc:
             raise FilterConfigError(f"regex: the patterns together are too large: {exc}", setting="patterns") from None
 
-    @property
-    def pattern_kinds(self) -> tuple[str, ...]:
-        return tuple(kind for _, kind in self.entries)
+    def finding_kinds(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(kind for _, kind in self.entries))
 
     def check(self, text: str, context: CheckContext) -> FilterResult:
         findings = []

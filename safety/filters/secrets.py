@@ -10,8 +10,6 @@ and returns the secret, not its span). A finding's detail names the format, neve
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
 from collections import Counter
@@ -104,6 +102,7 @@ def _compiled() -> tuple[re2._Regexp, dict[str, str], list[tuple[str, re.Pattern
 _FORMATS, _GROUP_FORMAT, _FALLBACK = _compiled()
 _VALUE_GROUP = _FORMATS.groupindex["value"]
 _PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+_JWT_TAIL = re.compile(r"[A-Za-z0-9\-_.+/=]*")
 _TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{20,}")
 _HEX = re.compile(r"[0-9a-fA-F]+")
 # Values that stand for a secret rather than being one: "xxxx", "<your key>", "${API_KEY}", "%(key)s".
@@ -116,23 +115,6 @@ def shannon_entropy(token: str) -> float:
     counts = Counter(token)
     length = len(token)
     return -sum(n / length * math.log2(n / length) for n in counts.values())
-
-
-def _jwt_ok(token: str) -> bool:
-    # detect-secrets' check: the header and payload decode to JSON. Kept inline because its
-    # classmethod swallows only some errors.
-    parts = token.split(".")
-    if len(parts) < 2:
-        return False
-    try:
-        for part in parts[:2]:
-            padded = part + "=" * (-len(part) % 4)
-            decoded = base64.urlsafe_b64decode(padded.encode("ascii"))
-            if not decoded.lstrip().startswith(b"{"):
-                return False
-    except (ValueError, binascii.Error):
-        return False
-    return True
 
 
 class SecretsFilter(Filter):
@@ -176,11 +158,15 @@ class SecretsFilter(Filter):
                 if not self.assignments:
                     continue
                 value = match.group(_VALUE_GROUP)
-                if _PLACEHOLDER_VALUES.match(value):
+                # One lower-case word is prose ("Password: incorrect"), not a credential.
+                if _PLACEHOLDER_VALUES.match(value) or (value.isalpha() and value.islower()):
                     continue
                 start, end = match.span(_VALUE_GROUP)
-            elif fmt == "jwt" and not _jwt_ok(match.group()):
-                continue
+            elif fmt == "jwt":
+                # detect-secrets' pattern stops lazily before the signature: take the whole token.
+                end = _JWT_TAIL.match(text, end).end()
+                if not JwtTokenDetector.is_formally_valid(text[start:end]):
+                    continue
             elif fmt == "private_key":
                 block_end = _PEM_END.search(text, end, end + 20000)
                 if block_end:
