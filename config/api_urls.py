@@ -8,4 +8,5 @@ urlpatterns = [
     path("", include("registry.api_urls")),
     path("", include("proxy.api_urls")),
     path("", include("billing.api_urls")),
+    path("", include("safety.api_urls")),
 ]

@@ -44,6 +44,8 @@ ANY_MEMBER = [r.value for r in Role]
 ADMIN = [Role.ADMIN.value]
 PROMPT_WRITERS = [Role.PROMPT_ENGINEER.value, Role.ADMIN.value]
 PROMPT_ENGINEER = [Role.PROMPT_ENGINEER.value]
+REVIEWER = [Role.REVIEWER.value]
+QUEUE_READERS = [Role.ADMIN.value, Role.REVIEWER.value]
 READ = ("GET",)
 WRITE_OK = (200, 201, 202, 204, 302, 400)
 
@@ -142,7 +144,20 @@ EXPECTATIONS: dict[str, dict] = {
     "api-proxy-settings-update": {"allowed_roles": ADMIN, "methods": ("PATCH",), "ok": {"PATCH": (200,)}},
     "api-request-log-list": {"allowed_roles": ADMIN, "methods": READ},
     "api-request-log-detail": {"allowed_roles": ADMIN, "methods": READ},
-    "safety:home": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    # moderation: admins see the queue (no texts); the held texts and every decision are reviewers' only
+    "safety:home": {"allowed_roles": QUEUE_READERS, "methods": READ},
+    "safety:queue_next": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "safety:queue_bulk": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "safety:item_detail": {"allowed_roles": REVIEWER, "methods": READ},
+    "safety:item_decide": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "safety:item_release": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "safety:finding_review": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "api-moderation-items": {"allowed_roles": QUEUE_READERS, "methods": READ},
+    "api-moderation-item": {"allowed_roles": REVIEWER, "methods": READ},
+    "api-moderation-decide": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "api-moderation-release": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (204,)}},
+    "api-moderation-claim": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (200, 204)}},
+    "api-moderation-bulk": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (400,)}},
     # billing: every member reads usage, budgets and prices; admins change them (POST on the list
     # pages is admin-only too, checked in tests/billing/test_views.py)
     "billing:home": {"allowed_roles": ANY_MEMBER, "methods": READ},
@@ -295,6 +310,12 @@ def _promotion(org) -> int:
     return promotion_request_create(prompt=prompt, label="production", version=2, reason="walk", actor=actor).id
 
 
+def _moderation_item(org) -> str:
+    from tests.safety.moderation_support import held
+
+    return held(org).public_id
+
+
 PARAM_FACTORIES = {
     "prompt_name": _prompt_name,
     "version_number": lambda org: 1,
@@ -310,6 +331,8 @@ PARAM_FACTORIES = {
     "verification_id": _verification,
     "invitation_id": _invitation,
     "token": _invitation_token,
+    "public_id": _moderation_item,
+    "finding_index": lambda org: 0,
 }
 
 # Not walked here: public or superuser-only, or tested elsewhere. /v1/ is not in the URLconf at all
