@@ -8,6 +8,7 @@ NAVIGATION = [
     ("Prompts", "registry:prompt_list", ()),
     ("Evaluations", "evals:home", ()),
     ("Moderation", "safety:home", (Role.ADMIN, Role.REVIEWER)),
+    ("Policies", "safety:policy_list", (Role.ADMIN, Role.PROMPT_ENGINEER, Role.REVIEWER)),
     ("Usage", "billing:home", ()),
     ("Models", "proxy:route_list", ()),
     ("API keys", "accounts:api_key_list", (Role.ADMIN,)),

@@ -9,4 +9,5 @@ urlpatterns = [
     path("", include("proxy.api_urls")),
     path("", include("billing.api_urls")),
     path("", include("safety.api_urls")),
+    path("", include("safety.policy_api_urls")),
 ]

@@ -427,6 +427,13 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RequestStatusEnum": "proxy.models.RequestStatus.choices",
         "AuditVerificationStatusEnum": "audit.models.VerificationStatus.choices",
+        "PolicyAttachmentScopeEnum": "safety.models.AttachmentScope.choices",
+        "PolicyStreamModeEnum": "safety.models.StreamMode.choices",
+        "PolicyHoldWaitEnum": "safety.models.HoldWait.choices",
+        "PolicyOnErrorEnum": "safety.models.OnError.choices",
+        "PolicyDirectionEnum": "safety.policy_validation.DIRECTIONS",
+        "PolicyActionEnum": "safety.policy_validation.ACTIONS",
+        "ScopeEnum": "billing.models.BudgetScope.choices",  # its name before policy attachments had a scope
     },
     "SECURITY": [{"ApiKeyAuth": []}, {"cookieAuth": []}],
     "APPEND_COMPONENTS": {

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from safety import views
 
@@ -11,4 +11,5 @@ urlpatterns = [
     path("items/<str:public_id>/decide/", views.item_decide_view, name="item_decide"),
     path("items/<str:public_id>/release/", views.item_release, name="item_release"),
     path("items/<str:public_id>/findings/<int:finding_index>/", views.finding_review, name="finding_review"),
+    path("policies/", include("safety.policy_urls")),
 ]

@@ -46,6 +46,7 @@ PROMPT_WRITERS = [Role.PROMPT_ENGINEER.value, Role.ADMIN.value]
 PROMPT_ENGINEER = [Role.PROMPT_ENGINEER.value]
 REVIEWER = [Role.REVIEWER.value]
 QUEUE_READERS = [Role.ADMIN.value, Role.REVIEWER.value]
+POLICY_READERS = [Role.ADMIN.value, Role.PROMPT_ENGINEER.value, Role.REVIEWER.value]
 READ = ("GET",)
 WRITE_OK = (200, 201, 202, 204, 302, 400)
 
@@ -158,6 +159,29 @@ EXPECTATIONS: dict[str, dict] = {
     "api-moderation-release": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (204,)}},
     "api-moderation-claim": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (200, 204)}},
     "api-moderation-bulk": {"allowed_roles": REVIEWER, "methods": ("POST",), "ok": {"POST": (400,)}},
+    # safety policies: admins change them; prompt engineers and reviewers read them
+    "safety:policy_list": {"allowed_roles": POLICY_READERS, "methods": READ},
+    "safety:policy_create": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    # an empty GET names no filter of the catalogue
+    "safety:policy_filter_entry": {"allowed_roles": ADMIN, "methods": READ, "ok": {"GET": (404,)}},
+    "safety:safety_settings": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "safety:policy_detail": {"allowed_roles": POLICY_READERS, "methods": READ},
+    "safety:policy_edit": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "safety:policy_delete": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "safety:policy_attach": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "safety:attachment_detach": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "api-safety-policy-list": {"allowed_roles": POLICY_READERS, "methods": READ},
+    "api-safety-policy-create": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "api-safety-policy-detail": {"allowed_roles": POLICY_READERS, "methods": READ},
+    "api-safety-policy-update": {"allowed_roles": ADMIN, "methods": ("PATCH",), "ok": {"PATCH": (200,)}},
+    "api-safety-policy-delete": {"allowed_roles": ADMIN, "methods": ("DELETE",), "ok": {"DELETE": (204,)}},
+    "api-safety-policy-false-positives": {"allowed_roles": POLICY_READERS, "methods": READ},
+    "api-safety-attachment-list": {"allowed_roles": POLICY_READERS, "methods": READ},
+    "api-safety-attachment-create": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "api-safety-attachment-delete": {"allowed_roles": ADMIN, "methods": ("DELETE",), "ok": {"DELETE": (204,)}},
+    "api-safety-filter-list": {"allowed_roles": POLICY_READERS, "methods": READ},
+    "api-safety-settings-detail": {"allowed_roles": POLICY_READERS, "methods": READ},
+    "api-safety-settings-update": {"allowed_roles": ADMIN, "methods": ("PUT",), "ok": {"PUT": (400,)}},
     # billing: every member reads usage, budgets and prices; admins change them (POST on the list
     # pages is admin-only too, checked in tests/billing/test_views.py)
     "billing:home": {"allowed_roles": ANY_MEMBER, "methods": READ},
@@ -316,7 +340,29 @@ def _moderation_item(org) -> str:
     return held(org).public_id
 
 
+def _policy(org) -> int:
+    import secrets
+
+    from core.actors import Actor
+    from safety.policy_services import policy_create
+
+    return policy_create(organisation=org, name=f"walk-{secrets.token_hex(4)}", actor=Actor.system("walk")).id
+
+
+def _attachment(org) -> int:
+    from core.actors import Actor
+    from safety.models import SafetyPolicy
+    from safety.policy_services import policy_attach
+
+    policy = SafetyPolicy.objects.get(pk=_policy(org))
+    return policy_attach(
+        organisation=org, policy=policy, scope="organisation", target_id=0, actor=Actor.system("walk")
+    ).id
+
+
 PARAM_FACTORIES = {
+    "policy_id": _policy,
+    "attachment_id": _attachment,
     "prompt_name": _prompt_name,
     "version_number": lambda org: 1,
     "label_name": lambda org: "staging",

@@ -37,6 +37,10 @@ def contract_seed() -> dict:
     deployment = deployment_create(
         route=route, name="local", model="dev-small", api_base="http://127.0.0.1:9/v1", actor=actor
     )
+    from safety.policy_services import policy_attach, policy_create
+
+    policy = policy_create(organisation=organisation, name="default", actor=actor, actions={"*": "flag"})
+    attachment = policy_attach(organisation=organisation, policy=policy, scope="organisation", target_id=0, actor=actor)
     spare = api_key_create(organisation=organisation, name="spare", team=team, actor=actor).api_key
     tokens = {}
     for persona, roles in (("admin", [Role.ADMIN]), ("viewer", [Role.VIEWER])):
@@ -50,5 +54,7 @@ def contract_seed() -> dict:
         "deployment_id": deployment.id,
         "key_id": spare.id,
         "api_key_id": spare.id,
+        "policy_id": policy.id,
+        "attachment_id": attachment.id,
     }
     return {"tokens": tokens, "fixed": fixed}

@@ -63,6 +63,8 @@ def test_paginated_lists_are_described_as_paginated(schema):
         "GET /api/v1/members/",
         "GET /api/v1/invitations/",
         "GET /api/v1/teams/",
+        "GET /api/v1/safety/policies/",
+        "GET /api/v1/safety/attachments/",
     } == paginated
 
 

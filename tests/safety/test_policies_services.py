@@ -70,7 +70,7 @@ def test_an_unknown_filter_and_unknown_entry_keys_are_refused():
         ({"filter": "pii", "on_error": "shrug"}, "filters[0].on_error"),
         ({"filter": "pii", "directions": []}, "filters[0].directions"),
         ({"filter": "pii", "directions": ["sideways"]}, "filters[0].directions"),
-        ({"filter": "injection", "directions": ["output"]}, "filters[0].directions"),  # checks input only
+        ({"filter": "citations", "directions": ["input"]}, "filters[0].directions"),  # checks output only
         ({"filter": "pii", "settings": ["not", "an", "object"]}, "filters[0].settings"),
         ("pii", "filters[0]"),
     ],
