@@ -91,6 +91,14 @@ class RequestSafety:
 
     async def pre(self, r: ProxyRequest) -> None:
         policy = self.policy
+        if r.stream and policy.outputs and (r.body.get("n") or 1) > 1:
+            # The stream filter reads one choice; the others would go out unchecked.
+            raise ProxyError(
+                400,
+                f"Streaming several choices (n > 1) is not supported under safety policy {policy.name!r}.",
+                code="unsupported_parameter",
+                param="n",
+            )
         if not policy.inputs:
             return
         context = safety.check_context(policy_context=self.context, direction=Direction.INPUT, body=r.body)
@@ -125,7 +133,9 @@ class RequestSafety:
         if not self.policy.outputs:
             outcome_response = _restored(r.endpoint, data, self.mapping)
             return orjson.dumps(outcome_response)
-        context = safety.check_context(policy_context=self.context, direction=Direction.OUTPUT, body=r.body)
+        context = safety.check_context(
+            policy_context=self.context, direction=Direction.OUTPUT, body=r.body, policy=self.policy
+        )
         outcome = await safety.apost_filter(
             policy=self.policy, context=context, endpoint=r.endpoint, response=data, mapping=self.mapping
         )
@@ -153,7 +163,9 @@ class RequestSafety:
         policy = self.policy
         check = None
         if policy.outputs:
-            context = safety.check_context(policy_context=self.context, direction=Direction.OUTPUT, body=r.body)
+            context = safety.check_context(
+                policy_context=self.context, direction=Direction.OUTPUT, body=r.body, policy=self.policy
+            )
 
             async def check(text: str) -> StageResult:
                 return await safety.aoutput_check(policy=policy, context=context, text=text)

@@ -70,6 +70,9 @@ class CompiledPolicy:
     # `actions` read once: kind -> Action, and the "*" action (None when the filter's proposal stands).
     kind_actions: dict[str, Action] = field(default_factory=dict)
     star_action: Action | None = None
+    # What the output context needs read from the request (only when a filter uses it).
+    wants_sources: bool = False
+    wants_schema: bool = False
 
     def action_for(self, kind: str, proposed: Action) -> Action:
         return self.kind_actions.get(kind) or self.star_action or proposed
@@ -137,6 +140,8 @@ def policy_compile(policy) -> CompiledPolicy:
         may_redact=Action.REDACT in possible,
         kind_actions={kind: Action(value) for kind, value in actions.items() if kind != "*"},
         star_action=Action(actions["*"]) if "*" in actions else None,
+        wants_sources=any(e.name == "citations" for e in entries),
+        wants_schema=any(e.name == "json_schema" for e in entries),
         inputs=any(e.applies(Direction.INPUT) for e in entries),
         outputs=any(e.applies(Direction.OUTPUT) for e in entries),
     )

@@ -178,11 +178,16 @@ class PostOutcome:
     text: str  # the checked text: the upstream's answer with the request's placeholders restored
 
 
-def check_context(*, policy_context: dict, direction: Direction, body: dict) -> CheckContext:
+def check_context(
+    *, policy_context: dict, direction: Direction, body: dict, policy: CompiledPolicy | None = None
+) -> CheckContext:
+    """The context filters see; an output's sources and schema are read from the request only when
+    `policy` has a filter that uses them (all of them without a policy)."""
+    output = direction == Direction.OUTPUT
     return CheckContext(
         direction=direction,
-        sources=sources_of(body) if direction == Direction.OUTPUT else (),
-        output_schema=output_schema_of(body) if direction == Direction.OUTPUT else None,
+        sources=sources_of(body) if output and (policy is None or policy.wants_sources) else (),
+        output_schema=output_schema_of(body) if output and (policy is None or policy.wants_schema) else None,
         **policy_context,
     )
 

@@ -100,3 +100,10 @@ def test_buffer_releases_the_checked_text_as_chunks_with_the_usage(proxy, dev_up
     assert answer.content == " ".join(WORDS) and answer.chunks > 5 and answer.finish_reason == "stop"
     row = log_of(answer.request_id)
     assert row.safety["stream_mode"] == "buffer" and row.completion_tokens == len(WORDS)
+
+
+def test_several_streamed_choices_are_refused_under_an_output_policy(proxy, dev_upstream):
+    policy_store(proxy.organisation, filters=[words({"banana": "fruit"})], actions={"*": "flag"})
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(proxy, "go", stream=True, n=2)
+    assert caught.value.param == "n" and dev_upstream.stats()["requests"] == 0
