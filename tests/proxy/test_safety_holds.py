@@ -43,13 +43,13 @@ def test_a_held_output_answers_at_once_with_the_placeholder(proxy, dev_upstream,
     assert "launch codes" not in str(stored.response) and stored.response == {"held": item.public_id}
 
 
-def _approve_when_held(reviewer, edited: str):
+def _approve_when_held(reviewer, edited: str = ""):
     def decide():
         item = wait_until(lambda: ModerationItem.objects.filter(status="pending").first(), timeout=10)
         item_lease_take(organisation=reviewer.organisation, public_id=item.public_id, reviewer=reviewer.user)
         item_decide(
-            organisation=reviewer.organisation, public_id=item.public_id, reviewer=reviewer.user, action="edit",
-            edited_text=edited,
+            organisation=reviewer.organisation, public_id=item.public_id, reviewer=reviewer.user,
+            action="edit" if edited else "approve", edited_text=edited,
         )  # fmt: skip
 
     thread = threading.Thread(target=decide)
@@ -99,3 +99,22 @@ def test_a_held_input_is_answered_without_calling_the_upstream(proxy, dev_upstre
     assert log_of(answer.request_id).safety["input"]["action"] == "hold"
     stored = RequestBody.objects.get(request_id=answer.request_id)
     assert "launch codes" not in str(stored.request)
+
+
+def test_a_held_input_released_in_time_goes_on_to_the_upstream(proxy, dev_upstream, reviewer):
+    policy_store(
+        proxy.organisation,
+        filters=[words({"launch codes": "secret_plan"}, directions=["input"])],
+        actions={"*": "hold"},
+        hold_wait="wait",
+        hold_wait_seconds=20,
+    )
+    dev_upstream.control(echo=True)
+    deciding = _approve_when_held(reviewer)
+    answer = ask(proxy, "what are the launch codes?", stream=True)
+    deciding.join(10)
+    assert answer.content == "what are the launch codes?" and answer.finish_reason == "stop"
+    assert dev_upstream.stats()["requests"] == 1
+    row = log_of(answer.request_id)
+    assert row.safety["input"]["action"] == "hold" and row.safety["moderation_id"]
+    assert "hold_wait" in row.timings  # the reviewer's time, kept out of Steward's overhead
