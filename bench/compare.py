@@ -1,6 +1,7 @@
 """Two Steward checkouts side by side: which one spends less CPU per request.
 
-    python -m bench.compare OTHER_CHECKOUT [--rounds 5] [--duration 10] [--concurrency 16] [--chat] [--prompt]
+    python -m bench.compare OTHER_CHECKOUT [--rounds 5] [--duration 10] [--concurrency 16] [--chat]
+                            [--prompt] [--policy default]
 
 `make bench` compares Steward with the upstream, run after run; on a shared virtual machine the
 speed of a core drifts by 10-20% between runs minutes apart, more than most single changes are
@@ -9,6 +10,14 @@ the same time, each one uvicorn process pinned to the same CPU, while two closed
 CPU load them at once: the kernel shares the core between them, so drift hits both alike, and the
 ratio of their CPU time per request, round after round, shows differences of about one percent.
 Both use this checkout's database and Redis (DATABASE_URL, REDIS_URL) and one bench key and route.
+
+`--policy default` sends this checkout's load with a second key that has the default safety policy
+attached (personal data redacted and restored, injection heuristics), and a message holding an
+email address, so every request is redacted on the way up and restored on the way back; the other
+side keeps the key without a policy. Compared with this checkout itself as OTHER_CHECKOUT it shows
+what the policy costs per request:
+
+    python -m bench.compare . --chat --policy default
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="per checkout")
     parser.add_argument("--chat", action="store_true", help="non-streaming chat (wrk) instead of streams")
     parser.add_argument("--prompt", action="store_true", help="invoke the bench prompt (a label) in every request")
+    parser.add_argument("--policy", choices=["default"], help="this checkout's requests under a safety policy")
     args = parser.parse_args(argv)
     other = args.other.resolve()
     if not (other / "config" / "asgi.py").exists():
@@ -58,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs a C compiler for sseload")
 
     django_ready()
-    from bench.fixtures import bench_setup, bench_teardown
+    from bench.fixtures import bench_policy_key, bench_setup, bench_teardown
 
     os.sched_setaffinity(0, {LOAD_CPU})
     log_dir = HERE / "var" / "bench-compare"
@@ -89,9 +99,14 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"--prompt: {target.prompt_note}")
         body = loadgen.chat_body(model=target.model, stream=not args.chat, prompt=prompt)
         headers = {"Authorization": f"Bearer {target.secret}", "Content-Type": "application/json"}
+        side_headers = {name: headers for name in servers}
+        if args.policy:
+            body = loadgen.chat_body(model=target.model, stream=not args.chat, text=loadgen.PII_TEXT)
+            side_headers["this"] = {**headers, "Authorization": f"Bearer {bench_policy_key(target=target)}"}
 
         def load(port: int, duration: float, results: dict, name: str) -> None:
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            headers = side_headers[name]
             if args.chat:
                 results[name] = loadgen.wrk_run(
                     url=url, body=body, headers=headers, connections=args.concurrency, duration=duration, cpu=LOAD_CPU

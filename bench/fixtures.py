@@ -113,3 +113,27 @@ def bench_teardown(target: BenchTarget) -> None:
     route = ModelRoute.objects.filter(pk=target.route.pk).first()
     if route is not None:
         route_delete(route=route, actor=ACTOR)
+
+
+# The default policy of `--policy default`: personal data redacted (and restored in the answer),
+# prompt-injection heuristics blocking; the deterministic filters every organisation would start with.
+DEFAULT_POLICY = {
+    "filters": [{"filter": "pii"}, {"filter": "injection"}],
+    "actions": {"prompt_injection": "block", "hidden_text": "block", "*": "redact"},
+}
+
+
+def bench_policy_key(*, target: BenchTarget, policy: str = "default") -> str:
+    """A second key of the bench organisation with `policy` attached to it (the first key has none),
+    so one run can load the same Steward with and without a policy. Returns its secret."""
+    from safety.policy_services import policy_attach, policy_create
+
+    if policy != "default":
+        raise ValueError(f"unknown bench policy {policy!r}")
+    organisation = target.organisation
+    created = api_key_create(
+        organisation=organisation, name="bench-policy", actor=ACTOR, rpm_limit=UNLIMITED, tpm_limit=UNLIMITED
+    )
+    stored = policy_create(organisation=organisation, actor=ACTOR, name="bench-default", **DEFAULT_POLICY)
+    policy_attach(organisation=organisation, policy=stored, scope="api_key", target_id=created.api_key.pk, actor=ACTOR)
+    return created.secret

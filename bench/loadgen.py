@@ -366,13 +366,20 @@ async def stream_run(
     return result
 
 
-def chat_body(*, model: str, stream: bool = False, prompt: dict | None = None, max_tokens: int = 16) -> bytes:
+CHAT_TEXT = "Summarise the benchmark in one short sentence please."
+# The message of runs under a safety policy: personal data to redact and restore on every request.
+PII_TEXT = "Summarise the benchmark in one short sentence please, and mail it to ada.lovelace@example.com"
+
+
+def chat_body(
+    *, model: str, stream: bool = False, prompt: dict | None = None, max_tokens: int = 16, text: str = CHAT_TEXT
+) -> bytes:
     """The request every scenario sends: a short chat completion (optionally a prompt invocation)."""
     body: dict = {"model": model, "max_tokens": max_tokens}
     if prompt is not None:
         body["prompt"] = prompt
     else:
-        body["messages"] = [{"role": "user", "content": "Summarise the benchmark in one short sentence please."}]
+        body["messages"] = [{"role": "user", "content": text}]
     if stream:
         body["stream"] = True
     return orjson.dumps(body)

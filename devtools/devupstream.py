@@ -13,6 +13,7 @@ Knobs can be changed while it runs with `POST /_control` (JSON, any subset):
     omit_usage            leave out `usage` (some providers do)
     split_multibyte       write streamed text in pieces that cut UTF-8 characters in half
     reply                 fixed reply text (default: derived from the last message)
+    echo                  reply with the last message's text verbatim (what the upstream was sent)
 `GET /_stats` tells what it saw: requests, cancellations (client went away mid-answer),
 in-flight count and the last request body. `POST /_reset` restores defaults and zeroes stats.
 It is a test double of a *provider*, with no Steward code in it, so it can run anywhere.
@@ -47,6 +48,7 @@ class Knobs:
     omit_usage: bool = False
     split_multibyte: bool = False
     reply: str | None = None
+    echo: bool = False
     # When set, every /v1 endpoint answers 401 unless sent `Authorization: Bearer <api_key>`.
     api_key: str | None = None
     # Sent as Retry-After with injected failures (as providers do with their 429s).
@@ -94,6 +96,14 @@ def _messages_text(body: dict) -> str:
             content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
         parts.append(str(content or ""))
     return "\n".join(parts)
+
+
+def _last_text(body: dict) -> str:
+    messages = body.get("messages") or [{}]
+    content = messages[-1].get("content") if isinstance(messages[-1], dict) else ""
+    if isinstance(content, list):
+        content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content or "")
 
 
 class DevUpstream:
@@ -215,7 +225,10 @@ class DevUpstream:
                 return error
             prompt_text = _messages_text(body) if chat else str(body.get("prompt", ""))
             max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-            pieces = reply_for(prompt_text, max_tokens, self.knobs.reply)
+            fixed = self.knobs.reply
+            if self.knobs.echo:
+                fixed = _last_text(body) if chat else str(body.get("prompt", ""))
+            pieces = reply_for(prompt_text, max_tokens, fixed)
             prompt_tokens = count_tokens(prompt_text)
             completion_tokens = len(pieces)
             usage = {

@@ -364,7 +364,7 @@ class RequestLogOutputSerializer(serializers.ModelSerializer):
             "request_id", "endpoint", "model", "stream", "api_key_id", "team_id", "deployment_id", "deployment_name",
             "prompt_name", "prompt_version_number", "status", "http_status", "error_type", "error_message",
             "cache_hit", "started_at", "latency_ms", "overhead_ms", "upstream_ms", "timings", "prompt_tokens",
-            "completion_tokens", "cached_tokens", "reasoning_tokens", "usage_estimated", "attempts",
+            "completion_tokens", "cached_tokens", "reasoning_tokens", "usage_estimated", "attempts", "safety",
         ]  # fmt: skip
 
 

@@ -89,3 +89,26 @@ def observe(timings: dict[str, float], overhead: float, endpoint: str, status: s
             hist.observe(value)
     _overhead.observe(overhead)
     count(endpoint, status)
+
+
+_filter_runs: dict[tuple[str, str], int] = {}
+
+
+class _SafetyCollector:
+    def collect(self):
+        runs = CounterMetricFamily(
+            "steward_safety_filter_runs", "Safety filter runs by filter and status", labels=["filter", "status"]
+        )
+        for (name, status), n in list(_filter_runs.items()):
+            runs.add_metric([name, status], n)
+        yield runs
+
+
+REGISTRY.register(_SafetyCollector())
+
+
+def filter_runs(runs: list[dict]) -> None:
+    """Count a request's filter runs (`steward_safety_filter_runs_total{filter, status}`)."""
+    for run in runs:
+        key = (run["filter"], run["status"])
+        _filter_runs[key] = _filter_runs.get(key, 0) + 1

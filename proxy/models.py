@@ -148,6 +148,10 @@ class RequestLog(models.Model):
     experiment_id = models.BigIntegerField(null=True, blank=True)
     experiment_variant = models.CharField(max_length=50, blank=True, default="", db_default="")
     experiment_sticky = models.BooleanField(null=True, blank=True)
+    # The safety policy that applied and every filter run: {"policy_id", "policy_name", "input",
+    # "output" (each {"action", "findings", "runs", "redacted", "failed"}), "moderation_id", ...};
+    # {} when no policy applied (proxy.safetystage).
+    safety = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

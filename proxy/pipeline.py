@@ -40,6 +40,7 @@ from core.redis import Command, abatch_queue, aflushed
 from proxy import admission, dispatch, metrics, sse
 from proxy.errors import ProxyError, internal_error, proxy_error_from
 from proxy.requestlog import log_buffer
+from proxy.safetystage import RequestSafety
 from proxy.schemas import (
     REQUEST_FIELDS,
     ChatCompletionRequest,
@@ -62,8 +63,7 @@ from proxy.settlement import (
     unanswered_estimate,
     usage_estimate,
 )
-from safety import services as safety
-from safety.policies import FilterAction, FilterContext
+from safety.resolution import apolicy_for
 
 logger = logging.getLogger("steward.proxy")
 
@@ -198,7 +198,6 @@ class ProxyRequest:
         "disconnected",
         "endpoint",
         "error",
-        "filter_context",
         "holds_slot",
         "http_status",
         "json_answer",
@@ -218,6 +217,7 @@ class ProxyRequest:
         "response_done",
         "response_started",
         "route",
+        "safety",
         "scope",
         "send",
         "settle_started",
@@ -284,7 +284,7 @@ class ProxyRequest:
         self.holds_slot = False
         self.no_cache = False
         self.overhead_header_ms = 0.0
-        self.filter_context: FilterContext | None = None
+        self.safety: RequestSafety | None = None  # set when a safety policy applies
         self.cache_value: bytes | None = None
         self.released = False
         # (payload, x-steward-cache) of a non-streaming success, sent once the request is settled and logged
@@ -320,7 +320,9 @@ class ProxyRequest:
             await self.pre_filters()
             # admit, reserve budget, call upstream (`dispatch`), post-filters; a stream is relayed
             # as it comes (`sse`), the JSON answer waits in `json_answer` for the settlement
-            if self.stream:
+            if self.safety is not None and self.safety.answered:
+                pass  # a held request, answered without the upstream
+            elif self.stream:
                 await self.call_streaming()
             else:
                 await self.call()
@@ -615,29 +617,23 @@ class ProxyRequest:
     # --- stage: pre-filters ---------------------------------------------------------------------
 
     async def pre_filters(self) -> None:
+        """Resolve the request's safety policy (a dict read when warm) and check the request with it."""
         t = time.perf_counter()
         principal = self.principal
-        self.filter_context = FilterContext(
-            request_id=self.request_id,
+        policy = await apolicy_for(
             organisation_id=principal.organisation_id,
             api_key_id=principal.id,
-            team_id=principal.team_id,
-            endpoint=self.endpoint,
-            model=self.model,
-            prompt_version_id=self.prompt.version_id if self.prompt else None,
+            prompt_id=self.prompt.prompt_id if self.prompt is not None else None,
+            route_id=self.route.id,
         )
-        decision = await safety.apre_filter(context=self.filter_context, body=self.body)
-        if decision.action == FilterAction.HOLD:
-            decision = await safety.ahold_wait(decision=decision, timeout=hot.STEWARD_PROXY_HOLD_TIMEOUT_SECONDS)
-        self.lap("pre_filters", t)
-        if decision.action == FilterAction.BLOCK:
-            raise ProxyError(
-                400,
-                f"The request was blocked by policy {decision.policy}: {decision.reason or 'no reason given'}.",
-                code="content_policy_violation",
-            )
-        if decision.body is not None:
-            self.body = decision.body
+        if policy is not None:
+            self.safety = RequestSafety(policy, self)
+            try:
+                await self.safety.pre(self)
+            finally:
+                self.lap("pre_filters", t)
+        else:
+            self.lap("pre_filters", t)
 
     # --- stages: admit, reserve budget, call upstream (`dispatch`), post-filters -------------------
 
@@ -659,9 +655,21 @@ class ProxyRequest:
             payload = result.value
             self.cache_hit = True
             self.status = "cached"
+            data = None
             with contextlib.suppress(orjson.JSONDecodeError):
-                self.usage = Usage.from_response(orjson.loads(payload))
+                data = orjson.loads(payload)
+                self.usage = Usage.from_response(data)
             self.json_answer = (payload, "hit")
+            if self.safety is not None and isinstance(data, dict):
+                # The cache keeps the upstream's answer: it is filtered on its way out every time.
+                self.response_data = data
+                t = time.perf_counter()
+                try:
+                    filtered = await self.safety.post_json(self, data)
+                finally:
+                    self.lap("post_filters", t)
+                if filtered is not None:
+                    self.json_answer = (filtered, "hit")
             return
         data = result.data
         usage = Usage.from_response(data)
@@ -670,24 +678,26 @@ class ProxyRequest:
         self.response_data = data
         payload = result.body
 
-        t = time.perf_counter()
-        decision = await safety.apost_filter(context=self.filter_context, response=data, streamed=False)
-        if decision.action == FilterAction.HOLD:
-            decision = await safety.ahold_wait(decision=decision, timeout=hot.STEWARD_PROXY_HOLD_TIMEOUT_SECONDS)
-        self.lap("post_filters", t)
         self.deployment_outcome = (self.deployment, "ok", usage.tokens if usage else 0)
-        if decision.action == FilterAction.BLOCK:
-            self.cache_key = ""
-            raise ProxyError(
-                400,
-                f"The response was withheld by policy {decision.policy}: {decision.reason or 'no reason given'}.",
-                code="content_policy_violation",
-            )
-        if decision.body is not None:
-            self.response_data = decision.body
-            payload = orjson.dumps(decision.body)
-        self.cache_value = payload if self.cache_key else None
         self.json_answer = (payload, "miss" if self.cache_key else None)
+        t = time.perf_counter()
+        if self.safety is None:
+            self.lap("post_filters", t)
+        else:
+            try:
+                filtered = await self.safety.post_json(self, data)
+            except ProxyError:
+                self.cache_key = ""  # a withheld answer is not cached
+                raise
+            finally:
+                self.lap("post_filters", t)
+            if self.safety.held_output:
+                self.cache_key = ""  # nor is a held one (the hold's answer is in `json_answer`)
+                return
+            if filtered is not None:
+                self.json_answer = (filtered, self.json_answer[1])
+        # The upstream's answer is what the cache keeps; filters run on it on every way out.
+        self.cache_value = payload if self.cache_key else None
 
     async def call_streaming(self) -> None:
         t = time.perf_counter()
@@ -711,12 +721,14 @@ class ProxyRequest:
                 with contextlib.suppress(BaseException):
                     await keepalive
         if type(result) is dispatch.CacheHit:
-            self._replay_cached_stream(result.value)
             self.timings["call_upstream"] = round((time.perf_counter() - t) * 1000, 3)
+            await self._replay_cached_stream(result.value)
             return
         relay = self.relay = sse.StreamRelay(
             chat=self.endpoint == CHAT, client_usage=self.client_usage, cache=bool(self.cache_key)
         )
+        # Under a safety policy the relay's output goes through the stream's filter (`streamfilter`).
+        screen = self.safety.stream_filter(self) if self.safety is not None else None
         # The response head goes out with the first events, in the same write.
         t_stream = time.perf_counter()
         self.timings["call_upstream"] = round((t_stream - t) * 1000, 3)
@@ -730,6 +742,8 @@ class ProxyRequest:
             # loop turn in front of the first token (0.3-0.4 ms at 16 streams). Only the last bytes
             # must wait for the settlement.
             out = relay.relay(result.first)
+            if screen is not None and out is not None:
+                out = await screen.feed(out)
             if out is not None:
                 await self.start_stream()
                 await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -737,9 +751,16 @@ class ProxyRequest:
             # loop's ready queue) go ahead of this one's remaining chunks, settlement and log.
             await asyncio.sleep(0)
             async for batch in result.batches:
-                # A later batch known to be the stream's last waits for [DONE] and goes out with it,
-                # one write instead of two.
-                out = relay.relay(batch, finished())
+                if screen is not None:
+                    if screen.ended:
+                        break  # a window's violation ended the stream: nothing more is read or sent
+                    out = relay.relay(batch)
+                    if out is not None:
+                        out = await screen.feed(out)
+                else:
+                    # A later batch known to be the stream's last waits for [DONE] and goes out with it,
+                    # one write instead of two.
+                    out = relay.relay(batch, finished())
                 if out is not None:
                     if not self.response_started:  # no coroutine per batch once the head is out
                         await self.start_stream()
@@ -750,6 +771,8 @@ class ProxyRequest:
             self.deployment_outcome = (deployment, "fail", relay.tokens())
             self.fail(proxy_error_from(exc))
             self.error.outcome = "error"
+            if screen is not None:
+                relay.held = b""  # unchecked text never goes out
             await self.start_stream()  # the stream had begun: it ends with an error event, after what came
             return
         except BaseException:
@@ -766,19 +789,27 @@ class ProxyRequest:
         self.usage = relay.usage
         self.deployment_outcome = (deployment, "ok", relay.tokens())
         t = time.perf_counter()
-        decision = await safety.apost_filter(context=self.filter_context, response=None, streamed=True)
-        self.lap("post_filters", t)
-        if decision.action == FilterAction.BLOCK:
-            # The chunks already went out; the decision is recorded, and the stream ends with an error event.
-            self.fail(ProxyError(400, "The response was flagged by policy.", code="content_policy_violation"))
-            await self.start_stream()
-            return
+        if screen is None:
+            self.lap("post_filters", t)
+        else:
+            try:
+                relay.held = await self.safety.stream_end(self)
+            except ProxyError:
+                self.cache_key = ""  # a withheld answer is not cached
+                raise
+            finally:
+                self.lap("post_filters", t)
+            if screen.ended or self.safety.held_output:
+                self.cache_key = ""  # nor is a stream cut short or held
+                if screen.ended:
+                    self.status = "rejected"
+                return
         if relay.sent is not None:
             # Only a stream that ran to its end is kept: the same events, usage included if the client
             # asked (the usage itself joins them once settlement has estimated any the upstream left out).
             self.cache_value = b"".join(relay.sent)
 
-    def _replay_cached_stream(self, value: bytes) -> None:
+    async def _replay_cached_stream(self, value: bytes) -> None:
         """A cache hit on a stream: its events go out in one write, with [DONE], at no upstream cost."""
         try:
             usage, events = sse.cached_stream_read(value)
@@ -790,7 +821,18 @@ class ProxyRequest:
         self.status = "cached"
         self.usage = usage
         relay = self.relay = sse.StreamRelay(chat=self.endpoint == CHAT, client_usage=self.client_usage, cache=False)
-        relay.held = events
+        screen = self.safety.stream_filter(self) if self.safety is not None else None
+        if screen is None:
+            relay.held = events
+            return
+        # The cache keeps the upstream's events: they are filtered on their way out every time.
+        relay.contents.extend(e[6:] for e in events.split(b"\n\n") if e.startswith(b"data: {"))
+        t = time.perf_counter()
+        try:
+            out = await screen.feed(events) or b""
+            relay.held = out + await self.safety.stream_end(self)
+        finally:
+            self.lap("post_filters", t)
 
     async def _keepalive(self, interval: float) -> None:
         """A slow first token: keep the connection (and proxies on the way) from timing out."""
@@ -833,7 +875,7 @@ class ProxyRequest:
                 headers.append((b"x-steward-experiment", f"{arm.experiment_id}:{arm.variant}".encode()))
         if cache is not None:
             headers.append((b"x-steward-cache", cache.encode()))
-        overhead = (time.perf_counter() - self.t0 - self.upstream_s) * 1000
+        overhead = (time.perf_counter() - self.t0 - self.upstream_s) * 1000 - self.timings.get("hold_wait", 0.0)
         self.overhead_header_ms = overhead
         headers.append((b"x-steward-overhead-ms", f"{overhead:.3f}".encode()))
         return headers

@@ -17,8 +17,9 @@ Record format (also what billing.services.usage_lines_record receives, one dict 
     usage {prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, estimated},
     attempts [{n, deployment_id, deployment, model, status, http_status, error_type, latency_ms,
                usage {...} | None, circuit ("opened"|"closed"|"")}],
-    bodies {request, response} (only when the organisation stores bodies),
-    experiment {id, variant, sticky} (only when a running experiment chose the prompt version)
+    experiment {id, variant, sticky} (only when a running experiment chose the prompt version),
+    safety {policy_id, policy_name, input, output, moderation_id, ...} (only when a safety policy applied),
+    bodies {request, response} (only when the organisation stores bodies)
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def _row(record: dict):
         experiment_id=experiment.get("id"),
         experiment_variant=(experiment.get("variant") or "")[:50],
         experiment_sticky=experiment.get("sticky"),
+        safety=record.get("safety") or {},
     )
 
 

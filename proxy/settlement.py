@@ -197,7 +197,7 @@ def request_record(r: ProxyRequest) -> dict:
         "cache_hit": r.cache_hit,
         "started_at": datetime.fromtimestamp(r.started_at, UTC).isoformat(),
         "latency_ms": round(total_ms, 3),
-        "overhead_ms": round(total_ms - upstream_ms, 3),
+        "overhead_ms": round(total_ms - upstream_ms - r.timings.get("hold_wait", 0.0), 3),
         "upstream_ms": round(upstream_ms, 3),
         "timings": r.timings,
         "usage": r.usage or NO_USAGE,  # orjson writes a Usage as the object the log expects
@@ -206,11 +206,17 @@ def request_record(r: ProxyRequest) -> dict:
     if prompt is not None and prompt.experiment is not None:
         arm = prompt.experiment
         record["experiment"] = {"id": arm.experiment_id, "variant": arm.variant, "sticky": arm.sticky}
+    safety = r.safety
+    if safety is not None:
+        record["safety"] = safety.record()
     if r.table is not None and r.table.store_bodies and r.client_body is not None:
         response = (
             {"stream": True, "content": "".join(r.relay.content() if r.relay is not None else ())}
             if r.stream
             else r.response_data
         )
-        record["bodies"] = {"request": r.client_body, "response": response}
+        request = r.client_body
+        if safety is not None:
+            request, response = safety.stored_bodies(r, request, response)
+        record["bodies"] = {"request": request, "response": response}
     return record

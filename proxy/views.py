@@ -341,6 +341,12 @@ def request_log_detail(request, request_id: str):
         "usage_lines": request_usage_lines(organisation_id=organisation.pk, request_id=log.request_id),
         "key_label": api_key_labels(organisation=organisation).get(log.api_key_id, ""),
         "timings": timings,
+        # The safety policy that applied and every filter run, per direction (proxy.safetystage's record).
+        "safety_stages": [
+            (label, (log.safety or {}).get(key))
+            for label, key in (("Request", "input"), ("Response", "output"))
+            if (log.safety or {}).get(key)
+        ],
         "body": body,
         "can_see_bodies": _is_admin(request),
         # Why an attempt failed, as the upstream or the egress policy said it (addresses included).

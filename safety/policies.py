@@ -1,78 +1,147 @@
-"""Filter policies: what the proxy's pre-filter and post-filter stages ask before and after the upstream call.
+"""A stored policy compiled for the hot path: its filters built once, its settings read once.
 
-A policy looks at a request (pre) or a response (post) and answers with a `FilterDecision`:
-- ALLOW, optionally with a replacement body (a redaction, say);
-- BLOCK, which the proxy answers with 400 `content_policy_violation` (pre) or withholds the answer (post);
-- HOLD, which parks the request or response until a reviewer releases or rejects it
-  (safety.services.ahold_wait / hold_resolve), or until the hold times out (then it is blocked).
+`policy_compile(SafetyPolicy)` turns a row into a `CompiledPolicy` (immutable, shared by every
+request that resolves to it, `safety.resolution`). Filters are built with `safety.filters.filter_build`
+(their settings validated there); `extra_filters` lets an embedding application (and the tests) add
+filters beyond the built-in ones under names of their own.
 
-`PassThroughPolicy` is the default: it allows everything unchanged. Policies must be cheap and
-must not touch the database on the hot path (cache what they need, as the proxy does).
+The stream mode is settled here too: `observe` is only honoured when every action the policy can
+take is flag or allow, and a policy that can hold always buffers; `stream_mode_reason` says why a
+mode was changed, and the request log records it.
 """
 
 from __future__ import annotations
 
-import enum
-import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+from safety.filters.base import Action, Direction, Filter, FilterConfigError
+
+DEFAULT_TIMEOUT_MS = 50
+# Filters added by name beyond the built-in ones (name -> class taking `settings`).
+extra_filters: dict[str, type[Filter]] = {}
 
 
-class FilterAction(enum.StrEnum):
-    ALLOW = "allow"
-    BLOCK = "block"
-    HOLD = "hold"
+def filter_instance(name: str, settings: dict[str, Any]) -> Filter:
+    """The filter `name` built from `settings`; FilterConfigError when either is invalid."""
+    cls = extra_filters.get(name)
+    if cls is not None:
+        return cls(settings)
+    try:
+        from safety.filters import filter_build
+    except ImportError:  # pragma: no cover - only before the filter library is installed
+        raise FilterConfigError(f"unknown filter {name!r}", setting="filter") from None
+    return filter_build(name, settings)
 
 
 @dataclass(frozen=True, slots=True)
-class FilterContext:
-    request_id: str
-    organisation_id: int
-    api_key_id: int | None
-    team_id: int | None
-    endpoint: str
-    model: str
-    prompt_version_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FilterDecision:
-    action: FilterAction
-    policy: str
-    # A replacement for the request body (pre) or response body (post); None keeps the original.
-    body: dict | None = None
-    reason: str = ""
-    hold_id: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def allowed(self) -> bool:
-        return self.action == FilterAction.ALLOW
-
-
-class Policy(Protocol):
+class FilterEntry:
     name: str
+    filter: Filter
+    directions: frozenset[Direction]
+    timeout_s: float
+    fail_open: bool  # on_error "allow": an error or a timeout lets the text through (recorded)
 
-    async def pre(self, *, context: FilterContext, body: dict) -> FilterDecision: ...
-
-    async def post(self, *, context: FilterContext, response: dict | None, streamed: bool) -> FilterDecision: ...
-
-
-class PassThroughPolicy:
-    """Allows every request and response unchanged (the policy of an organisation that configured none)."""
-
-    name = "pass_through"
-
-    async def pre(self, *, context: FilterContext, body: dict) -> FilterDecision:
-        return _ALLOW
-
-    async def post(self, *, context: FilterContext, response: dict | None, streamed: bool) -> FilterDecision:
-        return _ALLOW
+    def applies(self, direction: Direction) -> bool:
+        return direction in self.directions
 
 
-_ALLOW = FilterDecision(FilterAction.ALLOW, PassThroughPolicy.name)
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    id: int
+    name: str
+    entries: tuple[FilterEntry, ...]
+    actions: dict[str, str]
+    deadline_s: float
+    stream_mode: str  # effective: buffer, window or observe
+    stream_mode_reason: str  # why the stored mode was changed ("" if it was not)
+    window_chars: int
+    hold_wait: str
+    hold_wait_seconds: int
+    hold_placeholder: str
+    refusal_text: str
+    sla_seconds: int
+    priority: int
+    required_approvals: int
+    store_redacted_only: bool
+    may_redact: bool = False
+    inputs: bool = False  # some filter checks the request
+    outputs: bool = False  # some filter checks the response
+    # `actions` read once: kind -> Action, and the "*" action (None when the filter's proposal stands).
+    kind_actions: dict[str, Action] = field(default_factory=dict)
+    star_action: Action | None = None
+    # What the output context needs read from the request (only when a filter uses it).
+    wants_sources: bool = False
+    wants_schema: bool = False
+
+    def action_for(self, kind: str, proposed: Action) -> Action:
+        return self.kind_actions.get(kind) or self.star_action or proposed
 
 
-def hold_decision(*, policy: str, reason: str) -> FilterDecision:
-    """A HOLD with a fresh id a reviewer can release."""
-    return FilterDecision(FilterAction.HOLD, policy, reason=reason, hold_id=uuid.uuid4().hex)
+def _possible_actions(actions: dict[str, str], entries) -> set[Action]:
+    """Every action a policy can take: the ones it names, and the proposed ones of kinds it leaves
+    to the filters (the strongest a filter may propose is unknown, so: block)."""
+    found = {Action(a) for a in actions.values()}
+    if "*" not in actions:
+        for entry in entries:
+            kinds = entry.filter.kinds or ("",)
+            if any(kind not in actions for kind in kinds):
+                found.add(Action.BLOCK)
+    return found
+
+
+def policy_compile(policy) -> CompiledPolicy:
+    """Compile a `safety.models.SafetyPolicy`; raises FilterConfigError naming the bad entry."""
+    entries = []
+    for i, spec in enumerate(policy.filters or []):
+        if not isinstance(spec, dict) or not spec.get("filter"):
+            raise FilterConfigError(f"filter entry {i} has no filter name", setting=f"filters[{i}]")
+        name = spec["filter"]
+        built = filter_instance(name, spec.get("settings") or {})
+        wanted = spec.get("directions") or [d.value for d in built.directions]
+        directions = frozenset(Direction(d) for d in wanted) & frozenset(built.directions)
+        timeout_ms = spec.get("timeout_ms") or DEFAULT_TIMEOUT_MS
+        entries.append(
+            FilterEntry(
+                name=name,
+                filter=built,
+                directions=directions,
+                timeout_s=float(timeout_ms) / 1000,
+                fail_open=spec.get("on_error") == "allow",
+            )
+        )
+    actions = {str(k): str(v) for k, v in (policy.actions or {}).items()}
+    for kind, value in actions.items():
+        if value not in Action.__members__.values():
+            raise FilterConfigError(f"action {value!r} for {kind!r} is not one of allow, flag, redact, hold, block")
+    possible = _possible_actions(actions, entries)
+    mode, reason = policy.stream_mode, ""
+    if Action.HOLD in possible and mode != "buffer":
+        mode, reason = "buffer", "the policy can hold, which buffers streams"
+    elif mode == "observe" and not possible <= {Action.ALLOW, Action.FLAG}:
+        mode, reason = "buffer", "observe needs every action to be flag or allow; buffered instead"
+    return CompiledPolicy(
+        id=policy.pk,
+        name=policy.name,
+        entries=tuple(entries),
+        actions=actions,
+        deadline_s=policy.deadline_ms / 1000,
+        stream_mode=mode,
+        stream_mode_reason=reason,
+        window_chars=max(1, policy.window_chars),
+        hold_wait=policy.hold_wait,
+        hold_wait_seconds=policy.hold_wait_seconds,
+        hold_placeholder=policy.hold_placeholder,
+        refusal_text=policy.refusal_text,
+        sla_seconds=policy.sla_seconds,
+        priority=policy.priority,
+        required_approvals=policy.required_approvals,
+        store_redacted_only=policy.store_redacted_only,
+        may_redact=Action.REDACT in possible,
+        kind_actions={kind: Action(value) for kind, value in actions.items() if kind != "*"},
+        star_action=Action(actions["*"]) if "*" in actions else None,
+        wants_sources=any(e.name == "citations" for e in entries),
+        wants_schema=any(e.name == "json_schema" for e in entries),
+        inputs=any(e.applies(Direction.INPUT) for e in entries),
+        outputs=any(e.applies(Direction.OUTPUT) for e in entries),
+    )

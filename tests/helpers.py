@@ -149,19 +149,6 @@ def route_with_deployments(organisation, name: str, upstreams: list, **route_kwa
     return route, deployments
 
 
-def parked_on_hold() -> bool:
-    """True while a connection to this test's Redis database is blocked in BLPOP: a held request
-    waiting for its reviewer (safety.services.ahold_wait), seen from Redis rather than guessed from time."""
-    from core.redis import redis_client
-
-    client = redis_client()
-    db = int(client.connection_pool.connection_kwargs.get("db", 0))
-    return any(
-        c.get("cmd") == "blpop" and "b" in c.get("flags", "") and int(c.get("db", -1)) == db
-        for c in client.client_list()
-    )
-
-
 def ledger_lines(request_id: str, timeout: float = 10.0) -> list:
     """The request's usage lines, once the request log (which writes them) has been drained."""
     from billing.models import UsageLine

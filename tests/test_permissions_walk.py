@@ -384,6 +384,8 @@ def _drift_alert(org) -> int:
 
     run = Run.objects.get(pk=_eval_run(org))
     return DriftAlert.objects.create(organisation=org, suite=run.suite, run=run, previous_run=run, message="walk").id
+
+
 def _experiment(org) -> int:
     from core.actors import Actor
     from registry.experiments import experiment_start
@@ -440,6 +442,8 @@ def _attachment(org) -> int:
     return policy_attach(
         organisation=org, policy=policy, scope="organisation", target_id=0, actor=Actor.system("walk")
     ).id
+
+
 def _moderation_item(org) -> str:
     from tests.safety.moderation_support import held
 

@@ -13,10 +13,12 @@ import requests
 
 from billing.models import UsageLine
 from billing.services import budget_create
+from core.invalidation import invalidate
 from registry import services as registry
-from safety import services as safety
-from safety.policies import FilterAction, FilterDecision, hold_decision
-from tests.helpers import ACTOR, hang_up_mid_stream, log_of, parked_on_hold, route_with_deployments, wait_until
+from safety.models import ModerationItem, PolicyAttachment
+from safety.moderation import item_decide, item_lease_take
+from tests.helpers import ACTOR, hang_up_mid_stream, log_of, route_with_deployments, wait_until
+from tests.safety.filterkit import policy_store, words
 
 DEPLOYMENTS = {
     "direct": {"kind": "openai_compatible", "model": "dev-small"},
@@ -26,33 +28,20 @@ DEPLOYMENTS = {
 PROMPT_PRICE, COMPLETION_PRICE = Decimal("0.0000005"), Decimal("0.0000015")
 
 
-class Policy:
+def policy_stored(organisation):
     """Pre: redacts the word "secret". Post: blocks a reply that echoes "BLOCKME" and holds one that
-    echoes "HOLDME" until the test releases it."""
-
-    name = "both-paths"
-
-    def __init__(self):
-        self.holds = []
-
-    async def pre(self, *, context, body):
-        if "messages" not in body:
-            return FilterDecision(FilterAction.ALLOW, self.name)
-        messages = [
-            {**m, "content": m["content"].replace("secret", "[redacted]")} if isinstance(m.get("content"), str) else m
-            for m in body.get("messages", [])
-        ]
-        return FilterDecision(FilterAction.ALLOW, self.name, body={**body, "messages": messages})
-
-    async def post(self, *, context, response, streamed):
-        text = str(response)
-        if "BLOCKME" in text:
-            return FilterDecision(FilterAction.BLOCK, self.name, reason="echoed BLOCKME")
-        if "HOLDME" in text:
-            decision = hold_decision(policy=self.name, reason="echoed HOLDME")
-            self.holds.append(decision.hold_id)
-            return decision
-        return FilterDecision(FilterAction.ALLOW, self.name)
+    echoes "HOLDME" until a reviewer releases it."""
+    return policy_store(
+        organisation,
+        name="both-paths",
+        filters=[
+            words({"secret": "secret_word"}, directions=["input"]),
+            words({"BLOCKME": "blockme", "HOLDME": "holdme"}, directions=["output"]),
+        ],
+        actions={"secret_word": "redact", "blockme": "block", "holdme": "hold"},
+        hold_wait="wait",
+        hold_wait_seconds=20,
+    )
 
 
 @pytest.fixture(params=sorted(DEPLOYMENTS))
@@ -72,10 +61,7 @@ def governed(request, proxy, organisation, dev_upstream, global_prices):
     )
     registry.label_move(prompt=prompt, label="production", version=version, reason="ship", actor=ACTOR)
     budget_create(organisation=organisation, actor=ACTOR, name="Roomy", scope="organisation", amount=Decimal("10"))
-    policy = Policy()
-    safety.policy_install(organisation_id=organisation.id, policy=policy)
-    yield policy, version
-    safety.policy_install(organisation_id=organisation.id, policy=None)
+    yield policy_stored(organisation), version
 
 
 def ledger(request_id: str) -> list[UsageLine]:
@@ -97,7 +83,7 @@ def test_prompt_filters_cost_log_and_cache(proxy, dev_upstream, governed):
     sent = dev_upstream.stats()["last_request"]
     assert sent["messages"] == [
         {"role": "system", "content": "Answer Ada."},
-        {"role": "user", "content": "my [redacted] question"},
+        {"role": "user", "content": "my [SECRET_WORD_1] question"},
     ]
     assert sent["max_tokens"] == 40
     row = log_of(raw.headers["x-request-id"])
@@ -159,8 +145,7 @@ def test_streams_are_in_the_openai_wire_format(proxy, governed, path, include_us
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
 
 
-def test_post_filter_block_and_hold(proxy, governed):
-    policy, _ = governed
+def test_post_filter_block_and_hold(proxy, governed, reviewer):
     url, headers = f"{proxy.url}/chat/completions", proxy.headers()
 
     def ask(text):
@@ -181,16 +166,19 @@ def test_post_filter_block_and_hold(proxy, governed):
 
     caller = threading.Thread(target=call)
     caller.start()
-    wait_until(lambda: policy.holds, timeout=5)
-    # Parked: blocked on its hold in Redis, and not answered (the event is set when the answer comes).
-    wait_until(parked_on_hold, timeout=5)
+    item = wait_until(lambda: ModerationItem.objects.filter(status="pending").first(), timeout=10)
+    # Held: a moderation item is waiting for its reviewer, and the client has no answer yet.
     assert not answered.is_set()
-    safety.hold_resolve(hold_id=policy.holds[0], allow=True)
+    item_lease_take(organisation=reviewer.organisation, public_id=item.public_id, reviewer=reviewer.user)
+    item_decide(organisation=reviewer.organisation, public_id=item.public_id, reviewer=reviewer.user, action="approve")
     caller.join(10)
     assert result["held"].status_code == 200 and "HOLDME" in result["held"].text
 
 
-def test_a_hang_up_cancels_the_upstream_and_is_logged(proxy, dev_upstream, governed):
+def test_a_hang_up_cancels_the_upstream_and_is_logged(proxy, organisation, dev_upstream, governed):
+    # The policy holds, so it buffers streams; a hang-up mid-stream needs text flowing: no policy here.
+    PolicyAttachment.objects.filter(organisation=organisation).delete()
+    invalidate("safety_policies")
     request_id = hang_up_mid_stream(proxy, dev_upstream, "governed")
     row = log_of(request_id, timeout=30)
     assert row.status == "cancelled" and row.completion_tokens > 0

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
     dependencies = [
         ("accounts", "0002_invitation"),
-        ("safety", "0001_initial"),
+        ("safety", "0002_moderation_notices_kinds"),
     ]
 
     operations = [
