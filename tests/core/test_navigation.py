@@ -20,13 +20,13 @@ def _nav(html: str) -> list[str]:
 def test_admin_sees_every_section(client, admin):
     login(client, admin)
     html = client.get(reverse("accounts:api_key_list")).content.decode()
-    assert _nav(html) == ["Prompts", "Evaluations", "Moderation", "Usage", "Models", "API keys", "Audit"]
+    assert _nav(html) == ["Prompts", "Evaluations", "Moderation", "Policies", "Usage", "Models", "API keys", "Audit"]
     assert "alice-admin" in html and "Acme" in html and "Log out" in html
 
 
 @pytest.mark.parametrize(
     ("persona", "hidden"),
-    [("viewer", {"Moderation", "API keys", "Audit"}), ("reviewer", {"API keys", "Audit"})],
+    [("viewer", {"Moderation", "Policies", "API keys", "Audit"}), ("reviewer", {"API keys", "Audit"})],
 )
 def test_members_see_only_what_their_roles_allow(client, request, persona, hidden):
     who = request.getfixturevalue(persona)
