@@ -117,10 +117,24 @@ def bench_teardown(target: BenchTarget) -> None:
 
 # The default policy of `--policy default`: personal data redacted (and restored in the answer),
 # prompt-injection heuristics blocking; the deterministic filters every organisation would start with.
+# Streams in window mode, what a latency-sensitive service would choose (buffer holds every chunk
+# until the whole answer has passed, so its time to first token is the stream's whole time).
 DEFAULT_POLICY = {
     "filters": [{"filter": "pii"}, {"filter": "injection"}],
     "actions": {"prompt_injection": "block", "hidden_text": "block", "*": "redact"},
+    "stream_mode": "window",
 }
+
+
+def bench_policy_attach(*, target: BenchTarget, policy: str = "default") -> None:
+    """Attach `policy` as the bench organisation's default: every key's requests run under it."""
+    from safety.policy_services import policy_attach, policy_create
+
+    if policy != "default":
+        raise ValueError(f"unknown bench policy {policy!r}")
+    organisation = target.organisation
+    stored = policy_create(organisation=organisation, actor=ACTOR, name="bench-org-default", **DEFAULT_POLICY)
+    policy_attach(organisation=organisation, policy=stored, scope="organisation", target_id=0, actor=ACTOR)
 
 
 def bench_policy_key(*, target: BenchTarget, policy: str = "default") -> str:

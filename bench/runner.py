@@ -317,6 +317,14 @@ class Bench:
             self.notes.append(f"Steward served with uvicorn --http {self.args.http}")
         if self.args.no_budgets:
             self.notes.append("no budgets (--no-budgets): the reserve and settle stages find none and skip Redis")
+        if self.args.policy:
+            from bench.fixtures import bench_policy_attach
+
+            bench_policy_attach(target=self.target, policy=self.args.policy)
+            self.notes.append(
+                f"safety policy {self.args.policy!r} on every request (--policy): pii redaction and injection "
+                "heuristics on the input and the output"
+            )
         if self.target.prompt is None and self.target.prompt_note:
             self.notes.append(f"with-prompt scenario skipped: {self.target.prompt_note}")
         self.steward = self.children.start(
@@ -802,6 +810,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-dir", default="var/bench", help="children's logs go here")
     parser.add_argument(
         "--no-budgets", action="store_true", help="no budgets on the bench's key and organisation (for comparison)"
+    )
+    parser.add_argument(
+        "--policy",
+        choices=["default"],
+        help="attach a safety policy to the bench organisation ('default': pii redaction, injection heuristics)",
     )
     parser.add_argument(
         "--shared-redis", action="store_true", help="use REDIS_URL's Redis instead of one pinned to the load CPU"
