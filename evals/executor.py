@@ -174,6 +174,11 @@ class Executor:
             max_workers=min(16, plan.concurrency + 2), thread_name_prefix=f"evals-{plan.run_id}"
         )
         self.connections: set = set()  # the DB threads' connections, closed at the end
+        self.prices: dict = {}
+        self.pending: list = []
+        self.pending_event = asyncio.Event()
+        self.writer_stop = False
+        self.needs_models = any(assertion_needs(spec) for spec in plan.specs)
         self.buffer: list[dict] = []
         self.claim_lock = asyncio.Lock()
         self.exhausted = False
@@ -336,37 +341,80 @@ class Executor:
             return
         except RuntimeError as exc:
             result = {"error": str(exc)[:2000]}
-        await self.in_thread(self.score_and_record, cell, item, result)
+        if not result.get("error"):
+            await self.acost(result)
+        if self.needs_models:
+            await self.in_thread(self.score, cell, item, result)
+        else:
+            self.score(cell, item, result)
+        self.record(cell, result)
+
+    def record(self, cell: dict, result: dict) -> None:
+        """Queue the cell's result for the writer, which stores results in batches (one thread hop and one
+        pipelined round of statements per batch instead of per cell)."""
+        self.pending.append((cell["id"], cell["attempts"], result))
+        self.pending_event.set()
+
+    async def writer(self) -> None:
+        while True:
+            await self.pending_event.wait()
+            self.pending_event.clear()
+            batch, self.pending = self.pending, []
+            if batch:
+                await self.in_thread(runs.cells_finish_many, batch)
+            if self.writer_stop and not self.pending:
+                return
 
     # --- scoring and recording (in a thread: assertions and the judge are synchronous) ----------------
 
-    def _cost(self, route: str, deployment: str, usage: dict) -> Decimal:
-        from billing.contract import Usage
-        from billing.prices import cost_compute
+    def _price_load(self, route: str, deployment: str):
+        """The price of a (route, deployment) at the run's start of using it, cached for the run (sync: DB)."""
+        from billing.prices import price_resolve
         from proxy.models import Deployment
 
-        if not route:
-            return Decimal(0)
         key = (route, deployment)
-        if key not in self.plan.deployments:
-            self.plan.deployments[key] = (
+        if key not in self.prices:
+            deployment_id = (
                 Deployment.objects.filter(
                     route__organisation_id=self.plan.organisation_id, route__name=route, name=deployment
                 )
                 .values_list("pk", flat=True)
                 .first()
             )
-        cost = cost_compute(
-            organisation_id=self.plan.organisation_id,
-            model=route,
-            deployment_id=self.plan.deployments[key],
-            usage=Usage(
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-            ),
-            at=timezone.now(),
+            self.prices[key] = price_resolve(
+                organisation_id=self.plan.organisation_id, model=route, deployment_id=deployment_id, at=timezone.now()
+            )
+        return self.prices[key]
+
+    def _cost_priced(self, route: str, usage: dict, price) -> Decimal:
+        from billing.contract import Usage
+        from billing.prices import cost_from_price
+
+        counts = Usage(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
         )
-        return cost.total
+        return cost_from_price(price=price, model=route, usage=counts).total
+
+    def _cost(self, route: str, deployment: str, usage: dict) -> Decimal:
+        if not route:
+            return Decimal(0)
+        return self._cost_priced(route, usage, self._price_load(route, deployment))
+
+    async def acost(self, result: dict) -> None:
+        """The cell's cost from its usage and the price of where it went (looked up once per deployment)."""
+        route, deployment = result["route"], result["deployment"]
+        try:
+            if not route:
+                result["cost_usd"] = Decimal(0)
+                return
+            if (route, deployment) not in self.prices:
+                await self.in_thread(self._price_load, route, deployment)
+            usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"]}
+            result["cost_usd"] = self._cost_priced(route, usage, self.prices[(route, deployment)])
+        except Exception as exc:  # pricing must not lose the output
+            logger.warning("pricing a cell of run %s failed: %s", self.plan.run_id, exc)
+            result["cost_usd"] = Decimal(0)
 
     def _post_sync(self, path: str, body: dict) -> tuple[dict, Decimal]:
         response = self.sync_http.post(path, json=body)
@@ -376,7 +424,9 @@ class Executor:
         route = body.get("model") or data.get("model") or ""
         return data, self._cost(route, response.headers.get("x-steward-model-deployment", ""), data.get("usage") or {})
 
-    def score_and_record(self, cell: dict, item: dict, result: dict) -> None:
+    def score(self, cell: dict, item: dict, result: dict) -> dict:
+        """Outcomes, score and passed (and the judge's and embedder's costs) into `result`. Synchronous; in a
+        thread when an assertion calls a model."""
         plan = self.plan
         extra_cost = [Decimal(0)]
 
@@ -407,16 +457,6 @@ class Executor:
             extra_cost[0] += cost
             return [row["embedding"] for row in sorted(data["data"], key=lambda r: r["index"])]
 
-        if not result.get("error"):
-            try:
-                result["cost_usd"] = self._cost(
-                    result["route"],
-                    result["deployment"],
-                    {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"]},
-                )
-            except Exception as exc:  # pricing must not lose the output
-                logger.warning("pricing cell %s failed: %s", cell["id"], exc)
-                result["cost_usd"] = Decimal(0)
         output = CellOutput(
             text=result.get("output", ""),
             latency_ms=float(result.get("latency_ms") or 0.0),
@@ -444,7 +484,7 @@ class Executor:
         result["cost_usd"] = (result.get("cost_usd") or Decimal(0)) + extra_cost[0]
         if result.get("error") and "score" not in result:
             result["score"], result["passed"] = 0.0, False
-        runs.cell_finish(cell_id=cell["id"], attempts=cell["attempts"], result=result)
+        return result
 
     # --- the whole run ----------------------------------------------------------------------------
 
@@ -484,6 +524,7 @@ class Executor:
         limits = SharedLimits(redis, self.lease_ms)
         self.deadline_passed = False
         watcher = asyncio.create_task(self.watch(redis))
+        writer = asyncio.create_task(self.writer())
         workers = [asyncio.create_task(self.worker(limits)) for _ in range(self.plan.concurrency)]
         everything = asyncio.gather(*workers, return_exceptions=True)
         cancel_wait = asyncio.create_task(self.cancelled.wait())
@@ -495,6 +536,11 @@ class Executor:
                 with contextlib.suppress(BaseException):
                     await everything
         finally:
+            # Results already in hand are stored, cancelled or not: they are the cells' one result.
+            self.writer_stop = True
+            self.pending_event.set()
+            with contextlib.suppress(Exception):
+                await writer
             watcher.cancel()
             cancel_wait.cancel()
             with contextlib.suppress(BaseException):
