@@ -361,7 +361,17 @@ class Executor:
             self.pending_event.clear()
             batch, self.pending = self.pending, []
             if batch:
-                await self.in_thread(runs.cells_finish_many, batch)
+                try:
+                    await self.in_thread(runs.cells_finish_many, batch)
+                except Exception:
+                    # One bad row must not cost the batch, nor stop the writer (the cells would wait for the
+                    # sweeper): store them one by one; a cell that still fails stays leased and is re-run.
+                    logger.exception("storing %d results of run %s failed; one by one", len(batch), self.plan.run_id)
+                    for cell_id, attempts, result in batch:
+                        try:
+                            await self.in_thread(runs.cell_finish, cell_id=cell_id, attempts=attempts, result=result)
+                        except Exception:
+                            logger.exception("storing cell %s of run %s failed", cell_id, self.plan.run_id)
             if self.writer_stop and not self.pending:
                 return
 
