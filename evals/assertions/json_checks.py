@@ -1,4 +1,4 @@
-"""Assertions on the output as JSON: is-json, json-schema (Draft 2020-12), json-path-equals.
+"""Assertions on the output as JSON: is-json, json-schema (Draft 2020-12, jsonschema-rs), json-path-equals.
 
 The output is parsed after stripping surrounding whitespace; with `fences: true` one Markdown code fence
 around it (```json ... ```) is removed first, for models that wrap JSON in a fence whatever they are told.
@@ -7,12 +7,12 @@ NaN and Infinity are refused: they are not JSON (RFC 8259) and a client parsing 
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 import jsonpath_ng.ext
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
+import jsonschema_rs
 
 from evals.assertions.fields import SpecReader
 from evals.assertions.values import AssertionConfigError, CellOutput, as_text, expected_resolve
@@ -64,7 +64,22 @@ def is_json_check(spec: dict, output: CellOutput, item: dict) -> Check:
     return (False, 0.0, f"not JSON: {error}") if error else (True, 1.0, "valid JSON")
 
 
-# --- json-schema ----------------------------------------------------------------------------
+# --- json-schema (jsonschema-rs) ------------------------------------------------------------
+# jsonschema-rs rather than the pure-Python jsonschema: a user's schema may carry `pattern`s, and Python's `re`
+# backtracks exponentially on patterns such as (a+)+$ against model output; jsonschema-rs with RegexOptions
+# uses Rust's regex crate (linear time, and no backreferences or lookaround, which it refuses at validation).
+# `offline=True`: a $ref to a URL is an error, never a request from the worker.
+
+
+@functools.lru_cache(maxsize=128)
+def _schema_validator(schema_json: str):
+    return jsonschema_rs.Draft202012Validator(
+        json.loads(schema_json), offline=True, pattern_options=jsonschema_rs.RegexOptions()
+    )
+
+
+def _schema_key(schema: dict | bool) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
 
 def json_schema_validate(reader: SpecReader) -> dict:
@@ -73,9 +88,10 @@ def json_schema_validate(reader: SpecReader) -> dict:
     if not isinstance(schema, dict | bool):
         raise AssertionConfigError("schema", "must be a JSON Schema (an object)")
     try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise AssertionConfigError("schema", f"is not a valid Draft 2020-12 schema ({exc.message})") from None
+        _schema_validator(_schema_key(schema))
+    except (jsonschema_rs.ValidationError, ValueError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AssertionConfigError("schema", f"is not a valid Draft 2020-12 schema ({first_line})") from None
     return {"schema": schema, "fences": reader.boolean("fences", False)}
 
 
@@ -83,17 +99,19 @@ def json_schema_check(spec: dict, output: CellOutput, item: dict) -> Check:
     value, error = output_json_parse(output.text, fences=spec["fences"])
     if error:
         return False, 0.0, f"not JSON: {error}"
-    # Remote $refs are never fetched: jsonschema's `referencing` registry resolves only what it is given.
-    violation = best_match(Draft202012Validator(spec["schema"]).iter_errors(value))
-    if violation is None:
+    violations = list(_schema_validator(_schema_key(spec["schema"])).iter_errors(value))
+    if not violations:
         return True, 1.0, "matches the schema"
-    where = "/".join(str(part) for part in violation.absolute_path) or "(root)"
-    return False, 0.0, f"at {where}: {violation.message}"
+    first = violations[0]
+    where = "/".join(str(part) for part in first.instance_path) or "(root)"
+    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+    return False, 0.0, f"at {where}: {first.message}{more}"
 
 
 # --- json-path-equals -----------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
 def _path_parse(path: str):
     return jsonpath_ng.ext.parse(path)
 

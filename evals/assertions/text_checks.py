@@ -6,6 +6,8 @@ returns (passed, score, detail). Text comparisons are exact unless `ignore_case`
 
 from __future__ import annotations
 
+import functools
+
 import re2
 from rapidfuzz import fuzz
 
@@ -130,6 +132,8 @@ def starts_with_check(spec: dict, output: CellOutput, item: dict) -> Check:
 # --- regex (re2: linear time in the output whatever the pattern) ----------------------------
 
 
+# Specs are re-validated for every cell they score; compiling each pattern once keeps that cheap.
+@functools.lru_cache(maxsize=256)
 def _regex_compile(pattern: str, ignore_case: bool):
     return re2.compile(("(?i)" if ignore_case else "") + pattern, _RE2_OPTIONS)
 

@@ -130,6 +130,10 @@ def metric_comparison(
     """
     if kind not in ("binary", "score"):
         raise ValueError('kind must be "binary" or "score"')
+    if kind == "binary":
+        for values_by_item in (baseline_values_by_item, candidate_values_by_item):
+            if any(value not in (0, 1) for values in values_by_item.values() for value in values):
+                raise ValueError("binary metrics take pass/fail values (booleans, or 0 and 1)")
     items, base_means, cand_means = paired_item_means(baseline_values_by_item, candidate_values_by_item)
     base = {item: baseline_values_by_item[item] for item in items}
     cand = {item: candidate_values_by_item[item] for item in items}

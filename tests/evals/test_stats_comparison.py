@@ -119,6 +119,8 @@ def test_comparison_refuses_bad_input():
         metric_comparison("x", {"a": [1.0]}, {"a": [1.0]}, kind="ordinal")
     with pytest.raises(ValueError):
         metric_comparison("x", {"a": [1.0]}, {"b": [1.0]}, kind="score")
+    with pytest.raises(ValueError, match="pass/fail"):
+        metric_comparison("x", {"a": [0.7]}, {"a": [True]}, kind="binary")
     same = metric_comparison("x", {"a": [1.0]}, {"a": [1.0]}, kind="score")
     with pytest.raises(ValueError, match="unique"):
         run_verdicts([same, same])

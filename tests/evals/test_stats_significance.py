@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 from statsmodels.stats.contingency_tables import mcnemar
@@ -40,6 +40,7 @@ def test_mcnemar_refuses_non_counts(b, c):
         mcnemar_exact(b, c)
 
 
+@settings(deadline=None)  # scipy's first call in a worker can take longer than hypothesis' 200 ms
 @given(st.integers(0, 500), st.integers(0, 500))
 def test_mcnemar_is_symmetric_and_a_probability(b, c):
     assert mcnemar_exact(b, c) == mcnemar_exact(c, b)
@@ -54,6 +55,7 @@ def test_paired_counts():
 # --- the sign-flip test -----------------------------------------------------------------------
 
 
+@settings(deadline=None)
 @given(st.lists(st.sampled_from([-1, 0, 1]), min_size=1, max_size=60))
 def test_sign_flip_on_single_runs_is_exact_mcnemar(differences):
     """With one run per item, per-item differences are −1, 0, +1 and the sign-flip test is McNemar's."""
