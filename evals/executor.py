@@ -43,6 +43,8 @@ ALIVE_KEY = "evals:alive:{run_id}"
 PROGRESS_KEY = "evals:progress:{run_id}"
 JUDGE_SEED = 20240101
 RETRYABLE = {429, 503}
+# 429s that waiting does not cure: the run's own budget is a `total` one, it never resets.
+NOT_RETRYABLE_CODES = {"budget_exceeded", "cost_ceiling_exceeded"}
 BACKOFF_START = 0.25
 BACKOFF_CAP = 20.0
 
@@ -156,6 +158,12 @@ def _retry_after(response: Answer | httpx.Response | None) -> float | None:
     with contextlib.suppress(ValueError):
         return max(0.0, float(value))
     return None
+
+
+def _error_code(response: Answer | httpx.Response) -> str:
+    with contextlib.suppress(Exception):
+        return str((response.json().get("error") or {}).get("code") or "")
+    return ""
 
 
 def _error_text(response: Answer | httpx.Response) -> str:
@@ -288,6 +296,8 @@ class Executor:
                 }
                 return response.json(), meta
             retry_after = _retry_after(response)
+            if response is not None and _error_code(response) in NOT_RETRYABLE_CODES:
+                raise RuntimeError(_error_text(response))
             if response is not None and (response.status_code in RETRYABLE or retry_after is not None):
                 # Rate limited: wait as told (at least the backoff), for as long as the deadline allows.
                 self.rate_limited += 1
