@@ -63,6 +63,12 @@ def test_paginated_lists_are_described_as_paginated(schema):
         "GET /api/v1/members/",
         "GET /api/v1/invitations/",
         "GET /api/v1/teams/",
+        "GET /api/v1/evals/datasets/",
+        "GET /api/v1/evals/datasets/{dataset_id}/versions/",
+        "GET /api/v1/evals/datasets/{dataset_id}/versions/{version_number}/items/",
+        "GET /api/v1/evals/suites/",
+        "GET /api/v1/evals/runs/",
+        "GET /api/v1/evals/runs/{run_id}/cells/",
     } == paginated
 
 
