@@ -183,6 +183,7 @@ class Executor:
         )
         self.connections: set = set()  # the DB threads' connections, closed at the end
         self.prices: dict = {}
+        self.releases: set = set()
         self.pending: list = []
         self.pending_event = asyncio.Event()
         self.writer_stop = False
@@ -226,8 +227,9 @@ class Executor:
             async with self.claim_lock:
                 if self.buffer or self.exhausted:
                     break
+                # Two rounds' worth: fewer pauses while a batch is claimed, well within the lease.
                 claimed = await self.in_thread(
-                    runs.cells_claim, run_id=self.plan.run_id, limit=min(self.plan.concurrency, 100)
+                    runs.cells_claim, run_id=self.plan.run_id, limit=min(2 * self.plan.concurrency, 200)
                 )
                 if not claimed:
                     self.exhausted = True
@@ -286,7 +288,10 @@ class Executor:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             finally:
-                await limits.release(keys, token)
+                # Released in the background: the cell's result does not wait for Redis's answer.
+                task = asyncio.create_task(limits.release(keys, token))
+                self.releases.add(task)
+                task.add_done_callback(self.releases.discard)
             latency_ms = (time.perf_counter() - started) * 1000
             if response is not None and response.status_code == 200:
                 meta = {
@@ -567,6 +572,8 @@ class Executor:
                 await writer
             watcher.cancel()
             cancel_wait.cancel()
+            if self.releases:
+                await asyncio.gather(*self.releases, return_exceptions=True)
             with contextlib.suppress(BaseException):
                 await watcher
             with contextlib.suppress(Exception):
