@@ -497,6 +497,42 @@ def cell_finish(*, cell_id: int, attempts: int, result: dict) -> bool:
         return cursor.fetchone() is not None
 
 
+def cells_finish_many(results: list[tuple[int, int, dict]]) -> None:
+    """cell_finish for a batch of (cell id, attempts, result), in one transaction (pipelined on PostgreSQL)."""
+    if connection.vendor != "postgresql" or len(results) == 1:
+        for cell_id, attempts, result in results:
+            cell_finish(cell_id=cell_id, attempts=attempts, result=result)
+        return
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(
+            _FINISH_SQL, [_finish_params(cell_id, attempts, result) for cell_id, attempts, result in results]
+        )
+
+
+def _finish_params(cell_id: int, attempts: int, result: dict) -> list:
+    import json
+
+    error = result.get("error", "")
+    cost = Decimal(str(result.get("cost_usd") or 0))
+    return [
+        CellStatus.ERROR if error else CellStatus.DONE,
+        result.get("output", ""),
+        result.get("request_id", "")[:64],
+        result.get("latency_ms"),
+        cost,
+        result.get("prompt_tokens", 0),
+        result.get("completion_tokens", 0),
+        json.dumps(result.get("outcomes", [])),
+        result.get("score"),
+        result.get("passed"),
+        error[:5000],
+        cell_id,
+        attempts,
+        1 if error else 0,
+        cost,
+    ]
+
+
 def _cell_finish_portable(*, cell_id: int, attempts: int, result: dict, status: str, cost: Decimal) -> bool:
     from django.db.models import F
 

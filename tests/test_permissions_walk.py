@@ -242,6 +242,23 @@ EXPECTATIONS: dict[str, dict] = {
     "evals:experiment_start": {"allowed_roles": PROMPT_WRITERS, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
     "evals:experiment_detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
     "evals:experiment_stop": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (302,)}},
+    # evaluations API: every member reads; prompt engineers and admins write (an empty body is a 400); the
+    # walk's run is of prompt "walk-own-prompt", the one the scoped key may see
+    "api-eval-dataset-list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-eval-dataset-detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-eval-dataset-version-list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-eval-dataset-import": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "api-eval-dataset-from-requests": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (400,)}},
+    "api-eval-dataset-version-detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-eval-dataset-items": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-eval-dataset-export": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-eval-suite-list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-eval-suite-detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-eval-run-list": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-eval-run-detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-eval-run-progress": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-eval-run-cells": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-eval-run-cancel": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (202,)}},
 }
 
 OK_DEFAULT = {"GET": (200,), "POST": WRITE_OK, "PUT": WRITE_OK, "PATCH": WRITE_OK, "DELETE": WRITE_OK}
@@ -450,9 +467,53 @@ def _moderation_item(org) -> str:
     return held(org).public_id
 
 
+def _dataset(org) -> int:
+    from core.actors import Actor
+    from evals.services import dataset_create, dataset_version_create
+
+    actor = Actor.system("walk")
+    dataset = dataset_create(organisation=org, name="walk-dataset", actor=actor)
+    dataset_version_create(dataset=dataset, items=[{"variables": {"who": "Ada"}, "expected": "Ada"}], actor=actor)
+    return dataset.id
+
+
+def _suite(org, dataset_id: int | None = None):
+    from core.actors import Actor
+    from evals.models import Dataset
+    from evals.services import suite_create
+
+    dataset = Dataset.objects.get(pk=dataset_id or _dataset(org))
+    return suite_create(
+        organisation=org, actor=Actor.system("walk"), name="walk-suite", dataset=dataset,
+        assertions=[{"type": "contains", "value": "Ada"}],
+    ).id  # fmt: skip
+
+
+def _run(org) -> int:
+    from core.actors import Actor
+    from evals.models import Suite
+    from evals.services import run_start
+    from registry.models import Prompt
+    from registry.services import label_move, prompt_create, prompt_version_create
+
+    actor = Actor.system("walk")
+    prompt = prompt_create(organisation=org, name="walk-own-prompt", actor=actor)
+    prompt_version_create(
+        prompt=prompt, messages=[{"role": "user", "content": "Hi {{ who }}"}], model="dev-small", params={},
+        variables=[], commit_message="walk", actor=actor,
+    )  # fmt: skip
+    label_move(prompt=prompt, label="production", version=1, reason="walk", actor=actor)
+    suite = Suite.objects.get(pk=_suite(org))
+    prompt = Prompt.objects.get(pk=prompt.pk)
+    return run_start(suite=suite, prompt=prompt, actor=actor, candidate_version=1).id
+
+
 PARAM_FACTORIES = {
     "policy_id": _policy,
     "attachment_id": _attachment,
+    "dataset_id": _dataset,
+    "suite_id": _suite,
+    "run_id": _run,
     "prompt_name": _prompt_name,
     "version_number": lambda org: 1,
     "label_name": lambda org: "staging",
@@ -468,7 +529,6 @@ PARAM_FACTORIES = {
     "verification_id": _verification,
     "invitation_id": _invitation,
     "token": _invitation_token,
-    "run_id": _eval_run,
     "name": _eval_name,
     "number": lambda org: 1,
     "alert_id": _drift_alert,

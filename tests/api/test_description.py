@@ -68,6 +68,12 @@ def test_paginated_lists_are_described_as_paginated(schema):
         "GET /api/v1/feedback",
         "GET /api/v1/experiments/",
         "GET /api/v1/moderation/items/",
+        "GET /api/v1/evals/datasets/",
+        "GET /api/v1/evals/datasets/{dataset_id}/versions/",
+        "GET /api/v1/evals/datasets/{dataset_id}/versions/{version_number}/items/",
+        "GET /api/v1/evals/suites/",
+        "GET /api/v1/evals/runs/",
+        "GET /api/v1/evals/runs/{run_id}/cells/",
     } == paginated
 
 

@@ -124,3 +124,19 @@ def test_ab_run_with_repeats_and_model_override(organisation, eval_prompt, proxy
     assert b_cells.count() == 6 and set(b_cells.values_list("repeat", flat=True)) == {0, 1}
     assert dev_upstream.stats()["last_request"]["model"] in ("dev-small", "dev-large")
     assert {c["variant"] for c in run.summary["comparisons"]} == {"B"}
+
+
+def test_run_budget_is_enforced_by_the_proxy_and_not_waited_on(
+    organisation, eval_prompt, proxy, dev_upstream, start_worker
+):
+    # A budget far below one call's worst case: the proxy refuses every call of the run's key (429
+    # budget_exceeded, with a Retry-After), and the executor records that at once instead of waiting.
+    suite = suite_with(organisation, dataset_with(organisation, 3), cost_budget_usd="0.000000000001")
+    worker = start_worker()
+    run = services.run_start(suite=suite, prompt=eval_prompt, actor=ACTOR, candidate_version=2)
+    run = wait_until(_finished(run.id), timeout=30, interval=0.2, context=worker.log)
+    assert run.status == RunStatus.FAILED and run.error == "every cell failed"
+    errors = list(Cell.objects.filter(run=run).values_list("error", flat=True))
+    assert len(errors) == 6 and all(e.startswith("HTTP 429 budget_exceeded: Budget 'eval run") for e in errors)
+    assert dev_upstream.stats()["requests"] == 0 and run.cost_usd == 0
+    assert ApiKey.objects.get(pk=run.api_key_id).revoked_at is not None
