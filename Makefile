@@ -52,7 +52,9 @@ bench: $(BENCH_STAMP)
 		|| echo "wrk is not installed (Debian: apt-get install wrk); closed loops fall back to the asyncio client"
 	export DATABASE_URL=$${DATABASE_URL:-$(BENCH_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(BENCH_REDIS_URL)}; \
 		$(PY) manage.py db_ensure && $(PY) manage.py migrate --noinput -v0 && \
-		$(PY) -m bench.registry && $(PY) -m bench.safety && $(PY) -m bench $(BENCH_ARGS)
+		$(PY) -m bench.registry && $(PY) -m bench.safety && $(PY) -m bench $(BENCH_ARGS) && \
+		$(PY) -m bench --policy default --only 'chat c=1 d=0' 'chat c=64 d=0' 'open 300/s d=0' 'stream c=16 d=0' && \
+		$(PY) -m bench.evals
 
 # Optional: builds llama-cpp-python from source the first time (about 8 minutes); kept out of requirements.lock.
 test-real-model: install
