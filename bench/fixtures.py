@@ -126,14 +126,23 @@ DEFAULT_POLICY = {
 }
 
 
+# `--policy input`: the same filters on the request only (what reaches the provider); answers stream
+# at once, only the request's placeholders restored on the way.
+INPUT_POLICY = {
+    "filters": [{"filter": "pii", "directions": ["input"]}, {"filter": "injection", "directions": ["input"]}],
+    "actions": {"prompt_injection": "block", "hidden_text": "block", "*": "redact"},
+}
+BENCH_POLICIES = {"default": DEFAULT_POLICY, "input": INPUT_POLICY}
+
+
 def bench_policy_attach(*, target: BenchTarget, policy: str = "default") -> None:
-    """Attach `policy` as the bench organisation's default: every key's requests run under it."""
+    """Attach `policy` (a BENCH_POLICIES name) as the organisation's default: every key's requests run under it."""
     from safety.policy_services import policy_attach, policy_create
 
-    if policy != "default":
+    if policy not in BENCH_POLICIES:
         raise ValueError(f"unknown bench policy {policy!r}")
     organisation = target.organisation
-    stored = policy_create(organisation=organisation, actor=ACTOR, name="bench-org-default", **DEFAULT_POLICY)
+    stored = policy_create(organisation=organisation, actor=ACTOR, name=f"bench-org-{policy}", **BENCH_POLICIES[policy])
     policy_attach(organisation=organisation, policy=stored, scope="organisation", target_id=0, actor=ACTOR)
 
 

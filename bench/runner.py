@@ -323,7 +323,7 @@ class Bench:
             bench_policy_attach(target=self.target, policy=self.args.policy)
             self.notes.append(
                 f"safety policy {self.args.policy!r} on every request (--policy): pii redaction and injection "
-                "heuristics on the input and the output"
+                "heuristics" + (" on the input only" if self.args.policy == "input" else " on the input and the output")
             )
         if self.target.prompt is None and self.target.prompt_note:
             self.notes.append(f"with-prompt scenario skipped: {self.target.prompt_note}")
@@ -813,8 +813,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--policy",
-        choices=["default"],
-        help="attach a safety policy to the bench organisation ('default': pii redaction, injection heuristics)",
+        choices=["default", "input"],
+        help="attach a safety policy to the bench organisation ('default': pii redaction and injection "
+        "heuristics on requests and answers, answers streamed in window mode; 'input': on requests only)",
     )
     parser.add_argument(
         "--shared-redis", action="store_true", help="use REDIS_URL's Redis instead of one pinned to the load CPU"

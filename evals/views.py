@@ -21,6 +21,7 @@ from evals.drift import drift_alert_acknowledge
 from evals.forms import DatasetCreateForm, DatasetImportForm, GateForm, OverrideForm, RunStartForm, SuiteForm
 from evals.gate import gate_refresh, prompt_gate_set
 from evals.models import Dataset, DatasetVersion, DriftAlert, PromptGate, Run, RunStatus, Suite
+from proxy.ui_selectors import unsupported_citations_by_version
 from registry import selectors as registry_selectors
 from registry.models import Label, PromotionRequest, Prompt
 
@@ -498,6 +499,7 @@ def prompt_evals(request, prompt_name: str):
             if score_points
             else None,
             "runs": Run.objects.filter(organisation=org, prompt_id=prompt.id)[:50],
+            "unsupported_citations": unsupported_citations_by_version(organisation=org, prompt_id=prompt.id),
             "gates": gates,
             "suites": Suite.objects.filter(organisation=org),
             "is_admin": request.org.has_role(Role.ADMIN) and not request.org.is_api_key,

@@ -152,6 +152,9 @@ class RequestLog(models.Model):
     # "output" (each {"action", "findings", "runs", "redacted", "failed"}), "moderation_id", ...};
     # {} when no policy applied (proxy.safetystage).
     safety = models.JSONField(default=dict, blank=True)
+    # Citations of a source the request never supplied (the citations filter's hallucination signal),
+    # counted when the row is written so a prompt's versions can be compared without reading `safety`.
+    unsupported_citations = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -160,6 +163,11 @@ class RequestLog(models.Model):
             models.Index(fields=["organisation", "-started_at"], name="requestlog_org_started"),
             models.Index(fields=["organisation", "api_key_id", "-started_at"], name="requestlog_org_key_started"),
             models.Index(fields=["organisation", "status", "-started_at"], name="requestlog_org_status_started"),
+            models.Index(
+                fields=["prompt_id", "prompt_version_number"],
+                condition=models.Q(unsupported_citations__gt=0),
+                name="requestlog_unsupported_cites",
+            ),
         ]
         ordering = ["-started_at"]
 

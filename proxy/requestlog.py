@@ -97,7 +97,13 @@ def _row(record: dict):
         experiment_variant=(experiment.get("variant") or "")[:50],
         experiment_sticky=experiment.get("sticky"),
         safety=record.get("safety") or {},
+        unsupported_citations=_unsupported_citations(record.get("safety")),
     )
+
+
+def _unsupported_citations(safety: dict | None) -> int:
+    output = (safety or {}).get("output") or {}
+    return sum(1 for finding in output.get("findings") or () if finding.get("kind") == "citation_unknown_source")
 
 
 def records_write(records: list[dict]) -> int:

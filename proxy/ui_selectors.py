@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Q, QuerySet, Sum
 
 from accounts.models import ApiKey, Organisation
 from proxy.models import Deployment, ModelRoute, RequestLog, RequestStatus
@@ -150,3 +150,14 @@ def deployments_health(*, deployment_ids: list[int]) -> tuple[dict[int, Deployme
 
 def deployments_of_organisation(*, organisation: Organisation) -> QuerySet[Deployment]:
     return Deployment.objects.filter(route__organisation=organisation).select_related("route").order_by("id")
+
+
+def unsupported_citations_by_version(*, organisation: Organisation, prompt_id: int) -> list[dict]:
+    """Per version of a prompt: requests whose answer cited a source the request never supplied, and
+    how many such citations (newest version first). Reads only the rows with one, by a partial index."""
+    return list(
+        RequestLog.objects.filter(organisation=organisation, prompt_id=prompt_id, unsupported_citations__gt=0)
+        .values("prompt_version_number")
+        .annotate(requests=Count("id"), citations=Sum("unsupported_citations"))
+        .order_by("-prompt_version_number")
+    )
