@@ -53,7 +53,8 @@ bench: $(BENCH_STAMP)
 	export DATABASE_URL=$${DATABASE_URL:-$(BENCH_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(BENCH_REDIS_URL)}; \
 		$(PY) manage.py db_ensure && $(PY) manage.py migrate --noinput -v0 && \
 		$(PY) -m bench.registry && $(PY) -m bench.safety && $(PY) -m bench $(BENCH_ARGS) && \
-		$(PY) -m bench --policy default --only 'chat c=1 d=0' 'chat c=64 d=0' 'open 300/s d=0' 'stream c=16 d=0' && \
+		for policy in input default; do $(PY) -m bench --policy $$policy \
+			--only 'chat c=1 d=0' 'chat c=64 d=0' 'open 300/s d=0' 'stream c=16 d=0' || exit 1; done && \
 		$(PY) -m bench.evals
 
 # Optional: builds llama-cpp-python from source the first time (about 8 minutes); kept out of requirements.lock.
