@@ -491,7 +491,6 @@ STEWARD_EGRESS_ALLOWED_HOSTS = _env_egress_hosts("STEWARD_EGRESS_ALLOWED_HOSTS")
 # here. Steward's own settings (SECRET_KEY, DATABASE_URL, every STEWARD_* but STEWARD_UPSTREAM_*,
 # ...) are never readable, whatever this says (proxy.credentials).
 STEWARD_CREDENTIAL_ENV_ALLOWED = _env_names("STEWARD_CREDENTIAL_ENV_ALLOWED", "" if IS_PROD else "STEWARD_UPSTREAM_*")
-STEWARD_PROXY_HOLD_TIMEOUT_SECONDS = _env_float("STEWARD_PROXY_HOLD_TIMEOUT_SECONDS", 300.0, minimum=1.0)
 # A reviewer's claim on a moderation item lasts this long; after it the item returns to the queue.
 STEWARD_MODERATION_LEASE_SECONDS = _env_int("STEWARD_MODERATION_LEASE_SECONDS", 300, minimum=10, maximum=86_400)
 STEWARD_PROXY_LOG_STREAM_MAXLEN = _env_int("STEWARD_PROXY_LOG_STREAM_MAXLEN", 2_000_000, minimum=10_000)
