@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import defaultdict
 from datetime import timedelta
 
@@ -32,7 +31,6 @@ from registry.models import Label, Prompt
 logger = logging.getLogger(__name__)
 
 DRIFT_ACTOR = Actor.system("evals.drift")
-WEBHOOK_TIMEOUT_SECONDS = 10
 
 
 def _scheduled(suite: Suite) -> bool:
@@ -229,23 +227,11 @@ def drift_alerts_open(organisation_id: int):
 def drift_alert_webhook_send(*, alert_id: int) -> str:
     """POST the alert to the organisation's webhook, signed like the budget alerts (HMAC-SHA256 over
     "<timestamp>.<body>"). Returns "sent", "failed" or "skipped" (no webhook configured)."""
-    import requests
-
-    from billing.alerts import WebhookTransientError, webhook_signature
-    from billing.models import BillingSettings
-    from core import egress
-    from core.crypto import secret_decrypt
+    from billing.webhooks import organisation_webhook_post
 
     alert = DriftAlert.objects.select_related("suite", "run").filter(pk=alert_id).first()
     if alert is None:
         return "skipped"
-    billing = BillingSettings.objects.filter(organisation_id=alert.organisation_id).first()
-    if not billing or not billing.webhook_url:
-        return "skipped"
-    secret = secret_decrypt(billing.webhook_secret_encrypted)
-    if not secret:
-        logger.error("drift alert %s: the webhook secret cannot be decrypted; set it again", alert.pk)
-        return "failed"
     body = json.dumps(
         {
             "id": f"drift-alert-{alert.pk}",
@@ -260,31 +246,15 @@ def drift_alert_webhook_send(*, alert_id: int) -> str:
         },
         separators=(",", ":"),
     ).encode()
-    timestamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "X-Steward-Timestamp": str(timestamp),
-        "X-Steward-Signature": "sha256=" + webhook_signature(secret=secret, timestamp=timestamp, body=body),
-        "User-Agent": "Steward-Webhook/1",
-    }
-    try:
-        with egress.requests_session() as session:
-            response = session.post(
-                billing.webhook_url, data=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS, allow_redirects=False
-            )
-    except egress.EgressDenied as exc:
-        logger.warning("drift alert %s: webhook not sent: %s", alert.pk, exc)
-        return "failed"
-    except requests.RequestException as exc:
-        raise WebhookTransientError(str(exc)) from exc
-    if response.status_code >= 500 or response.status_code == 429:
-        raise WebhookTransientError(f"webhook answered {response.status_code}")
-    return "sent" if response.status_code < 300 else "failed"
+    outcome = organisation_webhook_post(
+        organisation_id=alert.organisation_id, body=body, what=f"drift alert {alert.pk}"
+    )
+    return "skipped" if outcome == "none" else outcome
 
 
 @shared_task(name="evals.drift_alert_webhook_deliver", queue=Queue.DEFAULT, bind=True, max_retries=6)
 def drift_alert_webhook_deliver(self, alert_id: int) -> str:
-    from billing.alerts import WebhookTransientError
+    from billing.webhooks import WebhookTransientError
 
     try:
         return drift_alert_webhook_send(alert_id=alert_id)
