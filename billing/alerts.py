@@ -69,8 +69,7 @@ def budget_alert_raise(*, rule: BudgetRule, organisation_id: int, period_start: 
                 "period_start": period_start.isoformat(),
             },
         )
-        billing = m.BillingSettings.objects.filter(organisation_id=organisation_id).first()
-        if billing and billing.webhook_url:
+        if organisation_webhook_configured(organisation_id=organisation_id):
             m.BudgetAlert.objects.filter(pk=alert.pk).update(webhook_status="pending")
             from billing.tasks import budget_alert_webhook_deliver
 

@@ -74,8 +74,8 @@ def _user(actor: Actor):
 # --- creating ----------------------------------------------------------------------------------
 
 
-def dataset_create(*, organisation: Organisation, name: str, description: str = "", actor: Actor) -> Dataset:
-    """A new, empty dataset (no version yet). Names are slugs, unique in the organisation (Conflict). Audited."""
+def name_checked(name: str) -> str:
+    """`name` stripped, if it is a slug of at most 100 characters (ValidationFailed on `name` otherwise)."""
     from django.core.validators import validate_slug
 
     name = (name or "").strip()
@@ -85,6 +85,12 @@ def dataset_create(*, organisation: Organisation, name: str, description: str = 
         raise ValidationFailed("name must be a slug (letters, digits, - and _).", param="name") from None
     if len(name) > 100:
         raise ValidationFailed("name is at most 100 characters.", param="name")
+    return name
+
+
+def dataset_create(*, organisation: Organisation, name: str, description: str = "", actor: Actor) -> Dataset:
+    """A new, empty dataset (no version yet). Names are slugs, unique in the organisation (Conflict). Audited."""
+    name = name_checked(name)
     with transaction.atomic():
         if Dataset.objects.filter(organisation=organisation, name=name).exists():
             raise Conflict(f"A dataset named {name!r} already exists.", param="name")

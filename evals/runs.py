@@ -466,8 +466,6 @@ def cell_lease_extend(*, cell_id: int, attempts: int) -> bool:
 def cell_finish(*, cell_id: int, attempts: int, result: dict) -> bool:
     """Record a cell's one result if this claim still holds it (status running, same attempt); the run's
     counters move in the same statement. False (nothing written) when the claim was lost."""
-    import json
-
     error = result.get("error", "")
     status = CellStatus.ERROR if error else CellStatus.DONE
     cost = Decimal(str(result.get("cost_usd") or 0))
@@ -476,23 +474,7 @@ def cell_finish(*, cell_id: int, attempts: int, result: dict) -> bool:
     with connection.cursor() as cursor:
         cursor.execute(
             _FINISH_SQL,
-            [
-                status,
-                result.get("output", ""),
-                result.get("request_id", "")[:64],
-                result.get("latency_ms"),
-                cost,
-                result.get("prompt_tokens", 0),
-                result.get("completion_tokens", 0),
-                json.dumps(result.get("outcomes", [])),
-                result.get("score"),
-                result.get("passed"),
-                error[:5000],
-                cell_id,
-                attempts,
-                1 if error else 0,
-                cost,
-            ],
+            _finish_params(cell_id, attempts, result),
         )
         return cursor.fetchone() is not None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from django.core.validators import validate_slug
 from django.db import transaction
 
 from accounts.models import Organisation
@@ -13,6 +12,7 @@ from audit.services import audit_event_record
 from core.actors import Actor
 from core.errors import Conflict, ValidationFailed
 from evals.assertions import REDUCERS, AssertionConfigError, assertion_validate
+from evals.datasets import name_checked
 from evals.models import Dataset, DatasetVersion, Suite
 
 SUITE_FIELDS = (
@@ -55,14 +55,7 @@ def suite_validate(*, organisation: Organisation, fields: dict) -> dict:
         raise ValidationFailed(f"unknown field {sorted(unknown)[0]!r}", param=sorted(unknown)[0])
     out = dict(fields)
     if "name" in out:
-        name = (out["name"] or "").strip() if isinstance(out["name"], str) else ""
-        try:
-            validate_slug(name)
-        except Exception:
-            raise ValidationFailed("name must be a slug (letters, digits, - and _).", param="name") from None
-        if len(name) > 100:
-            raise ValidationFailed("name is at most 100 characters.", param="name")
-        out["name"] = name
+        out["name"] = name_checked(out["name"] if isinstance(out["name"], str) else "")
     if "dataset" in out:
         dataset = out["dataset"]
         if not isinstance(dataset, Dataset) or dataset.organisation_id != organisation.id:

@@ -131,8 +131,8 @@ class RequestSafety:
         if not self.needed_on_output or r.endpoint == EMBEDDINGS:
             return None  # embeddings answer with vectors: no text to check or restore
         if not self.policy.outputs:
-            outcome_response = _restored(r.endpoint, data, self.mapping)
-            return orjson.dumps(outcome_response)
+            restored = _restored(r.endpoint, data, self.mapping)
+            return None if restored is data else orjson.dumps(restored)
         context = safety.check_context(
             policy_context=self.context, direction=Direction.OUTPUT, body=r.body, policy=self.policy
         )
@@ -153,7 +153,8 @@ class RequestSafety:
             return self._answer(r, decided or item, data)
         if stage.action == Action.REDACT:
             self.stored_response = outcome.response
-        return orjson.dumps(outcome.response)
+        # Nothing restored, redacted, rewritten or added: the upstream's payload goes out as it came.
+        return None if outcome.response is data else orjson.dumps(outcome.response)
 
     # --- streams ----------------------------------------------------------------------------------
 

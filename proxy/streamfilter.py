@@ -84,6 +84,7 @@ class StreamFilter:
 
             self.restorer = StreamRestorer(mapping)
         self.template: dict | None = None
+        self._base: dict | None = None  # the template without choices and usage
         self.head: list[bytes] = []  # a role chunk not yet released (buffer, window)
         self.tail: list[dict | bytes] = []  # finish / usage / non-text chunks, for `finish`
         self.text = ""  # the whole text so far, restored
@@ -98,13 +99,18 @@ class StreamFilter:
     # --- chunks ---------------------------------------------------------------------------------
 
     def _chunk(self, content: str | None = None, finish: str | None = None, **extra) -> bytes:
-        base = self.template or {
-            "id": "chatcmpl-steward" if self.chat else "cmpl-steward",
-            "object": "chat.completion.chunk" if self.chat else "text_completion",
-            "created": int(time.time()),
-            "model": self.model,
-        }
-        chunk = {k: v for k, v in base.items() if k not in ("choices", "usage")}
+        base = self._base
+        if base is None:
+            template = self.template or {
+                "id": "chatcmpl-steward" if self.chat else "cmpl-steward",
+                "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": int(time.time()),
+                "model": self.model,
+            }
+            base = {k: v for k, v in template.items() if k not in ("choices", "usage")}
+            if self.template is not None:
+                self._base = base  # the upstream's first chunk, read once for every chunk written
+        chunk = dict(base)
         if self.chat:
             choice = {"index": 0, "delta": {} if content is None else {"content": content}, "finish_reason": finish}
         else:

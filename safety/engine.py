@@ -10,7 +10,8 @@ Every filter is accounted for in `runs`: passed, triggered (with its findings), 
 or skipped with the reason. A filter that errors or times out fails closed (the stage blocks, and
 `failed` names the filter) unless its entry says `on_error: allow`, which is recorded instead.
 
-Each finding's kind maps to the policy's action for it (`CompiledPolicy.action_for`); the strongest
+Each finding's kind maps to the policy's action for it (`CompiledPolicy.kind_actions`, else its
+"*" action, else the filter's proposal); the strongest
 action of all findings is the stage's. Redact replaces the redacted spans with typed placeholders
 (`safety.redaction`); `mapping` restores them. A filter's rewrite (the citation cleaner's) becomes
 the stage's text whatever the action, with any redaction carried over.
@@ -63,8 +64,7 @@ def _skip_reason(entry: FilterEntry, context: CheckContext) -> str:
         return f"does not check {context.direction} text"
     if entry.name == "json_schema" and context.output_schema is None:
         return "no output schema declared"
-    reason = getattr(entry.filter, "skip_reason", None)  # a filter may know when it has nothing to check
-    return (reason(context) or "") if callable(reason) else ""
+    return ""
 
 
 async def _bounded(entry: FilterEntry, text: str, context: CheckContext) -> tuple[FilterResult, float]:

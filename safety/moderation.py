@@ -239,10 +239,6 @@ def reviewer_check(*, organisation: Organisation, reviewer) -> None:
         raise Forbidden("Only members with the reviewer role review held outputs.", code="not_a_reviewer")
 
 
-def _free_for(reviewer, now) -> Q:
-    return Q(lease_owner__isnull=True) | Q(lease_expires_at__lte=now) | Q(lease_owner=reviewer)
-
-
 def item_claim(*, organisation: Organisation, reviewer, filters: QueueFilters | None = None) -> ModerationItem | None:
     """Lease the most urgent pending item nobody else holds (the reviewer's own live lease first),
     or None. Atomic across processes: the candidate rows are locked with SKIP LOCKED, so parallel

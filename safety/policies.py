@@ -64,7 +64,6 @@ class CompiledPolicy:
     priority: int
     required_approvals: int
     store_redacted_only: bool
-    may_redact: bool = False
     inputs: bool = False  # some filter checks the request
     outputs: bool = False  # some filter checks the response
     # `actions` read once: kind -> Action, and the "*" action (None when the filter's proposal stands).
@@ -73,9 +72,6 @@ class CompiledPolicy:
     # What the output context needs read from the request (only when a filter uses it).
     wants_sources: bool = False
     wants_schema: bool = False
-
-    def action_for(self, kind: str, proposed: Action) -> Action:
-        return self.kind_actions.get(kind) or self.star_action or proposed
 
 
 def _possible_actions(actions: dict[str, str], entries) -> set[Action]:
@@ -137,7 +133,6 @@ def policy_compile(policy) -> CompiledPolicy:
         priority=policy.priority,
         required_approvals=policy.required_approvals,
         store_redacted_only=policy.store_redacted_only,
-        may_redact=Action.REDACT in possible,
         kind_actions={kind: Action(value) for kind, value in actions.items() if kind != "*"},
         star_action=Action(actions["*"]) if "*" in actions else None,
         wants_sources=any(e.name == "citations" for e in entries),

@@ -31,10 +31,6 @@ def policy_get(*, organisation: Organisation, policy_id: int) -> SafetyPolicy:
     return SafetyPolicy.objects.get(organisation=organisation, pk=policy_id)
 
 
-def policy_names(*, organisation: Organisation) -> list[tuple[int, str]]:
-    return list(policies_list(organisation=organisation).values_list("id", "name"))
-
-
 @dataclass(frozen=True)
 class AttachmentView:
     id: int

@@ -24,7 +24,6 @@ from core.invalidation import invalidate
 from safety.models import AttachmentScope, PolicyAttachment, SafetyPolicy, SafetySettings
 from safety.policy_targets import target_names, target_provider
 from safety.policy_validation import (
-    DEFAULTS,
     FIELDS,
     PolicyInvalid,
     fail_open_entries,
@@ -259,7 +258,3 @@ def safety_settings_update(
         )
         invalidate(POLICIES_NAMESPACE)
     return settings
-
-
-# What a new policy starts from in forms and the API's description of defaults.
-POLICY_DEFAULTS = DEFAULTS

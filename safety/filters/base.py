@@ -90,9 +90,6 @@ class FilterResult:
     skipped: str = ""
 
 
-PASS = FilterResult()
-
-
 def skip(reason: str) -> FilterResult:
     """A result saying the filter did not apply to this text, and why."""
     return FilterResult(skipped=reason)

@@ -43,6 +43,18 @@ def suite_with(organisation, dataset, name: str = "basic", **fields):
     return services.suite_create(organisation=organisation, actor=ACTOR, name=name, dataset=dataset, **fields)
 
 
+def run_ended(run_id: int):
+    """A wait_until check: the run once it has ended (completed, failed or cancelled), else None."""
+    from evals.models import Run
+    from evals.runs import TERMINAL
+
+    def check():
+        run = Run.objects.get(pk=run_id)
+        return run if run.status in TERMINAL else None
+
+    return check
+
+
 class Worker:
     """A real Celery worker process (its own session: SIGKILL reaches it and its pool children)."""
 

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 from datetime import timedelta
 
 import pytest
@@ -17,6 +14,7 @@ from evals.drift import drift_alert_webhook_send, drift_run_finished, drift_tick
 from evals.models import DriftAlert, Run, RunStatus
 from tests.evals.ui_factories import dataset_make, guarded_prompt, run_make, suite_make
 from tests.helpers import SECRET, SYSTEM, Receiver
+from tests.safety.moderation_support import webhook_verify
 
 pytestmark = pytest.mark.django_db
 N = 40
@@ -75,10 +73,7 @@ def test_a_worse_scheduled_run_raises_one_alert_audited_and_signed(
     assert len([c for c in callbacks if "drift_run_finished" in c.__qualname__]) == 1  # the webhook delivery
     assert drift_alert_webhook_send(alert_id=alert.id) == "sent"
     [delivered] = receiver.requests
-    timestamp = delivered["headers"]["X-Steward-Timestamp"]
-    expected = hmac.new(SECRET.encode(), timestamp.encode() + b"." + delivered["body"], hashlib.sha256).hexdigest()
-    assert delivered["headers"]["X-Steward-Signature"] == "sha256=" + expected
-    payload = json.loads(delivered["body"])
+    payload = webhook_verify(delivered, SECRET)
     assert payload["type"] == "eval.drift_detected" and payload["run_id"] == worse.id
 
 

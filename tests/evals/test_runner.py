@@ -11,18 +11,10 @@ from billing.models import Budget
 from core.errors import NotFound, ValidationFailed
 from evals import services
 from evals.models import Cell, CellStatus, Run, RunStatus
-from tests.evals.runfixtures import dataset_with, suite_with
+from tests.evals.runfixtures import dataset_with, run_ended, suite_with
 from tests.helpers import ACTOR, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _finished(run_id: int, worker=None):
-    def check():
-        run = Run.objects.get(pk=run_id)
-        return run if run.status in ("completed", "failed", "cancelled") else None
-
-    return check
 
 
 def test_run_start_creates_cells_and_a_scoped_key(organisation, eval_prompt):
@@ -80,7 +72,7 @@ def test_regression_run_end_to_end_through_the_proxy(organisation, eval_prompt, 
     )
     start_worker()
     run = services.run_start(suite=suite, prompt=eval_prompt, actor=ACTOR, candidate_version=2, trigger="cli")
-    run = wait_until(_finished(run.id), timeout=60, interval=0.2)
+    run = wait_until(run_ended(run.id), timeout=60, interval=0.2)
     assert run.status == RunStatus.COMPLETED, run.error
     cells = list(Cell.objects.filter(run=run).select_related("item", "variant"))
     assert len(cells) == 16 and {c.status for c in cells} == {"done"}
@@ -118,7 +110,7 @@ def test_ab_run_with_repeats_and_model_override(organisation, eval_prompt, proxy
         kind="ab",
         variants=[{"name": "A", "version": 1}, {"name": "B", "version": 2, "model_override": "dev-large"}],
     )
-    run = wait_until(_finished(run.id), timeout=60, interval=0.2)
+    run = wait_until(run_ended(run.id), timeout=60, interval=0.2)
     assert run.status == RunStatus.COMPLETED, run.error
     b_cells = Cell.objects.filter(run=run, variant__name="B")
     assert b_cells.count() == 6 and set(b_cells.values_list("repeat", flat=True)) == {0, 1}
@@ -134,7 +126,7 @@ def test_run_budget_is_enforced_by_the_proxy_and_not_waited_on(
     suite = suite_with(organisation, dataset_with(organisation, 3), cost_budget_usd="0.000000000001")
     worker = start_worker()
     run = services.run_start(suite=suite, prompt=eval_prompt, actor=ACTOR, candidate_version=2)
-    run = wait_until(_finished(run.id), timeout=30, interval=0.2, context=worker.log)
+    run = wait_until(run_ended(run.id), timeout=30, interval=0.2, context=worker.log)
     assert run.status == RunStatus.FAILED and run.error == "every cell failed"
     errors = list(Cell.objects.filter(run=run).values_list("error", flat=True))
     assert len(errors) == 6 and all(e.startswith("HTTP 429 budget_exceeded: Budget 'eval run") for e in errors)

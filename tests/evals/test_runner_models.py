@@ -10,17 +10,11 @@ import pytest
 from evals import services
 from evals.executor import JUDGE_SEED
 from evals.models import Cell, Run, RunStatus
-from tests.evals.runfixtures import dataset_with, suite_with
+from tests.evals.runfixtures import dataset_with, run_ended, suite_with
 from tests.factories import PromptFactory, PromptVersionFactory
 from tests.helpers import ACTOR, route_with_deployments, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _finished(run_id: int):
-    return lambda: (
-        Run.objects.get(pk=run_id) if Run.objects.get(pk=run_id).status not in ("queued", "running") else None
-    )
 
 
 def test_judge_and_embeddings_through_the_proxy(
@@ -48,7 +42,7 @@ def test_judge_and_embeddings_through_the_proxy(
     )  # fmt: skip
     worker = start_worker()
     run = services.run_start(suite=suite, prompt=eval_prompt, actor=ACTOR, candidate_version=2)
-    run = wait_until(_finished(run.id), timeout=60, interval=0.2, context=worker.log)
+    run = wait_until(run_ended(run.id), timeout=60, interval=0.2, context=worker.log)
     assert run.status == RunStatus.COMPLETED, run.error
     cells = list(Cell.objects.filter(run=run))
     assert len(cells) == 4 and all(c.status == "done" for c in cells), [c.error for c in cells]
