@@ -9,9 +9,11 @@ NAVIGATION = [
     ("Evaluations", "evals:home", ()),
     ("Moderation", "safety:home", (Role.ADMIN, Role.REVIEWER)),
     ("Policies", "safety:policy_list", (Role.ADMIN, Role.PROMPT_ENGINEER, Role.REVIEWER)),
+    ("Requests", "proxy:request_log_list", ()),
     ("Usage", "billing:home", ()),
     ("Models", "proxy:route_list", ()),
     ("API keys", "accounts:api_key_list", (Role.ADMIN,)),
+    ("Members", "accounts:member_list", (Role.ADMIN,)),
     ("Audit", "audit:event_list", (Role.ADMIN,)),
 ]
 

@@ -145,6 +145,52 @@ def chromium_executable() -> str:
     return path
 
 
+@pytest.fixture
+def chromium(chromium_executable, monkeypatch):
+    """A launched headless Chromium (Playwright's sync API), closed after the test."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import CHROMIUM_ARGS
+
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls made by fixtures and
+    # assertions here are plain blocking calls and safe.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def browser_open(chromium, live_server):
+    """`browser_open(persona=None, viewport=DESKTOP, next_path="/") -> Page` on the live server,
+    signed in through the login form when a persona is given."""
+    from tests.browser import DESKTOP, sign_in
+
+    contexts = []
+
+    def open_page(persona=None, viewport=DESKTOP, next_path="/"):
+        context = chromium.new_context(base_url=live_server.url, viewport=viewport)
+        context.set_default_timeout(15_000)
+        contexts.append(context)
+        page = context.new_page()
+        if persona is not None:
+            sign_in(page, persona, next_path)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def browser_page(browser_open):
+    """A desktop-sized page on the live server, not signed in."""
+    return browser_open()
+
+
 # --- personas --------------------------------------------------------------------------------
 
 
