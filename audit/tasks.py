@@ -2,12 +2,9 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from core.queues import Queue
-
 
 @shared_task(
     name="audit.chain_verify",
-    queue=Queue.DEFAULT,
     acks_late=True,
     reject_on_worker_lost=True,
     soft_time_limit=1800,
@@ -23,7 +20,7 @@ def chain_verify(verification_id: int) -> None:
     audit_verification_run(verification_id=verification_id)
 
 
-@shared_task(name="audit.verifications_recover", queue=Queue.DEFAULT, soft_time_limit=60, time_limit=90)
+@shared_task(name="audit.verifications_recover", soft_time_limit=60, time_limit=90)
 def verifications_recover() -> None:
     """Periodic: re-enqueue verifications whose task was lost (see audit_verifications_recover)."""
     from audit.services import audit_verifications_recover

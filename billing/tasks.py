@@ -2,10 +2,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from core.queues import Queue
 
-
-@shared_task(name="billing.reservations_sweep", queue=Queue.DEFAULT, soft_time_limit=60, time_limit=90)
+@shared_task(name="billing.reservations_sweep", soft_time_limit=60, time_limit=90)
 def reservations_sweep() -> int:
     """Periodic: give back budget reservations of processes that died (their TTL passed). Idempotent."""
     from billing.services import reservations_sweep as sweep
@@ -15,7 +13,6 @@ def reservations_sweep() -> int:
 
 @shared_task(
     name="billing.rollups_update",
-    queue=Queue.DEFAULT,
     acks_late=True,
     reject_on_worker_lost=True,
     soft_time_limit=240,
@@ -31,7 +28,6 @@ def rollups_update() -> int:
 
 @shared_task(
     name="billing.budget_alert_webhook_deliver",
-    queue=Queue.DEFAULT,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -42,12 +38,11 @@ def rollups_update() -> int:
 def budget_alert_webhook_deliver(self, alert_id: int) -> str:
     """Send one budget alert's signed webhook. Idempotent (an alert marked sent is not sent again);
     transient failures (network, 5xx, 429) retry with exponential backoff, then the alert is marked failed."""
-    from billing.services import WebhookTransientError, budget_alert_webhook_failed, budget_alert_webhook_send
+    from billing.services import budget_alert_webhook_failed, budget_alert_webhook_send
+    from billing.webhooks import webhook_deliver_retrying
 
-    try:
-        return budget_alert_webhook_send(alert_id=alert_id)
-    except WebhookTransientError as exc:
-        if self.request.retries >= self.max_retries:
-            budget_alert_webhook_failed(alert_id=alert_id)
-            return "failed"
-        raise self.retry(exc=exc, countdown=min(2**self.request.retries * 5, 600)) from exc
+    return webhook_deliver_retrying(
+        self,
+        lambda: budget_alert_webhook_send(alert_id=alert_id),
+        lambda: budget_alert_webhook_failed(alert_id=alert_id),
+    )

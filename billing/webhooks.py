@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 
 from billing import models as m
 from core.crypto import secret_decrypt
@@ -74,3 +75,17 @@ def organisation_webhook_post(*, organisation_id: int, body: bytes, what: str) -
     if response.status_code >= 500 or response.status_code == 429:
         raise WebhookTransientError(f"webhook answered {response.status_code}")
     return "sent" if response.status_code < 300 else "failed"
+
+
+def webhook_deliver_retrying(task, send: Callable[[], str], failed: Callable[[], None] | None = None) -> str:
+    """Run `send()` inside the bound Celery `task`: a WebhookTransientError retries the task with
+    exponential backoff (5 s doubling, at most 10 minutes); after the task's last retry `failed()`
+    marks the delivery record and "failed" is returned."""
+    try:
+        return send()
+    except WebhookTransientError as exc:
+        if task.request.retries >= task.max_retries:
+            if failed is not None:
+                failed()
+            return "failed"
+        raise task.retry(exc=exc, countdown=min(2**task.request.retries * 5, 600)) from exc

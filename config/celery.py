@@ -16,6 +16,12 @@ app = Celery("steward")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [KombuQueue(q.value) for q in Queue]
 app.conf.task_default_queue = Queue.DEFAULT.value
+# Routing by task name here, not a `queue=` attribute on each task (deprecated, gone in Celery 6).
+# Every task not named goes to the default queue.
+app.conf.task_routes = {
+    "proxy.request_log_drain": {"queue": Queue.PROXY_LOG.value},
+    "evals.run_execute": {"queue": Queue.EVALS.value},
+}
 app.conf.worker_hijack_root_logger = False
 app.conf.worker_prefetch_multiplier = 1
 app.conf.broker_transport_options = {"visibility_timeout": 3600}

@@ -2,10 +2,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from core.queues import Queue
 
-
-@shared_task(name="core.heartbeat", queue=Queue.DEFAULT, soft_time_limit=10, time_limit=15)
+@shared_task(name="core.heartbeat", soft_time_limit=10, time_limit=15)
 def heartbeat() -> None:
     """Proves beat and a worker are alive: the time lands in Redis for operators to read."""
     from django.utils import timezone

@@ -23,7 +23,6 @@ from audit.actions import Action
 from audit.services import audit_event_record
 from core.actors import Actor
 from core.errors import ApplicationError
-from core.queues import Queue
 from evals.models import Cell, CellStatus, DriftAlert, Run, RunKind, RunStatus, RunTrigger, Suite
 from evals.stats import metric_comparison, run_verdicts
 from registry.models import Label, Prompt
@@ -252,16 +251,11 @@ def drift_alert_webhook_send(*, alert_id: int) -> str:
     return "skipped" if outcome == "none" else outcome
 
 
-@shared_task(name="evals.drift_alert_webhook_deliver", queue=Queue.DEFAULT, bind=True, max_retries=6)
+@shared_task(name="evals.drift_alert_webhook_deliver", bind=True, max_retries=6)
 def drift_alert_webhook_deliver(self, alert_id: int) -> str:
-    from billing.webhooks import WebhookTransientError
+    from billing.webhooks import webhook_deliver_retrying
 
-    try:
-        return drift_alert_webhook_send(alert_id=alert_id)
-    except WebhookTransientError as exc:
-        if self.request.retries >= self.max_retries:
-            return "failed"
-        raise self.retry(exc=exc, countdown=min(2**self.request.retries * 5, 600)) from exc
+    return webhook_deliver_retrying(self, lambda: drift_alert_webhook_send(alert_id=alert_id))
 
 
 def drift_tick(now=None) -> dict:
@@ -277,6 +271,6 @@ def drift_tick(now=None) -> dict:
     return {"started": started, "alerts": alerts, "gates": gates_sweep()}
 
 
-@shared_task(name="evals.drift_tick", queue=Queue.DEFAULT)
+@shared_task(name="evals.drift_tick")
 def drift_tick_task() -> dict:
     return drift_tick()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from core.queues import Queue
 
-
-@shared_task(name="evals.experiments_guard", queue=Queue.DEFAULT, soft_time_limit=25, time_limit=40)
+@shared_task(name="evals.experiments_guard", soft_time_limit=25, time_limit=40)
 def experiments_guard() -> int:
     """Periodic: end every running experiment a variant of which crossed a guard rail. Idempotent (ending
     is a conditional update: a second run, or an overlapping one, changes nothing)."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from core.queues import Queue
-
 # Imported with the tasks, so a worker loads them (aiohttp, the assertions, numpy/scipy for the summary) when it
 # starts rather than during a run's first cells: measured at about half a second on the bench machine.
 from evals import executor as _executor  # noqa: F401
@@ -18,7 +16,6 @@ SLICE_SECONDS = 600
 
 @shared_task(
     name="evals.run_execute",
-    queue=Queue.EVALS,
     acks_late=True,
     reject_on_worker_lost=True,
     soft_time_limit=SLICE_SECONDS + 240,
@@ -33,7 +30,7 @@ def run_execute(run_id: int) -> None:
         run_execute.delay(run_id)
 
 
-@shared_task(name="evals.sweep_stuck_cells", queue=Queue.DEFAULT, soft_time_limit=60, time_limit=75)
+@shared_task(name="evals.sweep_stuck_cells", soft_time_limit=60, time_limit=75)
 def sweep_stuck_cells() -> dict:
     """Re-queue cells whose lease expired, end runs with nothing left to do, fail runs past their deadline,
     and re-kick runs with pending cells that no live worker is executing. Idempotent."""

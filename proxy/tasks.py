@@ -2,10 +2,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from core.queues import Queue
 
-
-@shared_task(name="proxy.request_log_drain", queue=Queue.PROXY_LOG, soft_time_limit=45, time_limit=55)
+@shared_task(name="proxy.request_log_drain", soft_time_limit=45, time_limit=55)
 def request_log_drain() -> dict:
     """Move request records from the Redis stream into PostgreSQL (and billing's ledger).
 
@@ -20,7 +18,7 @@ def request_log_drain() -> dict:
     return stats
 
 
-@shared_task(name="proxy.deployments_health_check", queue=Queue.DEFAULT, soft_time_limit=60, time_limit=75)
+@shared_task(name="proxy.deployments_health_check", soft_time_limit=60, time_limit=75)
 def deployments_health_check() -> dict:
     """Probe every enabled deployment and update the shared circuits (see proxy.health). Idempotent."""
     from proxy.health import deployments_check_all
@@ -28,7 +26,7 @@ def deployments_health_check() -> dict:
     return {str(k): v for k, v in deployments_check_all().items()}
 
 
-@shared_task(name="proxy.request_bodies_purge", queue=Queue.DEFAULT, soft_time_limit=600, time_limit=660)
+@shared_task(name="proxy.request_bodies_purge", soft_time_limit=600, time_limit=660)
 def request_bodies_purge() -> int:
     """Delete stored request/response bodies past their organisation's retention. Idempotent."""
     from proxy.services import request_bodies_purge as purge

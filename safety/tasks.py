@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from core.queues import Queue
-
 
 @shared_task(
     name="safety.moderation_notice_deliver",
-    queue=Queue.DEFAULT,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -20,19 +17,15 @@ from core.queues import Queue
 def moderation_notice_deliver(self, notice_id: int) -> str:
     """Send one moderation notice's signed webhook. Idempotent (a notice marked sent is not sent
     again); transient failures retry with exponential backoff, then the notice is marked failed."""
-    from billing.webhooks import WebhookTransientError
+    from billing.webhooks import webhook_deliver_retrying
     from safety.moderation_notify import notice_failed, notice_send
 
-    try:
-        return notice_send(notice_id=notice_id)
-    except WebhookTransientError as exc:
-        if self.request.retries >= self.max_retries:
-            notice_failed(notice_id=notice_id)
-            return "failed"
-        raise self.retry(exc=exc, countdown=min(2**self.request.retries * 5, 600)) from exc
+    return webhook_deliver_retrying(
+        self, lambda: notice_send(notice_id=notice_id), lambda: notice_failed(notice_id=notice_id)
+    )
 
 
-@shared_task(name="safety.moderation_escalate", queue=Queue.DEFAULT, soft_time_limit=50, time_limit=60)
+@shared_task(name="safety.moderation_escalate", soft_time_limit=50, time_limit=60)
 def moderation_escalate() -> int:
     """Escalate pending items past their deadline, once each (safe to overlap: each item is claimed
     with a conditional update)."""
