@@ -15,8 +15,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from accounts.selectors import aapi_key_authenticate
 from proxy.errors import ProxyError
+from proxy.keyauth import aprincipal_for, bearer_token
 from safety.models import ModerationItem, ModerationStatus
 from safety.moderation import ahold_decision_wait, moderation_client_view, public_id_valid
 
@@ -33,9 +33,7 @@ def is_moderation_path(path: str) -> bool:
 def _bearer(scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer":
-                return token.strip().decode("latin-1")
+            return bearer_token(value)
     return None
 
 
@@ -80,12 +78,7 @@ async def moderation_get(scope, receive, send) -> None:
             raise ProxyError(
                 405, f"{scope['path']} accepts GET only.", code="method_not_allowed", type="invalid_request_error"
             )
-        raw = _bearer(scope)
-        if raw is None:
-            raise ProxyError(401, "Missing API key: send it as 'Authorization: Bearer <key>'.", code="missing_api_key")
-        principal = await aapi_key_authenticate(raw)
-        if principal is None:
-            raise ProxyError(401, "Incorrect, revoked or expired API key.", code="invalid_api_key")
+        principal = await aprincipal_for(_bearer(scope))
         wait = _wait_param(scope)
         public_id = scope["path"][len(PREFIX) :].rstrip("/")
         item = None

@@ -31,7 +31,6 @@ import orjson
 import redis.exceptions
 from django.db import InterfaceError, OperationalError
 
-from accounts.selectors import aapi_key_authenticate
 from billing import services as billing
 from core.conf import hot
 from core.errors import ApplicationError, PermanentUpstreamError, TransientUpstreamError
@@ -39,6 +38,7 @@ from core.logging import request_id_var
 from core.redis import Command, abatch_queue, aflushed
 from proxy import admission, dispatch, metrics, sse
 from proxy.errors import ProxyError, internal_error, proxy_error_from
+from proxy.keyauth import aprincipal_for, bearer_token
 from proxy.requestlog import log_buffer
 from proxy.safetystage import RequestSafety
 from proxy.schemas import (
@@ -173,13 +173,6 @@ def in_flight() -> int:
     return _in_flight
 
 
-def _header(scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
 class ProxyRequest:
     """One request to /v1/, from its headers to its request-log record; `run` shows the stages."""
 
@@ -232,6 +225,7 @@ class ProxyRequest:
         "unknown_fields",
         "upstream_s",
         "usage",
+        "user_header",
         "watcher",
     )
 
@@ -283,6 +277,7 @@ class ProxyRequest:
         self.watcher: asyncio.Task | None = None
         self.holds_slot = False
         self.no_cache = False
+        self.user_header: str | None = None
         self.overhead_header_ms = 0.0
         self.safety: RequestSafety | None = None  # set when a safety policy applies
         self.cache_value: bytes | None = None
@@ -419,25 +414,18 @@ class ProxyRequest:
     async def authenticate(self) -> None:
         t = time.perf_counter()
         raw = None
+        # One pass over the headers for everything the later stages read from them.
         for name, value in self.scope["headers"]:
             if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    raw = token.strip().decode("latin-1")
+                raw = bearer_token(value)
             elif name == b"cache-control":
                 self.no_cache = b"no-cache" in value or b"no-store" in value
-        if raw is None:
+            elif name == b"x-steward-user":
+                self.user_header = value.decode("latin-1")
+        try:
+            self.principal = await aprincipal_for(raw)
+        finally:
             self.lap("authenticate", t)
-            raise ProxyError(
-                401,
-                "Missing API key: send it as 'Authorization: Bearer <key>'.",
-                code="missing_api_key",
-            )
-        principal = await aapi_key_authenticate(raw)
-        self.lap("authenticate", t)
-        if principal is None:
-            raise ProxyError(401, "Incorrect, revoked or expired API key.", code="invalid_api_key")
-        self.principal = principal
 
     async def read_body(self) -> None:
         limit = hot.STEWARD_PROXY_MAX_BODY_BYTES
@@ -564,7 +552,7 @@ class ProxyRequest:
                 variables=reference.get("variables"),
                 # the end user's sticky key, should the label be under an experiment (registry.experiments)
                 user=user if isinstance(user, str) else None,
-                user_header=_header(self.scope, b"x-steward-user"),
+                user_header=self.user_header,
             )
             fixed = dict(rendered.params)
             if rendered.model:
