@@ -191,6 +191,16 @@ def browser_page(browser_open):
     return browser_open()
 
 
+@pytest.fixture
+def receiver():
+    """A webhook receiver on 127.0.0.1 (answers 204 unless given `statuses`)."""
+    from tests.helpers import Receiver
+
+    r = Receiver()
+    yield r
+    r.close()
+
+
 # --- personas --------------------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import socket
@@ -358,3 +360,12 @@ def queued_tasks(queue: str = "default") -> list[tuple[str, list]]:
         body = json.loads(base64.b64decode(message["body"]))
         found.append((message["headers"]["task"], body[0]))
     return found
+
+
+def webhook_verify(request: dict, secret: str, *, max_age: int = 300) -> dict:
+    """What a receiver does: check the timestamp is fresh and the HMAC matches, then trust the body."""
+    timestamp = request["headers"]["X-Steward-Timestamp"]
+    assert abs(time.time() - int(timestamp)) < max_age
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(request["headers"]["X-Steward-Signature"], "sha256=" + expected)
+    return json.loads(request["body"])

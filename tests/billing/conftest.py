@@ -8,7 +8,6 @@ import pytest
 from django.utils import timezone
 
 from core.actors import Actor
-from tests.helpers import Receiver
 
 
 @pytest.fixture
@@ -94,11 +93,3 @@ def test_price(organisation, system_actor):
         request_fee=Decimal("0.0001"),
         max_output_tokens=1000,
     )
-
-
-@pytest.fixture
-def receiver():
-    """A webhook receiver on 127.0.0.1 (answers 204 unless given `statuses`)."""
-    r = Receiver()
-    yield r
-    r.close()

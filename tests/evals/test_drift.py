@@ -13,18 +13,10 @@ from billing.services import billing_settings_update
 from evals.drift import drift_alert_webhook_send, drift_run_finished, drift_tick
 from evals.models import DriftAlert, Run, RunStatus
 from tests.evals.ui_factories import dataset_make, guarded_prompt, run_make, suite_make
-from tests.helpers import SECRET, SYSTEM, Receiver
-from tests.safety.moderation_support import webhook_verify
+from tests.helpers import SECRET, SYSTEM, webhook_verify
 
 pytestmark = pytest.mark.django_db
 N = 40
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @pytest.fixture

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-import time
-
 from safety.models import SafetyPolicy
 from safety.moderation import hold_create
 
@@ -44,12 +39,3 @@ def held(organisation, policy=None, *, text: str = HELD_TEXT, api_key_id=None, r
         sla_seconds=kw.pop("sla_seconds", policy.sla_seconds),
         required_approvals=kw.pop("required_approvals", policy.required_approvals),
     )
-
-
-def webhook_verify(request: dict, secret: str, *, max_age: int = 300) -> dict:
-    """What a receiver does: check the timestamp is fresh and the HMAC matches, then trust the body."""
-    timestamp = request["headers"]["X-Steward-Timestamp"]
-    assert abs(time.time() - int(timestamp)) < max_age
-    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(request["headers"]["X-Steward-Signature"], "sha256=" + expected)
-    return json.loads(request["body"])

@@ -28,17 +28,10 @@ from safety.moderation import (
 from safety.moderation_notify import items_escalate
 from safety.moderation_selectors import false_positive_rates, queue_metrics
 from safety.tasks import moderation_notice_deliver
-from tests.helpers import ACTOR, SECRET, Receiver
-from tests.safety.moderation_support import HELD_TEXT, held, policy_make, webhook_verify
+from tests.helpers import ACTOR, SECRET, webhook_verify
+from tests.safety.moderation_support import HELD_TEXT, held, policy_make
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @pytest.fixture

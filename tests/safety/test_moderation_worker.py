@@ -14,17 +14,10 @@ from config.celery import beat_schedule
 from safety.models import ModerationItem, ModerationNotice
 from safety.moderation import item_claim, item_decide
 from safety.tasks import moderation_escalate
-from tests.helpers import ACTOR, SECRET, Receiver, wait_until
-from tests.safety.moderation_support import held, webhook_verify
+from tests.helpers import ACTOR, SECRET, wait_until, webhook_verify
+from tests.safety.moderation_support import held
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def test_decision_and_escalation_webhooks_go_out_from_a_real_worker(
