@@ -12,7 +12,6 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
@@ -21,13 +20,12 @@ from django.conf import settings
 from accounts.roles import Role
 from tests.factories import ApiKeyFactory, OrganisationFactory, PersonaFactory
 from tests.helpers import (
+    CeleryWorker,
     Persona,
     ProxySetup,
     free_port,
     route_with_deployments,
-    subprocess_env,
     wait_for_port,
-    wait_until,
 )
 
 # --- Redis isolation -------------------------------------------------------------------------
@@ -378,12 +376,6 @@ def steward_server(transactional_db) -> Iterator[ServerHandle]:
         thread.join(10)
 
 
-@dataclass
-class WorkerHandle:
-    process: object
-    log_path: str
-
-
 @pytest.fixture
 def proxy(steward_server, organisation, dev_upstream, api_key_factory) -> ProxySetup:
     """Route `dev-small` on one deployment (the dev upstream), and an unrestricted API key."""
@@ -400,60 +392,10 @@ def proxy(steward_server, organisation, dev_upstream, api_key_factory) -> ProxyS
 
 
 @pytest.fixture
-def celery_worker_process(transactional_db, tmp_path) -> Iterator[WorkerHandle]:
+def celery_worker_process(transactional_db, tmp_path) -> Iterator[CeleryWorker]:
     """A real Celery worker in a separate process, on this test's database and broker."""
-    import subprocess
-    import sys
-
-    from config.celery import Queue
-
-    env = subprocess_env()
-    log_path = str(tmp_path / "worker.log")
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                ",".join(q.value for q in Queue),
-                "--concurrency",
-                "2",
-                "--pool",
-                "prefork",
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-                "--without-heartbeat",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=settings.BASE_DIR,
-            start_new_session=True,
-        )
+    worker = CeleryWorker(str(tmp_path / "worker.log"))
     try:
-
-        def started() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError("celery worker exited:\n" + Path(log_path).read_text()[-3000:])
-            return "ready." in Path(log_path).read_text()
-
-        try:
-            wait_until(started, timeout=30, interval=0.1)
-        except AssertionError:
-            raise RuntimeError("celery worker did not start:\n" + Path(log_path).read_text()[-3000:]) from None
-        yield WorkerHandle(process=process, log_path=log_path)
+        yield worker
     finally:
-        import signal as _signal
-
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, _signal.SIGTERM)
-        try:
-            process.wait(15)
-        except Exception:
-            os.killpg(process.pid, _signal.SIGKILL)
+        worker.stop()

@@ -12,13 +12,17 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import TypeVar
 
 from django.conf import settings
@@ -369,3 +373,54 @@ def webhook_verify(request: dict, secret: str, *, max_age: int = 300) -> dict:
     expected = hmac.new(secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256).hexdigest()
     assert hmac.compare_digest(request["headers"]["X-Steward-Signature"], "sha256=" + expected)
     return json.loads(request["body"])
+
+
+class CeleryWorker:
+    """A real Celery worker process on every queue, on this test's database and broker (its environment
+    from `subprocess_env`, plus `env`). It runs in its own session, so SIGKILL reaches its pool children."""
+
+    def __init__(self, log_path: str, **env: str):
+        from core.queues import Queue
+
+        self.log_path = log_path
+        with open(log_path, "a") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "celery", "-A", "config", "worker",
+                    "-Q", ",".join(q.value for q in Queue),
+                    "--concurrency", "2", "--pool", "prefork", "--loglevel", "INFO",
+                    "--without-mingle", "--without-gossip", "--without-heartbeat",
+                ],
+                env=subprocess_env(**env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=settings.BASE_DIR,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            wait_until(self._ready, timeout=30, interval=0.1, context=self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        return Path(self.log_path).read_text()[-4000:]
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError("celery worker exited:\n" + self.log())
+        return "ready." in self.log()
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)

@@ -7,7 +7,7 @@ import pytest
 from evals import services
 from registry import services as registry_services
 from tests.factories import PromptFactory, PromptVersionFactory
-from tests.helpers import ACTOR
+from tests.helpers import ACTOR, CeleryWorker
 
 NAMES = ["Ada", "Grace", "Linus", "Barbara", "Edsger", "Donald", "Margaret", "Ken", "Dennis", "Frances"]
 
@@ -55,76 +55,14 @@ def run_ended(run_id: int):
     return check
 
 
-class Worker:
-    """A real Celery worker process (its own session: SIGKILL reaches it and its pool children)."""
-
-    def __init__(self, log_path: str, **env: str):
-        import subprocess
-        import sys
-
-        from django.conf import settings
-
-        from core.queues import Queue
-        from tests.helpers import subprocess_env
-
-        self.log_path = log_path
-        log = open(log_path, "a")  # noqa: SIM115 (kept open for the process's life)
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "config", "worker",
-                "-Q", ",".join(q.value for q in Queue),
-                "--concurrency", "2", "--pool", "prefork", "--loglevel", "INFO",
-                "--without-mingle", "--without-gossip", "--without-heartbeat",
-            ],
-            env=subprocess_env(**env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=settings.BASE_DIR,
-            start_new_session=True,
-        )  # fmt: skip
-        from tests.helpers import wait_until
-
-        wait_until(self._ready, timeout=30, interval=0.1, context=self.log)
-
-    def log(self) -> str:
-        from pathlib import Path
-
-        return Path(self.log_path).read_text()[-4000:]
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError("celery worker exited:\n" + self.log())
-        return "ready." in self.log()
-
-    def kill(self) -> None:
-        import os
-        import signal
-
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        import contextlib
-        import os
-        import signal
-
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except Exception:
-                os.killpg(self.process.pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def start_worker(tmp_path, proxy):
-    """start_worker(**env) -> Worker, pointed at the in-process Steward server; all stopped at the end."""
+    """start_worker(**env) -> CeleryWorker, pointed at the in-process Steward server; all stopped at the end."""
     workers = []
 
     def start(**env):
         env.setdefault("STEWARD_EVALS_PROXY_URL", proxy.url)
-        worker = Worker(str(tmp_path / f"worker{len(workers)}.log"), **env)
+        worker = CeleryWorker(str(tmp_path / f"worker{len(workers)}.log"), **env)
         workers.append(worker)
         return worker
 
