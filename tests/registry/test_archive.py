@@ -164,7 +164,7 @@ def test_schema_describes_archive_endpoints_and_filter(client, admin):
 
 @pytest.mark.django_db
 def test_pickers_leave_archived_prompts_out(organisation, two_prompts):
-    kept, old = two_prompts
+    _, old = two_prompts
     services.prompt_archive(prompt=old, actor=SYSTEM)
     assert selectors.prompt_names(organisation=organisation) == ["kept-prompt"]
     assert [p.name for p in selectors.prompts_list(organisation=organisation)] == ["kept-prompt"]
