@@ -24,6 +24,8 @@ class Action(models.TextChoices):
     PROMPT_CREATED = "prompt.created"
     PROMPT_UPDATED = "prompt.updated"
     PROMPT_IMPORTED = "prompt.imported"
+    PROMPT_ARCHIVED = "prompt.archived"
+    PROMPT_UNARCHIVED = "prompt.unarchived"
     PROMPT_VERSION_CREATED = "prompt_version.created"
     LABEL_MOVED = "label.moved"
     LABEL_PROTECTION_CHANGED = "label.protection_changed"

@@ -31,6 +31,11 @@ def routes_list(*, organisation: Organisation) -> QuerySet[ModelRoute]:
     return ModelRoute.objects.filter(organisation=organisation).prefetch_related("deployments").order_by("name")
 
 
+def route_names_list(*, organisation: Organisation) -> list[str]:
+    """The organisation's route names, sorted (the prompt editor offers them as models)."""
+    return list(ModelRoute.objects.filter(organisation=organisation).order_by("name").values_list("name", flat=True))
+
+
 def route_get(*, organisation: Organisation, route_id: int) -> ModelRoute:
     """Raises ModelRoute.DoesNotExist for another organisation's route."""
     return ModelRoute.objects.get(organisation=organisation, pk=route_id)

@@ -7,6 +7,8 @@ urlpatterns = [
     path("prompts/import/", apis.PromptImportApi.as_view(), name="api-prompt-import"),
     path("prompts/<slug:prompt_name>/", apis.PromptDetailApi.as_view(), name="api-prompt-detail"),
     path("prompts/<slug:prompt_name>/export/", apis.PromptExportApi.as_view(), name="api-prompt-export"),
+    path("prompts/<slug:prompt_name>/archive/", apis.PromptArchiveApi.as_view(), name="api-prompt-archive"),
+    path("prompts/<slug:prompt_name>/unarchive/", apis.PromptUnarchiveApi.as_view(), name="api-prompt-unarchive"),
     path("prompts/<slug:prompt_name>/diff/", apis.VersionDiffApi.as_view(), name="api-prompt-diff"),
     path("prompts/<slug:prompt_name>/versions/", apis.VersionListCreateApi.as_view(), name="api-prompt-version-list"),
     path(

@@ -5,6 +5,8 @@ rejecting promotions needs prompt_engineer (and never an API key); label protect
 admin (never an API key). An API key's allowed_prompts confines every read and write here: other
 prompts answer 404 exactly like missing ones.
 Versions are immutable: their endpoints only answer GET (PUT/PATCH/DELETE are 405).
+Archived prompts are left out of the prompt list unless `?archived=true` (or `only`); every other
+endpoint still answers for them, and the proxy still resolves them.
 """
 
 from __future__ import annotations
@@ -60,9 +62,17 @@ class PromptOutputSerializer(serializers.ModelSerializer):
             "protected_labels",
             "labels",
             "latest_number",
+            "archived",
+            "archived_at",
             "created_at",
             "updated_at",
         ]
+
+    archived = serializers.BooleanField(
+        source="is_archived",
+        read_only=True,
+        help_text="Archived prompts are left out of lists by default; the proxy still resolves them.",
+    )
 
     def get_labels(self, prompt) -> dict[str, int]:
         return {label.name: label.version.number for label in prompt.labels.all()}
@@ -113,7 +123,12 @@ class LabelMoveOutputSerializer(serializers.ModelSerializer):
 
 class PromotionOutputSerializer(serializers.ModelSerializer):
     prompt = serializers.CharField(source="prompt.name")
-    from_version = serializers.IntegerField(source="from_version.number", allow_null=True, default=None)
+    from_version = serializers.IntegerField(
+        source="from_version.number",
+        allow_null=True,
+        default=None,
+        help_text="The version the label pointed at when requested; null when it pointed at none",
+    )
     to_version = serializers.IntegerField(source="to_version.number")
     # Plain strings: named enums would collide with other apps' "status" enums in the schema.
     status = serializers.CharField(help_text="pending, approved or rejected")
@@ -153,6 +168,21 @@ class _Api(APIView):
     permission_classes = [IsAuthenticated, RoleRequired]
 
 
+ARCHIVED_PARAM = {
+    "": selectors.ARCHIVED_EXCLUDE,
+    "false": selectors.ARCHIVED_EXCLUDE,
+    "true": selectors.ARCHIVED_INCLUDE,
+    "only": selectors.ARCHIVED_ONLY,
+}
+
+
+def _archived_param(request) -> str:
+    raw = request.query_params.get("archived", "").strip().lower()
+    if raw not in ARCHIVED_PARAM:
+        raise ValidationFailed("archived must be false, true or only.", param="archived")
+    return ARCHIVED_PARAM[raw]
+
+
 # --- prompts ---------------------------------------------------------------------------------
 
 
@@ -178,6 +208,12 @@ class PromptListCreateApi(_Api):
             OpenApiParameter("q", str, description="Search in name and description"),
             OpenApiParameter("tag", str, description="Only prompts with this tag (compared in lower case)"),
             OpenApiParameter("label", str, description="Only prompts that have this label"),
+            OpenApiParameter(
+                "archived",
+                str,
+                enum=["false", "true", "only"],
+                description="false (default): archived prompts are left out; true: included; only: archived ones only",
+            ),
         ],
         responses=OutputSerializer(many=True),
         tags=TAGS,
@@ -189,6 +225,7 @@ class PromptListCreateApi(_Api):
             tag=request.query_params.get("tag", "").strip(),
             label=request.query_params.get("label", "").strip(),
             names=_names(request),
+            archived=_archived_param(request),
         )
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(qs, request, view=self)
@@ -223,6 +260,33 @@ class PromptDetailApi(_Api):
     @extend_schema(operation_id="prompts_retrieve", responses=OutputSerializer, tags=TAGS)
     def get(self, request, prompt_name: str):
         return Response(self.OutputSerializer(_prompt(request, prompt_name)).data)
+
+
+class PromptArchiveApi(_Api):
+    """Archive a prompt: left out of lists and pickers, still resolved by the proxy by version and by
+    label. Idempotent; audited when it changes something."""
+
+    required_roles = WRITERS
+
+    @extend_schema(operation_id="prompts_archive", request=None, responses=PromptOutputSerializer, tags=TAGS)
+    def post(self, request, prompt_name: str):
+        prompt = services.prompt_archive(
+            prompt=_prompt(request, prompt_name), actor=request.org.actor, roles=request.org.roles
+        )
+        return Response(PromptOutputSerializer(prompt).data)
+
+
+class PromptUnarchiveApi(_Api):
+    """Bring an archived prompt back into lists and pickers. Idempotent; audited when it changes something."""
+
+    required_roles = WRITERS
+
+    @extend_schema(operation_id="prompts_unarchive", request=None, responses=PromptOutputSerializer, tags=TAGS)
+    def post(self, request, prompt_name: str):
+        prompt = services.prompt_unarchive(
+            prompt=_prompt(request, prompt_name), actor=request.org.actor, roles=request.org.roles
+        )
+        return Response(PromptOutputSerializer(prompt).data)
 
 
 # --- versions --------------------------------------------------------------------------------

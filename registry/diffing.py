@@ -139,11 +139,21 @@ def _dict_changes(left: dict, right: dict) -> list[dict]:
     return changes
 
 
+# A variable's fields in the order people read a schema (stored JSON keeps no order: jsonb sorts keys).
+_VARIABLE_FIELDS = ("type", "required", "default", "description")
+
+
+def _variable_fields(variable: dict) -> dict:
+    known = [k for k in _VARIABLE_FIELDS if k in variable]
+    others = sorted(k for k in variable if k != "name" and k not in _VARIABLE_FIELDS)
+    return {k: variable[k] for k in [*known, *others]}
+
+
 def versions_diff(*, left: dict, right: dict) -> VersionDiff:
     """`left` and `right` are version contents: {messages, model, params, variables}."""
     model = (left.get("model") or "", right.get("model") or "")
-    variables_left = {v["name"]: {k: v[k] for k in v if k != "name"} for v in left.get("variables") or []}
-    variables_right = {v["name"]: {k: v[k] for k in v if k != "name"} for v in right.get("variables") or []}
+    variables_left = {v["name"]: _variable_fields(v) for v in left.get("variables") or []}
+    variables_right = {v["name"]: _variable_fields(v) for v in right.get("variables") or []}
     return VersionDiff(
         messages=_messages_diff(left.get("messages") or [], right.get("messages") or []),
         model=model if model[0] != model[1] else None,

@@ -27,6 +27,10 @@ class Prompt(TimeStampedModel):
     protected_labels = models.JSONField(default=list, blank=True)
     # The highest version number given out; versions are numbered under a row lock on this prompt.
     latest_number = models.PositiveIntegerField(default=0)
+    # Set while archived: hidden from lists and pickers, yet still resolved by the proxy (by version
+    # and by label) so nothing in production breaks. Cleared by unarchiving.
+    archived_at = models.DateTimeField(null=True, blank=True)
+    archived_by_label = models.CharField(max_length=200, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["organisation", "name"], name="prompt_unique_name_per_org")]
@@ -37,6 +41,10 @@ class Prompt(TimeStampedModel):
 
     def label_is_protected(self, label: str) -> bool:
         return label in self.protected_labels
+
+    @property
+    def is_archived(self) -> bool:
+        return self.archived_at is not None
 
 
 class PromptVersion(models.Model):
@@ -74,6 +82,12 @@ class Label(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} -> v{self.version_id}"
+
+
+def version_change_text(from_version: PromptVersion | None, to_version: PromptVersion) -> str:
+    """How a label move reads everywhere: "v1 → v2", or "(none) → v2" when the label pointed at nothing."""
+    before = f"v{from_version.number}" if from_version is not None else "(none)"
+    return f"{before} → v{to_version.number}"
 
 
 class PromotionStatus(models.TextChoices):
@@ -127,6 +141,10 @@ class PromotionRequest(models.Model):
     def __str__(self) -> str:
         return f"{self.label} -> v{self.to_version_id} ({self.status})"
 
+    @property
+    def change_text(self) -> str:
+        return version_change_text(self.from_version, self.to_version)
+
 
 class LabelMove(models.Model):
     """History of a label: every move, including its creation (from_version is null then)."""
@@ -147,6 +165,10 @@ class LabelMove(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label}: {self.from_version_id} -> {self.to_version_id}"
+
+    @property
+    def change_text(self) -> str:
+        return version_change_text(self.from_version, self.to_version)
 
 
 class ExperimentStatus(models.TextChoices):

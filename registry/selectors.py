@@ -182,6 +182,9 @@ def prompt_resolve(
     the request's `user` field; `user_header`, its x-steward-user header; see registry.experiments),
     and the result's `experiment` says which arm it was.
 
+    Archived prompts resolve like any other, by version and by label: archiving hides a prompt from
+    lists and pickers, it never breaks the traffic that still uses it.
+
     Raises NotFound (prompt_not_found / label_not_found / version_not_found) or ValidationFailed
     (prompt_render_error, param prompt.variables, extra["missing"] lists every missing variable).
     """
@@ -231,6 +234,10 @@ async def aprompt_resolve(
 # --- pages and the management API ------------------------------------------------------------
 
 
+ARCHIVED_EXCLUDE, ARCHIVED_INCLUDE, ARCHIVED_ONLY = "exclude", "include", "only"
+ARCHIVED_CHOICES = (ARCHIVED_EXCLUDE, ARCHIVED_INCLUDE, ARCHIVED_ONLY)
+
+
 def prompts_list(
     *,
     organisation: Organisation,
@@ -238,9 +245,19 @@ def prompts_list(
     tag: str = "",
     label: str = "",
     names: Collection[str] | None = None,
+    archived: str = ARCHIVED_EXCLUDE,
 ) -> QuerySet[Prompt]:
-    """The organisation's prompts; `names` (an API key's allowed_prompts) confines them further."""
+    """The organisation's prompts; `names` (an API key's allowed_prompts) confines them further.
+
+    Archived prompts are left out unless `archived` is "include" (with the others) or "only"; lists and
+    pickers keep the default, so an archived prompt disappears from them while it still resolves."""
+    if archived not in ARCHIVED_CHOICES:
+        raise ValidationFailed(f"archived must be one of {', '.join(ARCHIVED_CHOICES)}.", param="archived")
     qs = Prompt.objects.filter(organisation=organisation).prefetch_related("labels__version")
+    if archived == ARCHIVED_EXCLUDE:
+        qs = qs.filter(archived_at__isnull=True)
+    elif archived == ARCHIVED_ONLY:
+        qs = qs.filter(archived_at__isnull=False)
     if names is not None:
         qs = qs.filter(name__in=list(names))
     if search:
@@ -265,6 +282,14 @@ def _with_tag(qs: QuerySet[Prompt], tag: str) -> QuerySet[Prompt]:
         output_field=BooleanField(),
     )
     return qs.alias(has_tag=has_tag).filter(has_tag=True)
+
+
+def prompt_names(*, organisation: Organisation, names: Collection[str] | None = None) -> list[str]:
+    """Names for prompt pickers: the organisation's prompts that are not archived, sorted."""
+    qs = Prompt.objects.filter(organisation=organisation, archived_at__isnull=True)
+    if names is not None:
+        qs = qs.filter(name__in=list(names))
+    return list(qs.order_by("name").values_list("name", flat=True))
 
 
 def prompt_tags(*, organisation: Organisation) -> list[str]:

@@ -124,6 +124,53 @@ def prompt_create(
     return prompt
 
 
+def _archived_set(*, prompt: Prompt, archived: bool, actor: Actor, roles: Iterable[str] | None) -> Prompt:
+    _require_role(
+        actor=actor,
+        roles=roles,
+        allowed=WRITER_ROLES,
+        doing="Archiving a prompt" if archived else "Unarchiving a prompt",
+    )
+    locked = Prompt.objects.select_for_update().get(pk=prompt.pk)
+    if locked.is_archived == archived:
+        # Idempotent (a retried request or a double click): nothing changes, nothing is audited.
+        prompt.archived_at, prompt.archived_by_label = locked.archived_at, locked.archived_by_label
+        return locked
+    before = {"archived_at": locked.archived_at.isoformat() if locked.archived_at else None}
+    locked.archived_at = timezone.now() if archived else None
+    locked.archived_by_label = actor.label[:200] if archived else ""
+    locked.save(update_fields=["archived_at", "archived_by_label", "updated_at"])
+    audit_event_record(
+        organisation_id=locked.organisation_id,
+        actor=actor,
+        action=Action.PROMPT_ARCHIVED if archived else Action.PROMPT_UNARCHIVED,
+        target_type="prompt",
+        target_id=locked.id,
+        before=before,
+        after={"name": locked.name, "archived_at": locked.archived_at.isoformat() if locked.archived_at else None},
+    )
+    # Resolution ignores the archive flag (pinned versions and labels keep working), but anything that
+    # caches registry reads must not serve the prompt's old state.
+    invalidate(REGISTRY_NAMESPACE)
+    prompt.archived_at, prompt.archived_by_label = locked.archived_at, locked.archived_by_label
+    return locked
+
+
+@transaction.atomic
+def prompt_archive(*, prompt: Prompt, actor: Actor, roles: Iterable[str] | None = None) -> Prompt:
+    """Archive `prompt`: hidden from the prompt list, pickers and the API list (unless asked for), while the
+    proxy keeps resolving it by version and by label, so production traffic does not break. Versions,
+    labels and history stay. Admin or prompt engineer. Audited; archiving an archived prompt changes nothing."""
+    return _archived_set(prompt=prompt, archived=True, actor=actor, roles=roles)
+
+
+@transaction.atomic
+def prompt_unarchive(*, prompt: Prompt, actor: Actor, roles: Iterable[str] | None = None) -> Prompt:
+    """Bring an archived prompt back into lists and pickers. Admin or prompt engineer. Audited;
+    unarchiving a prompt that is not archived changes nothing."""
+    return _archived_set(prompt=prompt, archived=False, actor=actor, roles=roles)
+
+
 @transaction.atomic
 def prompt_version_create(
     *,
@@ -300,7 +347,7 @@ def promotion_request_create(
     target = _version_of(locked, version)
     if not locked.label_is_protected(label):
         raise ValidationFailed(f"Label {label!r} is not protected: move it directly.", param="label")
-    current = Label.objects.filter(prompt=locked, name=label).first()
+    current = Label.objects.filter(prompt=locked, name=label).select_related("version").first()
     if current is not None and current.version_id == target.id:
         raise Conflict(f"Label {label!r} already points at v{target.number}.", code="label_unchanged")
     if PromotionRequest.objects.filter(prompt=locked, label=label, status=PromotionStatus.PENDING).exists():
@@ -324,7 +371,15 @@ def promotion_request_create(
         action=Action.PROMOTION_REQUESTED,
         target_type="promotion_request",
         target_id=promotion.id,
-        after={"prompt": locked.name, "label": label, "version": target.number, "reason": reason, "gated": gated},
+        after={
+            "prompt": locked.name,
+            "label": label,
+            # None when the label pointed at no version yet (shown as "(none) → vN").
+            "from_version": current.version.number if current else None,
+            "version": target.number,
+            "reason": reason,
+            "gated": gated,
+        },
     )
     if gated:
         # After commit: the provider starts a run (a Celery task) that must see the request.

@@ -15,6 +15,8 @@ urlpatterns = [
     path("<slug:prompt_name>/labels/move/", views.label_move, name="label_move"),
     path("<slug:prompt_name>/labels/protection/", views.label_protection, name="label_protection"),
     path("<slug:prompt_name>/export/", views.prompt_export, name="prompt_export"),
+    path("<slug:prompt_name>/archive/", views.prompt_archive, name="prompt_archive"),
+    path("<slug:prompt_name>/unarchive/", views.prompt_unarchive, name="prompt_unarchive"),
     path("<slug:prompt_name>/v/<int:version_number>/", views.version_detail, name="version_detail"),
     path("<slug:prompt_name>/v/<int:version_number>/run/", views.version_run, name="version_run"),
 ]

@@ -14,8 +14,8 @@ from core.errors import ApplicationError, NotFound
 from registry import selectors, services
 from registry.diffing import versions_diff
 from registry.forms import DecisionForm, Draft, ImportForm, LabelMoveForm, PromptCreateForm, playground_values
-from registry.models import PromotionRequest
-from registry.playground import playground_backend
+from registry.models import PromotionRequest, PromotionStatus
+from registry.playground import playground_backend, route_names
 from registry.rendering import variables_detect
 from registry.yaml_io import prompts_export, prompts_import
 
@@ -40,22 +40,38 @@ def _can_write(request) -> bool:
     return request.org.has_role(*WRITERS)
 
 
+# The prompt list's "Show" filter: its value in the URL -> prompts_list's `archived`.
+ARCHIVED_FILTER = {
+    "": selectors.ARCHIVED_EXCLUDE,
+    "archived": selectors.ARCHIVED_ONLY,
+    "all": selectors.ARCHIVED_INCLUDE,
+}
+
+
 @require_GET
 @role_required()
 def prompt_list(request):
     org = request.org.organisation
-    q, tag, label = (request.GET.get(k, "").strip() for k in ("q", "tag", "label"))
+    q, tag, label, show = (request.GET.get(k, "").strip() for k in ("q", "tag", "label", "show"))
+    if show not in ARCHIVED_FILTER:
+        show = ""
     context = {
-        "prompts": selectors.prompts_list(organisation=org, search=q, tag=tag, label=label)[:500],
+        "prompts": selectors.prompts_list(
+            organisation=org, search=q, tag=tag, label=label, archived=ARCHIVED_FILTER[show]
+        )[:500],
         "q": q,
         "tag": tag,
         "label": label,
+        "show": show,
         "tags": selectors.prompt_tags(organisation=org),
         "labels": selectors.prompt_label_names(organisation=org),
         "can_write": _can_write(request),
     }
     if request.htmx:
         return render(request, "registry/partials/_prompt_rows.html", context)
+    context["pending_promotions"] = selectors.promotion_requests(
+        organisation=org, status=PromotionStatus.PENDING, names=request.org.allowed_prompts
+    )[:100]
     return render(request, "registry/prompt_list.html", context)
 
 
@@ -160,6 +176,8 @@ def version_edit(request, prompt_name: str):
         "latest": latest,
         "error": error,
         "detected": variables_detect([m["content"] for m in draft.messages]),
+        # Offered, not imposed: a model that has no route yet may still be named.
+        "route_names": route_names(organisation=prompt.organisation),
     }
     if request.htmx:
         return render(request, "registry/partials/_editor.html", context)
@@ -368,6 +386,34 @@ def label_protection(request, prompt_name: str):
         )
     except ApplicationError as exc:
         messages.error(request, exc.message)
+    return redirect("registry:prompt_detail", prompt_name=prompt.name)
+
+
+@require_POST
+@role_required(*WRITERS)
+def prompt_archive(request, prompt_name: str):
+    prompt = _prompt_or_404(request, prompt_name)
+    try:
+        services.prompt_archive(prompt=prompt, actor=request.org.actor, roles=request.org.roles)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request, f"Archived {prompt.name}: hidden from lists; requests by version or label still resolve it."
+        )
+    return redirect("registry:prompt_detail", prompt_name=prompt.name)
+
+
+@require_POST
+@role_required(*WRITERS)
+def prompt_unarchive(request, prompt_name: str):
+    prompt = _prompt_or_404(request, prompt_name)
+    try:
+        services.prompt_unarchive(prompt=prompt, actor=request.org.actor, roles=request.org.roles)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Unarchived {prompt.name}: it is listed again.")
     return redirect("registry:prompt_detail", prompt_name=prompt.name)
 
 
