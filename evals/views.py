@@ -149,7 +149,7 @@ def run_new(request):
         "evals/run_new.html",
         {
             "form": form,
-            "prompts": Prompt.objects.filter(organisation=org).order_by("name"),
+            "prompt_names": registry_selectors.prompt_names(organisation=org, names=request.org.allowed_prompts),
             "suites": Suite.objects.filter(organisation=org),
             "prompt": prompt,
             "versions": prompt.versions.order_by("-number") if prompt else [],

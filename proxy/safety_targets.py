@@ -14,7 +14,12 @@ from safety.policy_targets import policy_target_provider_register
 
 
 def _prompt_choices(organisation_id: int) -> list[tuple[int, str]]:
-    return list(Prompt.objects.filter(organisation_id=organisation_id).order_by("name").values_list("id", "name"))
+    # Archived prompts are not offered; attachments made before the archive still show their name.
+    return list(
+        Prompt.objects.filter(organisation_id=organisation_id, archived_at__isnull=True)
+        .order_by("name")
+        .values_list("id", "name")
+    )
 
 
 def _prompt_names(organisation_id: int, ids: Iterable[int]) -> dict[int, str]:
