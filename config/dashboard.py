@@ -50,6 +50,17 @@ def usd(value: Decimal) -> str:
     return f"${whole}.{fraction.ljust(2, '0')}"
 
 
+def age(seconds: float) -> str:
+    """A waiting time in the largest unit that keeps it short: "40 s", "14 min", "3 h", "2 days"."""
+    if seconds < 60:
+        return f"{int(seconds)} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 2 * 86400:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} days"
+
+
 @dataclass(frozen=True)
 class BudgetRow:
     status: BudgetStatus
@@ -60,6 +71,14 @@ class BudgetRow:
     @property
     def bar_width(self) -> int:
         return max(0, min(100, self.percent))
+
+    @property
+    def spent_text(self) -> str:
+        return usd(self.status.spent)
+
+    @property
+    def amount_text(self) -> str:
+        return usd(self.status.budget.amount)
 
 
 def budget_row(status: BudgetStatus) -> BudgetRow:
@@ -93,6 +112,7 @@ def _requests_panel(organisation, now: dt.datetime) -> dict:
     rate = errors * 100 / total if total else 0.0
     return {
         "total": total,
+        "total_text": f"{total:,}",
         "errors": errors,
         "rejected": counts.get(RequestStatus.REJECTED, 0),
         "cached": counts.get(RequestStatus.CACHED, 0),
@@ -107,7 +127,8 @@ def _moderation_panel(organisation, now: dt.datetime) -> dict:
     items = list(queue_items(organisation=organisation)[:SHOWN]) if summary["depth"] else []
     for item in items:
         item.overdue = item.deadline < now
-    return {**summary, "items": items}
+    oldest = summary["oldest_age_seconds"]
+    return {**summary, "oldest_text": age(oldest) if oldest is not None else "", "items": items}
 
 
 def panels_for(ctx) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import uuid
 from decimal import Decimal
 
 import pytest
@@ -18,11 +17,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.roles import Role
-from billing.ledger import usage_lines_record
 from billing.services import budget_create
 from config.dashboard import usd
-from core.actors import Actor
-from tests.factories import PersonaFactory, PromptFactory, PromptVersionFactory
+from tests.dashboard_data import eval_run, item_held, ledger_spend, promotion_pending, request_logged
+from tests.factories import PersonaFactory
 from tests.helpers import ACTOR, login
 
 pytestmark = pytest.mark.django_db
@@ -51,94 +49,6 @@ def _figure_value(html: str, name: str) -> str:
     found = re.search(rf'data-figure="{name}" data-value="([^"]*)"', html)
     assert found, f"no figure {name}"
     return found.group(1)
-
-
-def _spend(organisation, *, model="dev-large", prompt_tokens=400, completion_tokens=900, started_at=None, n=1):
-    """`n` finished requests in the ledger, as the proxy's request-log consumer records them."""
-    usage_lines_record(
-        records=[
-            {
-                "request_id": uuid.uuid4().hex,
-                "organisation_id": organisation.pk,
-                "model": model,
-                "status": "ok",
-                "started_at": (started_at or timezone.now()).isoformat(),
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
-                "attempts": [
-                    {
-                        "n": 1,
-                        "deployment_id": None,
-                        "model": model,
-                        "status": "ok",
-                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
-                    }
-                ],
-            }
-            for _ in range(n)
-        ]
-    )
-
-
-def _log(organisation, *, status="ok", started_at=None, model="dev-small"):
-    from proxy.models import RequestLog
-
-    return RequestLog.objects.create(
-        organisation=organisation,
-        request_id=f"req-{uuid.uuid4().hex[:16]}",
-        endpoint="chat.completions",
-        model=model,
-        status=status,
-        http_status={"ok": 200, "error": 502, "rejected": 429, "cached": 200}.get(status, 200),
-        started_at=started_at or timezone.now(),
-    )
-
-
-def _held(organisation, *, policy_name="pii-hold", priority=2, sla_seconds=600):
-    from safety.moderation import hold_create
-
-    return hold_create(
-        organisation_id=organisation.pk, policy_id=None, policy_name=policy_name, request_id=uuid.uuid4().hex,
-        api_key_id=None, prompt_version_id=None, model="dev-small", endpoint="chat.completions", direction="output",
-        stream=False, held_text="call me at 555-0100", context_messages=[], response=None,
-        findings=[{"filter": "pii", "kind": "phone_number"}], priority=priority, sla_seconds=sla_seconds,
-        required_approvals=1,
-    )  # fmt: skip
-
-
-def _pending_promotion(organisation, requester, name="support-reply"):
-    from registry.services import label_move, promotion_request_create, prompt_label_protection_set
-
-    prompt = PromptFactory(organisation=organisation, name=name)
-    PromptVersionFactory(prompt=prompt)
-    PromptVersionFactory(prompt=prompt, text="Hello again {{ customer_name }}")
-    label_move(prompt=prompt, label="production", version=1, reason="first", actor=ACTOR)
-    prompt = prompt_label_protection_set(prompt=prompt, label="production", protected=True, actor=ACTOR)
-    return promotion_request_create(
-        prompt=prompt, label="production", version=2, reason="friendlier", actor=Actor.for_user(requester.user),
-        roles=requester.roles,
-    )  # fmt: skip
-
-
-def _run(organisation, *, prompt_name="summarise", status="failed", verdict=""):
-    """An evaluation run started through the service, then left as the executor leaves one that ended so."""
-    from evals.models import Run
-    from evals.services import dataset_create, dataset_version_create, run_start, suite_create
-    from registry.services import label_move
-
-    prompt = PromptFactory(organisation=organisation, name=prompt_name)
-    PromptVersionFactory(prompt=prompt)
-    label_move(prompt=prompt, label="production", version=1, reason="first", actor=ACTOR)
-    dataset = dataset_create(organisation=organisation, name=f"{prompt_name}-cases", actor=ACTOR)
-    dataset_version_create(
-        dataset=dataset, items=[{"variables": {"customer_name": "Ada"}}], note="", source="api", actor=ACTOR
-    )
-    suite = suite_create(
-        organisation=organisation, actor=ACTOR, name=f"{prompt_name}-suite", dataset=dataset,
-        assertions=[{"type": "is-json"}],
-    )  # fmt: skip
-    run = run_start(suite=suite, prompt=prompt, actor=ACTOR, candidate_version=1)
-    Run.objects.filter(pk=run.pk).update(status=status, verdict=verdict, finished_at=timezone.now())
-    return run
 
 
 # --- who sees what --------------------------------------------------------------------------------
@@ -202,10 +112,12 @@ def test_a_viewer_with_no_data_gets_empty_states_without_admin_links(client, vie
 
 def test_spend_matches_the_usage_api_today_and_this_month(client, organisation, viewer):
     now = timezone.now()
-    _spend(organisation, n=3)  # 3 × (400 × 3e-6 + 900 × 15e-6) = 0.0441
-    earlier = now - dt.timedelta(days=1)
+    ledger_spend(organisation, n=3)  # 3 × (400 × 3e-6 + 900 × 15e-6) = 0.0441
+    earlier = now - dt.timedelta(days=1)  # 1000 × 0.5e-6 + 1000 × 1.5e-6 = 0.002, below
     same_month = earlier.date().month == now.date().month
-    _spend(organisation, model="dev-small", prompt_tokens=1000, completion_tokens=1000, started_at=earlier)  # 0.002
+    ledger_spend(
+        organisation, model="dev-small", prompt_tokens=1000, completion_tokens=1000, started_at=earlier
+    )  # 0.002
     html = _page(client, viewer)
     assert _figure_value(html, "spend-today") == "0.044100000000"
     assert _figure(html, "spend-today") == "$0.0441"
@@ -223,23 +135,23 @@ def test_a_budget_past_its_amount_shows_the_real_percentage(client, organisation
                   amount=Decimal("0.0225"), hard_limit=False)  # fmt: skip
     budget_create(organisation=organisation, actor=ACTOR, name="Roomy", scope="organisation", amount=Decimal("10"),
                   soft_threshold_percent=80)  # fmt: skip
-    _spend(organisation, n=3)  # 0.0441 of 0.0225: 196 %
+    ledger_spend(organisation, n=3)  # 0.0441 of 0.0225: 196 %
     html = _page(client, admin)
     budgets = re.findall(r'<li data-budget="\d+">.*?</li>', html, re.S)
     assert "Org monthly" in budgets[0] and "Roomy" in budgets[1]  # fullest first
     assert '<span class="badge error" data-figure="budget-percent">196%</span>' in budgets[0]
-    assert "over, soft limit" in budgets[0]
+    assert "$0.0441 of $0.0225" in budgets[0] and "soft: calls still pass" in budgets[0]
     assert 'style="width:100%"' in budgets[0]  # the bar stops at its end; the text says how far past
     assert '<span class="badge ok" data-figure="budget-percent">0%</span>' in budgets[1]
 
 
 def test_requests_and_error_rate_cover_the_last_24_hours(client, organisation, viewer):
     for _ in range(37):
-        _log(organisation)
-    _log(organisation, status="error")
-    _log(organisation, status="error")
-    _log(organisation, status="rejected")
-    _log(organisation, status="error", started_at=timezone.now() - dt.timedelta(hours=25))  # too old to count
+        request_logged(organisation)
+    request_logged(organisation, status="error")
+    request_logged(organisation, status="error")
+    request_logged(organisation, status="rejected")
+    request_logged(organisation, status="error", started_at=timezone.now() - dt.timedelta(hours=25))  # too old to count
     html = _page(client, viewer)
     assert _figure(html, "requests-total") == "40"
     assert _figure(html, "error-rate") == "5.0%"
@@ -266,8 +178,8 @@ def test_a_deployment_that_fails_its_health_check_is_shown_down(client, organisa
 
 
 def test_a_reviewer_sees_the_queue_head_with_overdue_items(client, organisation, reviewer):
-    urgent = _held(organisation, policy_name="pii-hold", priority=1, sla_seconds=1)
-    _held(organisation, policy_name="toxicity", priority=3)
+    urgent = item_held(organisation, policy_name="pii-hold", priority=1, sla_seconds=1)
+    item_held(organisation, policy_name="toxicity", priority=3)
     from safety.models import ModerationItem
 
     ModerationItem.objects.filter(pk=urgent.pk).update(deadline=timezone.now() - dt.timedelta(minutes=5))
@@ -282,10 +194,10 @@ def test_a_reviewer_sees_the_queue_head_with_overdue_items(client, organisation,
 def test_a_prompt_engineer_sees_pending_promotions_and_runs_needing_a_look(
     client, organisation, prompt_engineer, second_prompt_engineer
 ):
-    promotion = _pending_promotion(organisation, second_prompt_engineer)
-    failed = _run(organisation, prompt_name="summarise", status="failed")
-    regressed = _run(organisation, prompt_name="classify", status="completed", verdict="regressed")
-    _run(organisation, prompt_name="translate", status="completed", verdict="improved")
+    promotion = promotion_pending(organisation, second_prompt_engineer)
+    failed = eval_run(organisation, prompt_name="summarise", status="failed")
+    regressed = eval_run(organisation, prompt_name="classify", status="completed", verdict="regressed")
+    eval_run(organisation, prompt_name="translate", status="completed", verdict="improved")
     html = _page(client, prompt_engineer)
     assert _figure(html, "promotions-pending") == "1"
     prompt_page = reverse("registry:prompt_detail", args=["support-reply"])
@@ -300,8 +212,8 @@ def test_a_prompt_engineer_sees_pending_promotions_and_runs_needing_a_look(
 def test_a_run_that_failed_long_ago_no_longer_asks_for_attention(client, organisation, prompt_engineer):
     from evals.models import Run
 
-    run = _run(organisation, status="failed")
-    Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - dt.timedelta(days=8))
+    old = eval_run(organisation, status="failed")
+    Run.objects.filter(pk=old.pk).update(created_at=timezone.now() - dt.timedelta(days=8))
     html = _page(client, prompt_engineer)
     assert "Nothing running, failed or regressed in the last 7 days" in html
 
@@ -309,8 +221,8 @@ def test_a_run_that_failed_long_ago_no_longer_asks_for_attention(client, organis
 def test_runs_needing_attention_respects_an_api_keys_prompts(organisation):
     from evals.selectors import runs_needing_attention
 
-    _run(organisation, prompt_name="summarise", status="failed")
-    _run(organisation, prompt_name="classify", status="failed")
+    eval_run(organisation, prompt_name="summarise", status="failed")
+    eval_run(organisation, prompt_name="classify", status="failed")
     since = timezone.now() - dt.timedelta(days=7)
     assert runs_needing_attention(organisation=organisation, since=since).failed_count == 2
     confined = runs_needing_attention(organisation=organisation, since=since, prompt_names=["classify"])
@@ -323,16 +235,16 @@ def test_runs_needing_attention_respects_an_api_keys_prompts(organisation):
 def test_another_organisations_data_never_appears(client, organisation, other_organisation, owner, outsider):
     from tests.helpers import route_with_deployments
 
-    _spend(other_organisation, n=5)
+    ledger_spend(other_organisation, n=5)
     budget_create(organisation=other_organisation, actor=ACTOR, name="Globex secret budget", scope="organisation",
                   amount=Decimal("1"))  # fmt: skip
     for status in ("ok", "error", "error"):
-        _log(other_organisation, status=status)
+        request_logged(other_organisation, status=status)
     route_with_deployments(other_organisation, "globex-route", [{"api_base": "http://127.0.0.1:9/v1"}])
-    _held(other_organisation, policy_name="globex-policy")
+    item_held(other_organisation, policy_name="globex-policy")
     globex_engineer = PersonaFactory(username="gina", organisation=other_organisation, roles=[Role.PROMPT_ENGINEER])
-    _pending_promotion(other_organisation, globex_engineer, name="globex-prompt")
-    _run(other_organisation, prompt_name="globex-run", status="failed")
+    promotion_pending(other_organisation, globex_engineer, name="globex-prompt")
+    eval_run(other_organisation, prompt_name="globex-run", status="failed")
 
     html = _page(client, owner)  # every role in Acme, which has nothing
     assert _figure(html, "spend-today") == "$0.00"
