@@ -279,3 +279,29 @@ def test_usd_keeps_fractions_of_a_cent_visible():
     assert usd(Decimal("0.000012")) == "$0.000012"
     assert usd(Decimal("0.5")) == "$0.50"
     assert usd(Decimal("1234.5")) == "$1,234.50"
+
+
+def test_the_number_of_queries_does_not_grow_with_the_data(client, organisation, admin, prompt_engineer):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get("/").status_code == 200
+        return len(captured)
+
+    login(client, admin)
+
+    def more(tag: str, n: int) -> None:
+        ledger_spend(organisation, n=n)
+        for i in range(n):
+            request_logged(organisation, status="error" if i % 2 else "ok")
+            item_held(organisation, policy_name=f"policy-{tag}-{i}")
+        for i in range(2):
+            promotion_pending(organisation, prompt_engineer, name=f"prompt-{tag}-{i}")
+            eval_run(organisation, prompt_name=f"run-{tag}-{i}", status="failed")
+
+    more("a", 2)
+    few = queries()
+    more("b", 8)
+    assert queries() == few

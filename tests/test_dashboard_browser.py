@@ -175,3 +175,16 @@ def test_dashboard_screenshot(
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
+
+
+def test_on_a_phone_the_panels_stack_within_the_screen(browser_open, organisation, viewer):
+    from tests.browser import PHONE
+
+    ledger_spend(organisation, n=2)
+    budget_create(organisation=organisation, actor=ACTOR, name="A budget with a rather long name for a phone",
+                  scope="organisation", amount=Decimal("0.01"))  # fmt: skip
+    page = browser_open(viewer, viewport=PHONE, next_path="/")
+    boxes = [page.locator(f"#panel-{name}").bounding_box() for name in ("spend", "requests", "health")]
+    assert all(box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"] for box in boxes)
+    assert boxes[0]["y"] < boxes[1]["y"] < boxes[2]["y"]  # one column
+    assert page.locator('[data-figure="budget-percent"]').inner_text() == "294%"
