@@ -305,3 +305,12 @@ def test_the_number_of_queries_does_not_grow_with_the_data(client, organisation,
     few = queries()
     more("b", 8)
     assert queries() == few
+
+
+def test_a_long_list_shows_its_count_and_the_newest_few(client, organisation, prompt_engineer, second_prompt_engineer):
+    for i in range(7):
+        promotion_pending(organisation, second_prompt_engineer, name=f"prompt-{i}")
+    html = _page(client, prompt_engineer)
+    assert _figure(html, "promotions-pending") == "7"
+    listed = re.findall(r'id="panel-promotion-\d+" href="[^"]+">(prompt-\d)<', html)
+    assert listed == ["prompt-6", "prompt-5", "prompt-4", "prompt-3", "prompt-2"]
