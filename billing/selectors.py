@@ -196,6 +196,34 @@ def top_spenders(*, organisation, filters: UsageFilters, limit: int = 5) -> dict
     }
 
 
+@dataclass(frozen=True)
+class SpendSummary:
+    today: dt.date
+    month_start: dt.date
+    today_cost: Decimal
+    today_requests: int
+    month_cost: Decimal
+    month_requests: int
+
+
+def spend_summary(*, organisation) -> SpendSummary:
+    """Spend today and this calendar month, in the organisation's time zone: the usage report for
+    the first of the month to today (`GET /api/v1/billing/usage/?date_from=…&date_to=…`), its
+    total and its last day. Reads the month's daily rollups and today's ledger (at most 31 days)."""
+    today = local_day(timezone.now(), organisation.time_zone)
+    month_start = today.replace(day=1)
+    report = usage_report(organisation=organisation, filters=UsageFilters(date_from=month_start, date_to=today))
+    last = report.series[-1]
+    return SpendSummary(
+        today=today,
+        month_start=month_start,
+        today_cost=last.cost,
+        today_requests=last.requests,
+        month_cost=report.total.cost,
+        month_requests=report.total.requests,
+    )
+
+
 @dataclass
 class BudgetStatus:
     budget: m.Budget

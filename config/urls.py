@@ -2,8 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from config import dashboard
+from core import urls as core_urls
+
 urlpatterns = [
-    path("", include("core.urls")),
+    # The dashboard keeps the name core:home (templates and LOGIN_REDIRECT_URL use it) beside core's
+    # own health and metrics endpoints.
+    path("", include(([path("", dashboard.home, name="home"), *core_urls.urlpatterns], core_urls.app_name))),
     path("accounts/", include("accounts.urls")),
     path("audit/", include("audit.urls")),
     path("prompts/", include("registry.urls")),

@@ -1,18 +1,11 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, JsonResponse
-from django.shortcuts import redirect
 from django.views.decorators.cache import never_cache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.health import readiness_run
-
-
-@login_required
-def home(request):
-    return redirect("registry:prompt_list")
 
 
 @never_cache

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection
+from dataclasses import dataclass
 
 from django.db.models import QuerySet
 
 from accounts.models import Organisation
 from core.errors import NotFound
-from evals.models import Cell, Dataset, DatasetItem, DatasetVersion, Run, Suite
+from evals.models import Cell, Dataset, DatasetItem, DatasetVersion, DriftAlert, Run, RunStatus, Suite
 
 
 def datasets_list(*, organisation: Organisation) -> QuerySet[Dataset]:
@@ -67,6 +69,50 @@ def runs_list(
     if suite_id is not None:
         qs = qs.filter(suite_id=suite_id)
     return qs.prefetch_related("variants").order_by("-created_at", "-id")
+
+
+@dataclass(frozen=True)
+class RunsAttention:
+    """Runs someone should look at: in progress, failed lately, or finished lately with a regression;
+    and drift alerts nobody has acknowledged. Each list holds at most the selector's `limit`."""
+
+    active: list[Run]
+    active_count: int
+    failed: list[Run]
+    failed_count: int
+    regressed: list[Run]
+    regressed_count: int
+    drift_open: int
+
+    @property
+    def empty(self) -> bool:
+        return not (self.active_count or self.failed_count or self.regressed_count or self.drift_open)
+
+
+def runs_needing_attention(
+    *, organisation: Organisation, since: dt.datetime, prompt_names: Collection[str] | None = None, limit: int = 5
+) -> RunsAttention:
+    """Queued or running runs (any age), and runs created since `since` that failed or whose verdict is
+    "regressed"; newest first. `prompt_names`: an API key's allowed prompts (None: all). Every query
+    reads the (organisation, created_at) or status index; counts stop at 1000."""
+    runs = Run.objects.filter(organisation=organisation).select_related("suite")
+    if prompt_names is not None:
+        runs = runs.filter(prompt_name__in=list(prompt_names))
+    runs = runs.order_by("-created_at", "-id")
+    recent = runs.filter(created_at__gte=since)
+    groups = {
+        "active": runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]),
+        "failed": recent.filter(status=RunStatus.FAILED),
+        "regressed": recent.filter(status=RunStatus.COMPLETED, verdict="regressed"),
+    }
+    found = {}
+    for name, qs in groups.items():
+        found[name] = list(qs[:limit])
+        found[f"{name}_count"] = len(found[name]) if len(found[name]) < limit else qs[:1000].count()
+    drift = DriftAlert.objects.filter(organisation=organisation, acknowledged_at__isnull=True)
+    if prompt_names is not None:
+        drift = drift.filter(run__prompt_name__in=list(prompt_names))
+    return RunsAttention(**found, drift_open=drift[:1000].count())
 
 
 def run_get(*, organisation: Organisation, run_id: int, prompt_names: Collection[str] | None = None) -> Run:

@@ -148,6 +148,41 @@ def deployments_health(*, deployment_ids: list[int]) -> tuple[dict[int, Deployme
     return states, True
 
 
+@dataclass(frozen=True)
+class HealthOverview:
+    """Deployments grouped by what their badge says (templates/proxy/partials/_health_badge.html)."""
+
+    counts: dict[str, int]  # healthy, probing, down, unknown, disabled
+    attention: list[tuple[Deployment, DeploymentHealth]]  # down first, then probing (at most `limit`)
+    total: int
+    available: bool
+
+
+def deployment_state(deployment: Deployment, health: DeploymentHealth) -> str:
+    """The word the health badge shows: disabled, unknown, healthy, probing or down."""
+    if not deployment.enabled:
+        return "disabled"
+    if not health.known:
+        return "unknown"
+    return {"closed": "healthy", "half_open": "probing"}.get(health.state, "down")
+
+
+def deployment_health_overview(*, organisation: Organisation, limit: int = 5, cap: int = 500) -> HealthOverview:
+    """How many of the organisation's deployments are healthy, probing, down, unknown or disabled, and
+    the ones that need a look. Reads at most `cap` deployments (one query, one Redis round trip)."""
+    deployments = list(deployments_of_organisation(organisation=organisation)[:cap])
+    health, available = deployments_health(deployment_ids=[d.id for d in deployments])
+    counts = dict.fromkeys(("healthy", "probing", "down", "unknown", "disabled"), 0)
+    attention = []
+    for d in deployments:
+        state = deployment_state(d, health[d.id])
+        counts[state] += 1
+        if state in ("down", "probing"):
+            attention.append((d, health[d.id]))
+    attention.sort(key=lambda pair: (pair[1].state != "open", pair[0].route.name, pair[0].name))
+    return HealthOverview(counts=counts, attention=attention[:limit], total=len(deployments), available=available)
+
+
 def deployments_of_organisation(*, organisation: Organisation) -> QuerySet[Deployment]:
     return Deployment.objects.filter(route__organisation=organisation).select_related("route").order_by("id")
 

@@ -6,7 +6,7 @@ reviewer role.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db.models import Avg, Count, F, Min, Q
 from django.utils import timezone
@@ -59,14 +59,25 @@ def false_positive_rates(policy) -> dict[str, dict]:
     }
 
 
+def queue_summary(*, organisation: Organisation, now: datetime | None = None) -> dict:
+    """The pending queue's depth, how many are past their deadline and the oldest one's age in
+    seconds (None when empty): one aggregate over the (organisation, status, ...) index."""
+    now = now or timezone.now()
+    head = ModerationItem.objects.filter(organisation=organisation, status=ModerationStatus.PENDING).aggregate(
+        depth=Count("id"), oldest=Min("created_at"), overdue=Count("id", filter=Q(deadline__lt=now))
+    )
+    return {
+        "depth": head["depth"],
+        "overdue": head["overdue"],
+        "oldest_age_seconds": (now - head["oldest"]).total_seconds() if head["oldest"] else None,
+    }
+
+
 def queue_metrics(*, organisation: Organisation, days: int = 7) -> dict:
     """Depth, oldest pending age, mean time to decision and approval rates per policy and reviewer
     over the last `days` days (the queue page's numbers)."""
     now = timezone.now()
-    pending = ModerationItem.objects.filter(organisation=organisation, status=ModerationStatus.PENDING)
-    head = pending.aggregate(
-        depth=Count("id"), oldest=Min("created_at"), overdue=Count("id", filter=Q(deadline__lt=now))
-    )
+    head = queue_summary(organisation=organisation, now=now)
     since = now - timedelta(days=days)
     decided = ModerationItem.objects.filter(
         organisation=organisation,
@@ -98,9 +109,7 @@ def queue_metrics(*, organisation: Organisation, days: int = 7) -> dict:
     for row in per_reviewer:
         row["approval_rate"] = row["approvals"] / row["decisions"] if row["decisions"] else None
     return {
-        "depth": head["depth"],
-        "overdue": head["overdue"],
-        "oldest_age_seconds": (now - head["oldest"]).total_seconds() if head["oldest"] else None,
+        **head,
         "decided": overall["n"],
         "mean_decision_seconds": overall["mean"].total_seconds() if overall["mean"] is not None else None,
         "per_policy": per_policy,
