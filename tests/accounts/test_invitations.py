@@ -78,6 +78,7 @@ def test_inviting_an_existing_and_an_unknown_user_name_answers_alike(client, inv
         "email": "",
         "username": "oscar-outsider",
         "roles": ["viewer"],
+        "team_ids": [],
         "invited_by": "alice-admin",
     }
     # Nobody joined: the outsider is still a member of their own organisation only.
@@ -191,7 +192,10 @@ def test_admins_remove_members_but_not_the_last_admin(client, admin, viewer):
     assert AuditEvent.objects.filter(action="member.removed", target_id=str(viewer.user.pk)).exists()
     own = Membership.objects.get(user=admin.user, organisation=admin.organisation)
     assert client.delete(f"/api/v1/members/{own.id}/").status_code == 409
-    # The page does the same.
+    # The page does the same, after asking to confirm.
+    confirm = client.get(reverse("accounts:member_remove", args=[own.id]))
+    assert confirm.status_code == 200 and b"Remove <strong>alice-admin</strong>" in confirm.content
+    assert Membership.objects.filter(pk=own.id).exists()
     page = client.post(reverse("accounts:member_remove", args=[own.id]), follow=True)
     assert b"last admin" in page.content
     assert Membership.objects.filter(pk=own.id).exists()
