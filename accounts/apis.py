@@ -6,7 +6,7 @@ Members join only by accepting an invitation (a one-time link); nothing here add
 from __future__ import annotations
 
 from django.http import Http404
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -204,11 +204,8 @@ class ApiKeyDetailApi(APIView):
     @extend_schema(
         operation_id="api_keys_update",
         request=UpdateInputSerializer,
-        responses={
-            200: OutputSerializer,
-            400: OpenApiResponse(description="Invalid input (the error names the field)."),
-            409: OpenApiResponse(description="The key is revoked: it cannot be edited."),
-        },
+        responses=OutputSerializer,
+        description="Change any of the fields given; the secret stays the same. 409 for a revoked key.",
         tags=["api keys"],
     )
     def patch(self, request, key_id: int):
