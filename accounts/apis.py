@@ -29,8 +29,10 @@ from accounts.selectors import (
 from accounts.services import (
     api_key_create,
     api_key_revoke,
+    api_key_update,
     membership_remove,
     membership_roles_change,
+    membership_teams_set,
     team_create,
 )
 from core.api import Pagination
@@ -72,6 +74,19 @@ def _api_key_or_404(request, key_id: int) -> ApiKey:
         return api_key_get(organisation=request.org.organisation, key_id=key_id)
     except ApiKey.DoesNotExist:
         raise Http404 from None
+
+
+def _team_of(organisation, team_id: int | None, *, param: str) -> Team | None:
+    if team_id is None:
+        return None
+    team = Team.objects.filter(organisation=organisation, pk=team_id).first()
+    if team is None:
+        raise ValidationFailed("No such team in this organisation.", param=param)
+    return team
+
+
+def _teams_of(organisation, team_ids: list[int], *, param: str) -> list[Team]:
+    return [_team_of(organisation, team_id, param=param) for team_id in dict.fromkeys(team_ids)]
 
 
 class ApiKeyListCreateApi(APIView):
@@ -136,12 +151,7 @@ class ApiKeyListCreateApi(APIView):
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         organisation = request.org.organisation
-        team_id = data.pop("team_id", None)
-        team = None
-        if team_id is not None:
-            team = Team.objects.filter(organisation=organisation, pk=team_id).first()
-            if team is None:
-                raise ValidationFailed("No such team in this organisation.", param="team_id")
+        team = _team_of(organisation, data.pop("team_id", None), param="team_id")
         created = api_key_create(
             organisation=organisation,
             actor=request.org.actor,
@@ -156,15 +166,57 @@ class ApiKeyListCreateApi(APIView):
 
 
 class ApiKeyDetailApi(APIView):
+    """GET one key; PATCH changes its name, team, expiry, scopes or limits. The secret stays the same
+    (re-issue a key to change it); a revoked key cannot be edited (409). Proxies apply a change
+    within 2 seconds."""
+
     permission_classes = [IsAuthenticated, RoleRequired]
     required_roles = (Role.ADMIN,)
 
     class OutputSerializer(ApiKeyOutputSerializer):
         pass
 
+    class UpdateInputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200, required=False)
+        team_id = serializers.IntegerField(required=False, allow_null=True, help_text="null: no team.")
+        expires_at = serializers.DateTimeField(
+            required=False, allow_null=True, help_text="In the future, or null: never expires."
+        )
+        allowed_models = serializers.ListField(
+            child=serializers.CharField(max_length=200), required=False, max_length=500
+        )
+        allowed_prompts = serializers.ListField(
+            child=serializers.CharField(max_length=200), required=False, max_length=500
+        )
+        roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices), required=False)
+        rpm_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
+        tpm_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
+        max_in_flight = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
+        cache_enabled = serializers.BooleanField(required=False)
+        overridable_params = serializers.ListField(
+            child=serializers.CharField(max_length=64), required=False, max_length=100
+        )
+
     @extend_schema(operation_id="api_keys_retrieve", responses=OutputSerializer, tags=["api keys"])
     def get(self, request, key_id: int):
         return Response(self.OutputSerializer(_api_key_or_404(request, key_id)).data)
+
+    @extend_schema(
+        operation_id="api_keys_update",
+        request=UpdateInputSerializer,
+        responses=OutputSerializer,
+        description="Change any of the fields given; the secret stays the same. 409 for a revoked key.",
+        tags=["api keys"],
+    )
+    def patch(self, request, key_id: int):
+        key = _api_key_or_404(request, key_id)
+        serializer = self.UpdateInputSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        changes = dict(serializer.validated_data)
+        if "team_id" in changes:
+            changes["team"] = _team_of(request.org.organisation, changes.pop("team_id"), param="team_id")
+        key = api_key_update(api_key=key, actor=request.org.actor, **changes)
+        return Response(self.OutputSerializer(key).data)
 
 
 class ApiKeyRevokeApi(APIView):
@@ -188,10 +240,11 @@ class ApiKeyRevokeApi(APIView):
 class MemberOutputSerializer(serializers.ModelSerializer):
     username = serializers.CharField(source="user.get_username")
     user_id = serializers.IntegerField()
+    team_ids = serializers.PrimaryKeyRelatedField(source="teams", many=True, read_only=True)
 
     class Meta:
         model = Membership
-        fields = ["id", "user_id", "username", "roles", "created_at"]
+        fields = ["id", "user_id", "username", "roles", "team_ids", "created_at"]
 
 
 class MemberListApi(APIView):
@@ -233,10 +286,13 @@ class MemberRemoveApi(APIView):
 
 class InvitationOutputSerializer(serializers.ModelSerializer):
     invited_by = serializers.CharField(source="invited_by.get_username", default=None, allow_null=True)
+    team_ids = serializers.PrimaryKeyRelatedField(
+        source="teams", many=True, read_only=True, help_text="The teams the new member joins on accepting."
+    )
 
     class Meta:
         model = Invitation
-        fields = ["id", "email", "username", "roles", "invited_by", "created_at", "expires_at"]
+        fields = ["id", "email", "username", "roles", "team_ids", "invited_by", "created_at", "expires_at"]
 
 
 class InvitationListCreateApi(APIView):
@@ -258,6 +314,9 @@ class InvitationListCreateApi(APIView):
         email = serializers.CharField(max_length=254, required=False, allow_blank=True, default="")
         username = serializers.CharField(max_length=150, required=False, allow_blank=True, default="")
         roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices), min_length=1)
+        team_ids = serializers.ListField(
+            child=serializers.IntegerField(), required=False, default=list, max_length=100, help_text="Teams to join."
+        )
 
     class CreateOutputSerializer(InvitationOutputSerializer):
         link = serializers.SerializerMethodField(help_text="The one-time link to accept; shown in this response only.")
@@ -289,11 +348,14 @@ class InvitationListCreateApi(APIView):
     def post(self, request):
         serializer = self.CreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        organisation = request.org.organisation
         created = invitation_create(
-            organisation=request.org.organisation,
+            organisation=organisation,
             actor=request.org.actor,
             invited_by=request.org.user,
-            **serializer.validated_data,
+            teams=_teams_of(organisation, data.pop("team_ids"), param="team_ids"),
+            **data,
         )
         body = self.CreateOutputSerializer(created.invitation, context={"link": created.link}).data
         response = Response(body, status=status.HTTP_202_ACCEPTED)
@@ -343,6 +405,30 @@ class MemberRolesApi(APIView):
         membership = membership_roles_change(
             membership=membership, roles=serializer.validated_data["roles"], actor=request.org.actor
         )
+        return Response(self.OutputSerializer(membership).data)
+
+
+class MemberTeamsApi(APIView):
+    """PUT replaces the teams a member belongs to (teams of this organisation)."""
+
+    permission_classes = [IsAuthenticated, RoleRequired]
+    required_roles = (Role.ADMIN,)
+
+    class InputSerializer(serializers.Serializer):
+        team_ids = serializers.ListField(child=serializers.IntegerField(), max_length=100)
+
+    class OutputSerializer(MemberOutputSerializer):
+        pass
+
+    @extend_schema(
+        operation_id="members_teams_set", request=InputSerializer, responses=OutputSerializer, tags=["members"]
+    )
+    def put(self, request, membership_id: int):
+        membership = _membership_or_404(request, membership_id)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        teams = _teams_of(request.org.organisation, serializer.validated_data["team_ids"], param="team_ids")
+        membership = membership_teams_set(membership=membership, teams=teams, actor=request.org.actor)
         return Response(self.OutputSerializer(membership).data)
 
 

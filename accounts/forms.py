@@ -46,7 +46,9 @@ class RolesField(forms.MultipleChoiceField):
         super().__init__(**kwargs)
 
 
-class ApiKeyCreateForm(forms.Form):
+class ApiKeyForm(forms.Form):
+    """A key's name, team, expiry, scopes and limits: the same form creates a key and edits one."""
+
     name = forms.CharField(max_length=200)
     team = forms.ModelChoiceField(queryset=Team.objects.none(), required=False, empty_label="No team")
     expires_at = forms.DateTimeField(
@@ -72,15 +74,53 @@ class ApiKeyCreateForm(forms.Form):
 
     def clean_expires_at(self):
         value = self.cleaned_data.get("expires_at")
-        if value is not None and value <= timezone.now():
+        initial = self.initial.get("expires_at")
+        # Editing a key that expired keeps its date if left alone; only a new date must be ahead.
+        unchanged = initial is not None and value == initial.replace(second=0, microsecond=0)
+        if value is not None and value <= timezone.now() and not unchanged:
             raise forms.ValidationError("Must be in the future.")
+        if unchanged:
+            return initial
         return value
+
+
+def api_key_form_initial(key) -> dict:
+    """The form's starting values for an existing key."""
+    return {
+        "name": key.name,
+        "team": key.team_id,
+        "expires_at": key.expires_at,
+        "allowed_models": key.allowed_models,
+        "allowed_prompts": key.allowed_prompts,
+        "roles": key.roles,
+        "rpm_limit": key.rpm_limit,
+        "tpm_limit": key.tpm_limit,
+        "max_in_flight": key.max_in_flight,
+        "cache_enabled": key.cache_enabled,
+        "overridable_params": key.overridable_params,
+    }
+
+
+class _TeamsField(forms.ModelMultipleChoiceField):
+    widget = forms.CheckboxSelectMultiple
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("queryset", Team.objects.none())
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
 
 
 class InvitationCreateForm(forms.Form):
     email = forms.EmailField(required=False, label="Email address")
-    username = forms.CharField(max_length=150, required=False, label="or the user name of someone with an account")
+    username = forms.CharField(
+        max_length=150, required=False, label="or the user name of someone who already has an account"
+    )
     roles = RolesField(required=True)
+    teams = _TeamsField(help_text="The teams they join on accepting.")
+
+    def __init__(self, *args, organisation, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["teams"].queryset = Team.objects.filter(organisation=organisation).order_by("name")
 
     def clean(self):
         data = super().clean()
@@ -92,9 +132,11 @@ class InvitationCreateForm(forms.Form):
 class InvitationNewAccountForm(forms.Form):
     username = forms.CharField(max_length=150, label="Choose a user name")
     email = forms.EmailField(required=False, label="Email address (optional)")
-    password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}), label="Password")
+    password = forms.CharField(
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}), label="Password", strip=False
+    )
     password_again = forms.CharField(
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}), label="Password again"
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}), label="Password again", strip=False
     )
 
     def clean(self):
@@ -104,8 +146,13 @@ class InvitationNewAccountForm(forms.Form):
         return data
 
 
-class MemberRolesForm(forms.Form):
+class MemberForm(forms.Form):
     roles = RolesField(required=False, help_text="No role at all keeps the member but lets them see nothing.")
+    teams = _TeamsField()
+
+    def __init__(self, *args, organisation, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["teams"].queryset = Team.objects.filter(organisation=organisation).order_by("name")
 
 
 class TeamCreateForm(forms.Form):

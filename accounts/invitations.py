@@ -86,6 +86,7 @@ def invitation_create(
     actor: Actor,
     email: str = "",
     username: str = "",
+    teams=(),
     invited_by=None,
 ) -> InvitationCreated:
     """Invite someone by email address or user name. Nobody is added until they accept the link.
@@ -109,6 +110,9 @@ def invitation_create(
     roles = roles_validate(roles or [])
     if not roles:
         raise ValidationFailed("Give the new member at least one role.", param="roles")
+    teams = list(teams or ())
+    if any(team.organisation_id != organisation.id for team in teams):
+        raise ValidationFailed("A team belongs to another organisation.", param="teams")
     token = secrets.token_urlsafe(32)
     expires_at = timezone.now() + timedelta(days=settings.STEWARD_INVITATION_DAYS)
     with transaction.atomic():
@@ -121,13 +125,20 @@ def invitation_create(
             invited_by=invited_by,
             expires_at=expires_at,
         )
+        invitation.teams.set(teams)
         audit_event_record(
             organisation_id=organisation.id,
             actor=actor,
             action=Action.INVITATION_CREATED,
             target_type="invitation",
             target_id=invitation.id,
-            after={"email": email, "username": username, "roles": roles, "expires_at": expires_at.isoformat()},
+            after={
+                "email": email,
+                "username": username,
+                "roles": roles,
+                "teams": sorted(team.name for team in teams),
+                "expires_at": expires_at.isoformat(),
+            },
         )
         link = invitation_link(token)
         # The user lookup and the mail happen in the worker: done here, the answer would take longer
@@ -135,7 +146,15 @@ def invitation_create(
         sealed = secret_encrypt(token)
         transaction.on_commit(lambda: invitation_mail_send_task.delay(invitation.id, sealed))
     if not settings.IS_PROD:
-        logger.info("invitation to %s for %s: %s", organisation.slug, invitation.recipient, link)
+        # Outside production the link is also logged, at WARNING so that `make run`'s terminal shows it
+        # whatever LOG_LEVEL says: a development installation often has no mail server.
+        logger.warning(
+            "invitation link (logged outside production only) to %s for %s: %s",
+            organisation.slug,
+            invitation.recipient,
+            link,
+            extra={"invitation_id": invitation.id},
+        )
     return InvitationCreated(invitation=invitation, link=link)
 
 
@@ -179,13 +198,15 @@ def _invitation_claim(*, token: str, user) -> Invitation:
 def _invitation_join(*, invitation: Invitation, user) -> Membership:
     actor = Actor.for_user(user)
     membership = membership_set(organisation=invitation.organisation, user=user, roles=invitation.roles, actor=actor)
+    teams = list(invitation.teams.all())
+    membership.teams.add(*teams)
     audit_event_record(
         organisation_id=invitation.organisation_id,
         actor=actor,
         action=Action.INVITATION_ACCEPTED,
         target_type="invitation",
         target_id=invitation.id,
-        after={"username": user.get_username(), "roles": invitation.roles},
+        after={"username": user.get_username(), "roles": invitation.roles, "teams": sorted(t.name for t in teams)},
     )
     return membership
 

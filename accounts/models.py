@@ -98,6 +98,8 @@ class Invitation(TimeStampedModel):
     email = models.EmailField(blank=True)
     username = models.CharField(max_length=150, blank=True)
     roles = models.JSONField(default=list)
+    # The teams the new member joins on accepting (teams of the same organisation).
+    teams = models.ManyToManyField(Team, blank=True, related_name="invitations")
     token_hash = models.CharField(max_length=64, unique=True)
     invited_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

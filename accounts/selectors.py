@@ -35,7 +35,12 @@ def memberships_for_user(*, user) -> QuerySet[Membership]:
 
 
 def members_list(*, organisation: Organisation) -> QuerySet[Membership]:
-    return Membership.objects.select_related("user").filter(organisation=organisation).order_by("user__username")
+    return (
+        Membership.objects.select_related("user")
+        .prefetch_related("teams")
+        .filter(organisation=organisation)
+        .order_by("user__username")
+    )
 
 
 def api_keys_list(*, organisation: Organisation) -> QuerySet[ApiKey]:

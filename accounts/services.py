@@ -100,6 +100,30 @@ def membership_roles_change(*, membership: Membership, roles: list[str], actor: 
         return membership_set(organisation=membership.organisation, user=membership.user, roles=roles, actor=actor)
 
 
+def membership_teams_set(*, membership: Membership, teams, actor: Actor) -> Membership:
+    """Put a member in exactly `teams` (teams of the membership's organisation; ValidationFailed for any
+    other). Audited with the team names before and after; nothing is written when nothing changes."""
+    wanted = {team.id: team for team in teams}
+    if any(team.organisation_id != membership.organisation_id for team in wanted.values()):
+        raise ValidationFailed("A team belongs to another organisation.", param="teams")
+    with transaction.atomic():
+        Membership.objects.select_for_update().filter(pk=membership.pk).first()
+        current = {team.id: team for team in membership.teams.all()}
+        if set(current) == set(wanted):
+            return membership
+        membership.teams.set(list(wanted.values()))
+        audit_event_record(
+            organisation_id=membership.organisation_id,
+            actor=actor,
+            action=Action.MEMBER_TEAMS_CHANGED,
+            target_type="user",
+            target_id=membership.user_id,
+            before={"teams": sorted(team.name for team in current.values())},
+            after={"username": membership.user.get_username(), "teams": sorted(team.name for team in wanted.values())},
+        )
+    return membership
+
+
 def _admin_ids_locked(organisation_id: int) -> list[int]:
     # Lock every membership of the organisation so two demotions or removals cannot both pass the check.
     # (Filtered in Python: SQLite, the dev default, has no JSON containment lookup.)
@@ -170,6 +194,34 @@ class ApiKeyCreated:
     secret: str  # shown to the creator once, never stored
 
 
+# What can change on a key after it is made; the secret (and so the prefix) cannot: re-issue a key for that.
+API_KEY_EDITABLE = (
+    "name",
+    "team",
+    "expires_at",
+    "allowed_models",
+    "allowed_prompts",
+    "roles",
+    "rpm_limit",
+    "tpm_limit",
+    "max_in_flight",
+    "cache_enabled",
+    "overridable_params",
+)
+
+
+def _api_key_name_clean(name: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise ValidationFailed("An API key needs a name.", param="name")
+    return name
+
+
+def _api_key_team_check(team: Team | None, organisation_id: int) -> None:
+    if team is not None and team.organisation_id != organisation_id:
+        raise ValidationFailed("The team belongs to another organisation.", param="team")
+
+
 def api_key_create(
     *,
     organisation: Organisation,
@@ -188,11 +240,8 @@ def api_key_create(
     created_by=None,
 ) -> ApiKeyCreated:
     """Create a key and return its secret once. Only the hash and a short prefix are stored."""
-    name = (name or "").strip()
-    if not name:
-        raise ValidationFailed("An API key needs a name.", param="name")
-    if team is not None and team.organisation_id != organisation.id:
-        raise ValidationFailed("The team belongs to another organisation.", param="team")
+    name = _api_key_name_clean(name)
+    _api_key_team_check(team, organisation.id)
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationFailed("expires_at must be in the future.", param="expires_at")
     roles = roles_validate(roles or [])
@@ -227,6 +276,69 @@ def api_key_create(
         # A negative lookup of this secret may be cached; drop it so the key works at once.
         invalidate(API_KEYS_NAMESPACE)
     return ApiKeyCreated(api_key=key, secret=secret)
+
+
+def _limit_clean(value, *, param: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > 2_147_483_647:
+        raise ValidationFailed(f"{param} must be a whole number from 1 to 2147483647, or empty.", param=param)
+    return value
+
+
+def api_key_update(*, api_key: ApiKey, actor: Actor, **changes) -> ApiKey:
+    """Change what a key may do (any of API_KEY_EDITABLE) without re-issuing its secret.
+
+    A revoked key cannot change (Conflict). An expiry may only move into the future. Only fields whose
+    value differs are written and audited (before/after hold just those); a change drops every proxy
+    process's cached copy of the key within the invalidation bound (< 2 s), as revocation does.
+    Returns the key as stored.
+    """
+    unknown = set(changes) - set(API_KEY_EDITABLE)
+    if unknown:
+        raise TypeError(f"not editable on an API key: {', '.join(sorted(unknown))}")
+    cleaned: dict = {}
+    for field, value in changes.items():
+        if field == "name":
+            value = _api_key_name_clean(value)
+        elif field == "team":
+            _api_key_team_check(value, api_key.organisation_id)
+        elif field == "roles":
+            value = roles_validate(value or [])
+        elif field in ("allowed_models", "allowed_prompts", "overridable_params"):
+            value = sorted({str(v) for v in (value or [])})
+        elif field in ("rpm_limit", "tpm_limit", "max_in_flight"):
+            value = _limit_clean(value, param=field)
+        elif field == "cache_enabled":
+            value = bool(value)
+        cleaned[field] = value
+    with transaction.atomic():
+        key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+        if key.revoked_at is not None:
+            raise Conflict("This key is revoked; a revoked key cannot be edited.", code="api_key_revoked")
+        changed = {field: value for field, value in cleaned.items() if getattr(key, field) != value}
+        if "expires_at" in changed and changed["expires_at"] is not None and changed["expires_at"] <= timezone.now():
+            raise ValidationFailed("expires_at must be in the future.", param="expires_at")
+        if not changed:
+            return key
+        before = api_key_public(key)
+        for field, value in changed.items():
+            setattr(key, field, value)
+        key.save(update_fields=[*changed, "updated_at"])
+        after = api_key_public(key)
+        names = ["team_id" if field == "team" else field for field in changed]
+        audit_event_record(
+            organisation_id=key.organisation_id,
+            actor=actor,
+            action=Action.API_KEY_UPDATED,
+            target_type="api_key",
+            target_id=key.id,
+            before={name: before[name] for name in names},
+            after={name: after[name] for name in names},
+        )
+        # Every process serving this key from memory reloads it (the same signal as a revocation).
+        invalidate(API_KEYS_NAMESPACE)
+    return key
 
 
 def api_key_public(key: ApiKey) -> dict:

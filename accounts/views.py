@@ -3,18 +3,21 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth import login as auth_login
 from django.contrib.auth import views as auth_views
+from django.db import transaction
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.client_ip import client_ip_address
 from accounts.forms import (
-    ApiKeyCreateForm,
+    ApiKeyForm,
     InvitationCreateForm,
     InvitationNewAccountForm,
-    MemberRolesForm,
+    MemberForm,
     TeamCreateForm,
+    api_key_form_initial,
 )
 from accounts.invitations import invitation_accept, invitation_accept_new_user, invitation_create, invitation_revoke
 from accounts.models import ApiKey, Invitation, Membership
@@ -35,11 +38,14 @@ from accounts.selectors import (
 from accounts.services import (
     api_key_create,
     api_key_revoke,
+    api_key_update,
     membership_remove,
     membership_roles_change,
+    membership_teams_set,
     team_create,
     user_login_record,
 )
+from accounts.show_once import show_once_keep, show_once_take
 from core.errors import ApplicationError
 
 
@@ -84,9 +90,9 @@ def api_key_list(request):
 @require_http_methods(["GET", "POST"])
 @role_required(Role.ADMIN)
 def api_key_create_view(request):
-    """The secret is rendered in the POST response only: nothing can show it again later."""
+    """POST creates the key and redirects to its one-time page (a reload there creates nothing)."""
     organisation = request.org.organisation
-    form = ApiKeyCreateForm(request.POST if request.method == "POST" else None, organisation=organisation)
+    form = ApiKeyForm(request.POST if request.method == "POST" else None, organisation=organisation)
     if request.method == "POST" and form.is_valid():
         try:
             created = api_key_create(
@@ -95,8 +101,48 @@ def api_key_create_view(request):
         except ApplicationError as exc:
             _form_error(form, exc)
         else:
-            return render(request, "accounts/api_key_created.html", {"key": created.api_key, "secret": created.secret})
+            show_once_keep(request, kind="api_key", object_id=created.api_key.id, secret=created.secret)
+            return redirect("accounts:api_key_created", key_id=created.api_key.id)
     return render(request, "accounts/api_key_form.html", {"form": form})
+
+
+@never_cache
+@require_GET
+@role_required(Role.ADMIN)
+def api_key_created(request, key_id: int):
+    """The secret of a key just made, shown once to the session that made it; afterwards (a reload,
+    another admin) the page says it was shown already. Sent with no-store: no cache keeps it."""
+    try:
+        key = api_key_get(organisation=request.org.organisation, key_id=key_id)
+    except ApiKey.DoesNotExist:
+        raise Http404 from None
+    secret = show_once_take(request, kind="api_key", object_id=key.id)
+    return render(request, "accounts/api_key_created.html", {"key": key, "secret": secret})
+
+
+@require_http_methods(["GET", "POST"])
+@role_required(Role.ADMIN)
+def api_key_edit(request, key_id: int):
+    """Change a key's name, team, expiry, scopes and limits; its secret stays. Revoked keys are read-only."""
+    organisation = request.org.organisation
+    try:
+        key = api_key_get(organisation=organisation, key_id=key_id)
+    except ApiKey.DoesNotExist:
+        raise Http404 from None
+    if key.revoked_at is not None:
+        return render(request, "accounts/api_key_edit.html", {"key": key, "form": None}, status=409)
+    form = ApiKeyForm(
+        request.POST if request.method == "POST" else None, organisation=organisation, initial=api_key_form_initial(key)
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            api_key_update(api_key=key, actor=request.org.actor, **form.cleaned_data)
+        except ApplicationError as exc:
+            _form_error(form, exc)
+        else:
+            messages.success(request, f"API key {key.name} ({key.prefix}…) saved. Proxies apply it within 2 seconds.")
+            return redirect("accounts:api_key_list")
+    return render(request, "accounts/api_key_edit.html", {"key": key, "form": form})
 
 
 @require_http_methods(["GET", "POST"])
@@ -122,11 +168,11 @@ def api_key_revoke_view(request, key_id: int):
 @require_http_methods(["GET", "POST"])
 @role_required(Role.ADMIN)
 def member_list(request):
-    """Members, pending invitations, and the invitation form. The link of a new invitation is rendered
-    in the POST response only (the same page whether or not such a user exists)."""
+    """Members, pending invitations, and the invitation form. A POST that invites redirects here with
+    `?invitation=<id>`; that GET shows the new link once (kept in the session), a reload no more. The page
+    is the same whether or not a user of the invited name or address exists."""
     organisation = request.org.organisation
-    form = InvitationCreateForm(request.POST if request.method == "POST" else None)
-    created = None
+    form = InvitationCreateForm(request.POST if request.method == "POST" else None, organisation=organisation)
     if request.method == "POST" and form.is_valid():
         try:
             created = invitation_create(
@@ -135,25 +181,37 @@ def member_list(request):
         except ApplicationError as exc:
             _form_error(form, exc)
         else:
-            form = InvitationCreateForm()
-    members = members_list(organisation=organisation).prefetch_related("teams")
+            show_once_keep(request, kind="invitation", object_id=created.invitation.id, secret=created.link)
+            return redirect(f"{reverse('accounts:member_list')}?invitation={created.invitation.id}")
+    created = None
+    wanted = request.GET.get("invitation", "")
+    if request.method == "GET" and wanted.isdigit():
+        try:
+            invitation = invitation_get(organisation=organisation, invitation_id=int(wanted))
+        except Invitation.DoesNotExist:
+            invitation = None
+        if invitation is not None:
+            link = show_once_take(request, kind="invitation", object_id=invitation.id)
+            created = {"invitation": invitation, "link": link}
     context = {
-        "members": members,
-        "invitations": invitations_pending(organisation=organisation),
+        "members": members_list(organisation=organisation),
+        "invitations": invitations_pending(organisation=organisation).prefetch_related("teams"),
         "form": form,
         "created": created,
-        "roles": Role,
     }
     return render(request, "accounts/member_list.html", context)
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @role_required(Role.ADMIN)
 def member_remove(request, membership_id: int):
+    """GET asks to confirm; POST takes the member out (never the organisation's last admin)."""
     try:
         membership = membership_get(organisation=request.org.organisation, membership_id=membership_id)
     except Membership.DoesNotExist:
         raise Http404 from None
+    if request.method == "GET":
+        return render(request, "accounts/member_remove.html", {"membership": membership})
     try:
         membership_remove(membership=membership, actor=request.org.actor)
     except ApplicationError as exc:
@@ -184,7 +242,8 @@ def invitation_accept_view(request, token: str):
     if invitation is None:
         return render(request, "accounts/invitation_invalid.html", status=404)
     form = InvitationNewAccountForm(
-        request.POST if request.method == "POST" and not request.user.is_authenticated else None
+        request.POST if request.method == "POST" and not request.user.is_authenticated else None,
+        initial={"email": invitation.email},
     )
     if request.method == "POST":
         try:
@@ -215,18 +274,28 @@ def invitation_accept_view(request, token: str):
 @require_http_methods(["GET", "POST"])
 @role_required(Role.ADMIN)
 def member_edit(request, membership_id: int):
+    """A member's roles and teams (the last admin keeps the admin role)."""
+    organisation = request.org.organisation
     try:
-        membership = membership_get(organisation=request.org.organisation, membership_id=membership_id)
+        membership = membership_get(organisation=organisation, membership_id=membership_id)
     except Membership.DoesNotExist:
         raise Http404 from None
-    form = MemberRolesForm(request.POST if request.method == "POST" else None, initial={"roles": membership.roles})
+    form = MemberForm(
+        request.POST if request.method == "POST" else None,
+        organisation=organisation,
+        initial={"roles": membership.roles, "teams": list(membership.teams.all())},
+    )
     if request.method == "POST" and form.is_valid():
         try:
-            membership_roles_change(membership=membership, roles=form.cleaned_data["roles"], actor=request.org.actor)
+            with transaction.atomic():
+                membership_roles_change(
+                    membership=membership, roles=form.cleaned_data["roles"], actor=request.org.actor
+                )
+                membership_teams_set(membership=membership, teams=form.cleaned_data["teams"], actor=request.org.actor)
         except ApplicationError as exc:
             _form_error(form, exc)
         else:
-            messages.success(request, f"Roles of {membership.user.get_username()} saved.")
+            messages.success(request, f"Roles and teams of {membership.user.get_username()} saved.")
             return redirect("accounts:member_list")
     return render(request, "accounts/member_edit.html", {"membership": membership, "form": form})
 

@@ -9,6 +9,7 @@ class Action(models.TextChoices):
     ORGANISATION_SETTINGS_CHANGED = "organisation.settings_changed"
     MEMBER_ADDED = "member.added"
     MEMBER_ROLES_CHANGED = "member.roles_changed"
+    MEMBER_TEAMS_CHANGED = "member.teams_changed"
     MEMBER_REMOVED = "member.removed"
     INVITATION_CREATED = "invitation.created"
     INVITATION_REVOKED = "invitation.revoked"

@@ -59,22 +59,26 @@ EXPECTATIONS: dict[str, dict] = {
     "accounts:organisation_switch": {"allowed_roles": ANY_MEMBER, "methods": ("POST",), "ok": {"POST": (302,)}},
     "accounts:api_key_list": {"allowed_roles": ADMIN, "methods": READ},
     "accounts:api_key_create": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
+    "accounts:api_key_created": {"allowed_roles": ADMIN, "methods": READ},
+    "accounts:api_key_edit": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
     "accounts:api_key_revoke": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (302,)}},
     "accounts:member_list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
     "accounts:member_edit": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (302,)}},
-    "accounts:member_remove": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "accounts:member_remove": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (302,)}},
     "accounts:invitation_revoke": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
     # the invited person's page: open to anyone holding the link (a signed-in caller's POST accepts it)
     "accounts:invitation_accept": {"public": True, "methods": ("GET", "POST"), "ok": {"POST": (200, 302)}},
     "accounts:team_list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
     # accounts (API)
     "api-api-key-list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
-    "api-api-key-detail": {"allowed_roles": ADMIN, "methods": READ},
+    # an empty PATCH changes nothing and answers the key
+    "api-api-key-detail": {"allowed_roles": ADMIN, "methods": ("GET", "PATCH"), "ok": {"PATCH": (200,)}},
     "api-api-key-revoke": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (200,)}},
     # members join only through invitations: POST on the member list is gone (405 for everyone allowed in)
     "api-member-list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (405,)}},
     "api-member-remove": {"allowed_roles": ADMIN, "methods": ("DELETE",), "ok": {"DELETE": (204,)}},
     "api-member-roles": {"allowed_roles": ADMIN, "methods": ("PUT",), "ok": {"PUT": (400,)}},
+    "api-member-teams": {"allowed_roles": ADMIN, "methods": ("PUT",), "ok": {"PUT": (400,)}},
     "api-team-list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
     "api-invitation-list": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
     "api-invitation-revoke": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (200,)}},

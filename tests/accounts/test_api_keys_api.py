@@ -127,3 +127,93 @@ def test_members_api(client, admin, viewer):
         f"/api/v1/members/{membership.id}/roles/", {"roles": ["admin"]}, content_type="application/json"
     )
     assert changed.status_code == 200 and changed.json()["roles"] == ["admin"]
+
+
+def test_patch_changes_scopes_and_limits_but_not_the_secret(
+    client, admin, api_key_factory, django_capture_on_commit_callbacks
+):
+    from audit.models import AuditEvent
+
+    key, secret = api_key_factory(name="search", rpm_limit=10, roles=["viewer"])
+    login(client, admin)
+    team = client.post("/api/v1/teams/", {"name": "Platform"}, content_type="application/json").json()
+    assert api_key_authenticate(secret).rpm_limit == 10  # cached in this process
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.patch(
+            f"{LIST}{key.id}/",
+            {"rpm_limit": 50, "team_id": team["id"], "allowed_prompts": ["greeting"]},
+            content_type="application/json",
+        )
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["rpm_limit"], body["team_name"], body["allowed_prompts"], body["name"]) == (
+        50,
+        "Platform",
+        ["greeting"],
+        "search",
+    )
+    assert "secret" not in body
+    principal = api_key_authenticate(secret)
+    assert principal.rpm_limit == 50 and principal.allowed_prompts == ("greeting",)
+    event = AuditEvent.objects.get(action="api_key.updated", target_id=str(key.id))
+    assert event.before == {"rpm_limit": 10, "team_id": None, "allowed_prompts": []}
+    assert event.after == {"rpm_limit": 50, "team_id": team["id"], "allowed_prompts": ["greeting"]}
+    # null clears a limit; an unknown team, a bad limit or a past expiry are 400s naming the field.
+    assert (
+        client.patch(f"{LIST}{key.id}/", {"rpm_limit": None}, content_type="application/json").json()["rpm_limit"]
+        is None
+    )
+    bad = client.patch(f"{LIST}{key.id}/", {"team_id": 10**6}, content_type="application/json")
+    assert bad.status_code == 400 and bad.json()["error"]["details"] == {"param": "team_id"}
+    bad = client.patch(f"{LIST}{key.id}/", {"tpm_limit": 0, "name": ""}, content_type="application/json")
+    assert bad.status_code == 400 and set(bad.json()["error"]["details"]) == {"tpm_limit", "name"}
+    past = client.patch(f"{LIST}{key.id}/", {"expires_at": "2001-01-01T00:00:00Z"}, content_type="application/json")
+    assert past.status_code == 400 and past.json()["error"]["details"] == {"param": "expires_at"}
+
+
+def test_patch_refuses_a_revoked_key_and_other_organisations(client, admin, outsider, viewer, api_key_factory):
+    key, _ = api_key_factory(name="search")
+    login(client, viewer)
+    assert client.patch(f"{LIST}{key.id}/", {"name": "x"}, content_type="application/json").status_code == 403
+    client.logout()
+    login(client, outsider)
+    assert client.patch(f"{LIST}{key.id}/", {"name": "x"}, content_type="application/json").status_code == 404
+    client.logout()
+    login(client, admin)
+    client.post(f"{LIST}{key.id}/revoke/")
+    refused = client.patch(f"{LIST}{key.id}/", {"name": "x"}, content_type="application/json")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "api_key_revoked"
+    key.refresh_from_db()
+    assert key.name == "search"
+
+
+def test_patch_is_described_in_the_schema(client, admin):
+    login(client, admin)
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    operation = schema["paths"]["/api/v1/api-keys/{key_id}/"]["patch"]
+    assert operation["operationId"] == "api_keys_update"
+    body = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    properties = schema["components"]["schemas"][body]["properties"]
+    assert {"name", "team_id", "expires_at", "allowed_models", "rpm_limit", "cache_enabled"} <= set(properties)
+    assert "secret" not in properties and "prefix" not in properties
+    assert {"200", "400", "404", "409"} <= set(operation["responses"])
+    teams = schema["paths"]["/api/v1/members/{membership_id}/teams/"]["put"]
+    assert teams["operationId"] == "members_teams_set"
+
+
+def test_member_teams_api(client, admin, viewer, other_organisation):
+    from accounts.services import team_create
+    from core.actors import Actor
+
+    theirs = team_create(organisation=other_organisation, name="Theirs", actor=Actor.system())
+    login(client, admin)
+    team = client.post("/api/v1/teams/", {"name": "Platform"}, content_type="application/json").json()
+    membership = Membership.objects.get(user=viewer.user)
+    url = f"/api/v1/members/{membership.id}/teams/"
+    changed = client.put(url, {"team_ids": [team["id"]]}, content_type="application/json")
+    assert changed.status_code == 200 and changed.json()["team_ids"] == [team["id"]]
+    assert [m["team_ids"] for m in client.get("/api/v1/members/").json()["results"]] == [[], [team["id"]]]
+    foreign = client.put(url, {"team_ids": [theirs.id]}, content_type="application/json")
+    assert foreign.status_code == 400 and foreign.json()["error"]["details"] == {"param": "team_ids"}
+    assert list(membership.teams.values_list("id", flat=True)) == [team["id"]]
+    assert client.put(url, {"team_ids": []}, content_type="application/json").json()["team_ids"] == []

@@ -19,7 +19,7 @@ from accounts.invitations import invitation_mail_send
 from accounts.models import Invitation, Membership
 from accounts.services import user_create
 from audit.models import AuditEvent
-from tests.helpers import login, wait_until
+from tests.helpers import ACTOR, login, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -78,6 +78,7 @@ def test_inviting_an_existing_and_an_unknown_user_name_answers_alike(client, inv
         "email": "",
         "username": "oscar-outsider",
         "roles": ["viewer"],
+        "team_ids": [],
         "invited_by": "alice-admin",
     }
     # Nobody joined: the outsider is still a member of their own organisation only.
@@ -191,7 +192,10 @@ def test_admins_remove_members_but_not_the_last_admin(client, admin, viewer):
     assert AuditEvent.objects.filter(action="member.removed", target_id=str(viewer.user.pk)).exists()
     own = Membership.objects.get(user=admin.user, organisation=admin.organisation)
     assert client.delete(f"/api/v1/members/{own.id}/").status_code == 409
-    # The page does the same.
+    # The page does the same, after asking to confirm.
+    confirm = client.get(reverse("accounts:member_remove", args=[own.id]))
+    assert confirm.status_code == 200 and b"Remove <strong>alice-admin</strong>" in confirm.content
+    assert Membership.objects.filter(pk=own.id).exists()
     page = client.post(reverse("accounts:member_remove", args=[own.id]), follow=True)
     assert b"last admin" in page.content
     assert Membership.objects.filter(pk=own.id).exists()
@@ -256,3 +260,82 @@ def test_the_worker_mails_the_link(client, admin, celery_worker_process):
     wait_until(lambda: "To: ward@example.com" in log.read_text(), timeout=30, context=lambda: log.read_text()[-3000:])
     # The link is in the mail (here the console) and nowhere else: not in the task's logged arguments.
     assert log.read_text().count(link.rsplit("/", 2)[1]) == 1
+
+
+class _SmtpCatcher:
+    """The smallest SMTP server that keeps what it is sent (a thread on a free port), so the SMTP
+    path is checked through Django's real SMTP backend and the settings that choose it."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.messages: list[str] = []
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        connection, _ = self.server.accept()
+        with connection, connection.makefile("rb") as reader:
+
+            def say(line: str) -> None:
+                connection.sendall(line.encode() + b"\r\n")
+
+            say("220 catcher")
+            while line := reader.readline():
+                command = line.decode().strip().upper()
+                if command.startswith(("EHLO", "HELO")):
+                    say("250 catcher")
+                elif command == "DATA":
+                    say("354 go on")
+                    body = []
+                    while (data := reader.readline()) not in (b".\r\n", b""):
+                        body.append(data.decode())
+                    self.messages.append("".join(body))
+                    say("250 kept")
+                elif command == "QUIT":
+                    say("221 bye")
+                    return
+                else:
+                    say("250 ok")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_email_settings_the_link_goes_out_by_smtp(admin, settings):
+    """EMAIL_HOST set: settings choose Django's SMTP backend and the worker's task mails the link
+    (run in a child process, as the worker would, configured only through the environment)."""
+    import subprocess
+    import sys
+
+    from accounts.invitations import invitation_create
+    from core.crypto import secret_encrypt
+    from tests.helpers import subprocess_env
+
+    created = invitation_create(
+        organisation=admin.organisation, roles=["viewer"], actor=ACTOR, email="smtp@example.com", invited_by=admin.user
+    )
+    token = created.link.rstrip("/").rsplit("/", 1)[1]
+    catcher = _SmtpCatcher()
+    code = (
+        "import django; django.setup();"
+        "from django.conf import settings; print(settings.EMAIL_BACKEND);"
+        "from accounts.invitations import invitation_mail_send;"
+        f"print(invitation_mail_send(invitation_id={created.invitation.id}, sealed_token={secret_encrypt(token)!r}))"
+    )
+    env = subprocess_env(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        EMAIL_HOST="127.0.0.1",
+        EMAIL_PORT=str(catcher.port),
+        EMAIL_USE_TLS="false",
+        SECRET_KEY=settings.SECRET_KEY,
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["django.core.mail.backends.smtp.EmailBackend", "True"]
+    catcher.thread.join(10)
+    [message] = catcher.messages
+    assert "To: smtp@example.com" in message and created.link in message.replace("=\r\n", "")

@@ -1,5 +1,6 @@
 """An API key's secret exists only in the creator's response: not in any table, session, Redis key
-or log line (checked after creating keys through the UI and the API and using them)."""
+or log line (checked after creating keys through the UI and the API and using them). Between the UI's
+POST and the page it redirects to, the session holds it encrypted, and that page removes it."""
 
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def test_secret_is_never_stored_or_logged(client, admin, caplog, json_log):
     caplog.set_level(logging.DEBUG, logger="django.db.backends")
     login(client, admin)
 
-    ui = client.post(reverse("accounts:api_key_create"), {"name": "from the ui", "roles": ["admin"]})
+    # The UI keeps the secret (encrypted) in the session until the page the POST redirects to shows it.
+    ui = client.post(reverse("accounts:api_key_create"), {"name": "from the ui", "roles": ["admin"]}, follow=True)
     ui_secret = re.search(r'id="api-key-secret"[^>]*>(stw_[^<]+)<', ui.content.decode()).group(1)
     api = client.post(
         "/api/v1/api-keys/", {"name": "from the api", "roles": ["admin"]}, content_type="application/json"
