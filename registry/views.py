@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from decimal import Decimal
+from types import SimpleNamespace
+
 from django.contrib import messages
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -17,7 +21,7 @@ from registry.forms import DecisionForm, Draft, ImportForm, LabelMoveForm, Promp
 from registry.models import PromotionRequest, PromotionStatus
 from registry.playground import playground_backend, route_names
 from registry.rendering import variables_detect
-from registry.yaml_io import prompts_export, prompts_import
+from registry.yaml_io import ImportResult, prompts_export, prompts_import
 
 WRITERS = (Role.PROMPT_ENGINEER, Role.ADMIN)
 
@@ -207,8 +211,9 @@ def version_detail(request, prompt_name: str, version_number: int):
             rendered = selectors.prompt_version_render(version=version, variables=values)
         except ApplicationError as exc:
             error = exc
+    ran = _run_taken(request, prompt, version) if request.method == "GET" else None
     for spec in specs:
-        spec["value"] = request.POST.get(f"var_{spec['name']}", "")
+        spec["value"] = ran["values"].get(spec["name"], "") if ran else request.POST.get(f"var_{spec['name']}", "")
     context = {
         "prompt": prompt,
         "version": version,
@@ -217,6 +222,8 @@ def version_detail(request, prompt_name: str, version_number: int):
         "rendered": rendered,
         "error": error,
         "can_write": _can_write(request),
+        "result": ran["result"] if ran else None,
+        "run_error": ran["run_error"] if ran else None,
     }
     if request.htmx:
         return render(request, "registry/partials/_playground_result.html", context)
@@ -238,7 +245,8 @@ def _run_error(result) -> str:
 def version_run(request, prompt_name: str, version_number: int):
     """Run a version through the proxy pipeline as the organisation's playground key.
 
-    Renders the run result partial (htmx) or the whole version page; failures of the request
+    Renders the run result partial (htmx), or without JavaScript keeps the result for one display on
+    the version page it redirects to; failures of the request
     (missing variables, no route, budget, upstream) are shown in the result, never raised.
     """
     prompt = _prompt_or_404(request, prompt_name)
@@ -268,14 +276,37 @@ def version_run(request, prompt_name: str, version_number: int):
     context = {"prompt": prompt, "version": version, "result": result, "run_error": run_error}
     if request.htmx:
         return render(request, "registry/partials/_playground_run_result.html", context)
-    for spec in specs:
-        spec["value"] = request.POST.get(f"var_{spec['name']}", "")
-    context.update(
-        labels=[label for label in selectors.prompt_labels(prompt=prompt) if label.version_id == version.id],
-        specs=specs,
-        can_write=True,
-    )
-    return render(request, "registry/version_detail.html", context)
+    # Without JavaScript: POST-redirect-GET, so a reload shows the result instead of paying for another call.
+    request.session[_run_session_key(prompt, version)] = {
+        "result": None if result is None else {name: _json_safe(getattr(result, name)) for name in _RUN_FIELDS},
+        "run_error": run_error,
+        "values": {spec["name"]: request.POST.get(f"var_{spec['name']}", "") for spec in specs},
+    }
+    return redirect("registry:version_detail", prompt_name=prompt.name, version_number=version.number)
+
+
+# What the playground's result partial reads from a run (proxy.invoke.InvokeResult), kept for one display.
+_RUN_FIELDS = (
+    "request_id", "status", "http_status", "text", "error_code", "model", "deployment", "prompt_tokens",
+    "completion_tokens", "usage_estimated", "latency_ms", "upstream_ms", "cost", "cost_basis", "cost_reason",
+    "currency", "cost_display",
+)  # fmt: skip
+
+
+def _json_safe(value):
+    return str(value) if isinstance(value, Decimal) else value
+
+
+def _run_session_key(prompt, version) -> str:
+    return f"registry_playground_run:{prompt.pk}:{version.number}"
+
+
+def _run_taken(request, prompt, version) -> dict | None:
+    """The no-JavaScript run's result, removed from the session by its one display."""
+    kept = request.session.pop(_run_session_key(prompt, version), None)
+    if kept and kept["result"] is not None:
+        kept["result"] = SimpleNamespace(**kept["result"])
+    return kept
 
 
 @require_GET
@@ -430,7 +461,7 @@ def prompt_export(request, prompt_name: str):
 @role_required(*WRITERS)
 def prompt_import(request):
     form = ImportForm(request.POST or None, request.FILES or None)
-    result, error = None, None
+    error = None
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
         text = upload.read() if upload else form.cleaned_data["text"]
@@ -443,4 +474,13 @@ def prompt_import(request):
                 )
             except ApplicationError as exc:
                 error = exc.message
+            else:
+                # POST-redirect-GET: a reload shows the outcome again rather than importing again.
+                request.session[_IMPORT_SESSION_KEY] = dataclasses.asdict(result)
+                return redirect("registry:prompt_import")
+    kept = request.session.pop(_IMPORT_SESSION_KEY, None) if request.method == "GET" else None
+    result = ImportResult(**kept) if kept else None
     return render(request, "registry/prompt_import.html", {"form": form, "result": result, "error": error})
+
+
+_IMPORT_SESSION_KEY = "registry_import_result"

@@ -147,13 +147,19 @@ def test_a_model_without_route_names_it(client, prompt_engineer, prompt, routed,
     assert dev_upstream.stats()["requests"] == 0
 
 
-def test_without_htmx_the_page_keeps_the_inputs(client, prompt_engineer, prompt, routed):
+def test_without_htmx_the_page_keeps_the_inputs(client, prompt_engineer, prompt, routed, dev_upstream):
     PromptVersionFactory(prompt=prompt)
     login(client, prompt_engineer)
+    calls = dev_upstream.stats()["requests"]
 
-    page = playground_run(client, prompt, htmx=False, customer_name="Grace Hopper").content.decode()
-
+    response = playground_run(client, prompt, htmx=False, customer_name="Grace Hopper")
+    # POST-redirect-GET: the result is shown once on the version page, and a reload calls no model.
+    assert response.status_code == 302
+    page = client.get(response["Location"]).content.decode()
     assert "<h1" in page and "Grace Hopper</textarea>" in page and "Steward dev reply" in page
+    reloaded = client.get(response["Location"]).content.decode()
+    assert "<h1" in reloaded and "Steward dev reply" not in reloaded
+    assert dev_upstream.stats()["requests"] == calls + 1
 
 
 def test_viewer_is_forbidden_and_outsider_gets_404(client, viewer, outsider, prompt, routed, dev_upstream):

@@ -165,8 +165,11 @@ def test_import_page_and_export_download(client, prompt_engineer, protected_prom
     login(client, prompt_engineer)
     exported = client.get(reverse("registry:prompt_export", args=[protected_prompt.name]))
     assert exported.status_code == 200 and b"steward_prompts: 1" in exported.content
-    page = client.post(reverse("registry:prompt_import"), {"text": exported.content.decode()}).content.decode()
-    assert "Nothing to change" in page
+    response = client.post(reverse("registry:prompt_import"), {"text": exported.content.decode()})
+    assert response.status_code == 302 and response["Location"] == reverse("registry:prompt_import")
+    assert "Nothing to change" in client.get(response["Location"]).content.decode()
+    # A reload is a plain GET: the outcome was shown once, nothing is imported again.
+    assert "Nothing to change" not in client.get(response["Location"]).content.decode()
 
 
 def test_outsider_gets_404_and_viewer_gets_403(client, outsider, viewer, prompt):
