@@ -41,7 +41,7 @@ def everything(db):
     from accounts.models import Organisation
 
     organisation = Organisation.objects.get(slug="contract")
-    person = PersonaFactory(username="olivia-owner-with-a-long-name", organisation=organisation, roles=ALL_ROLES)
+    person = PersonaFactory(username="olivia.okonkwo@example.com", organisation=organisation, roles=ALL_ROLES)
     other = OrganisationFactory(name="Globex Corporation International", slug="globex-intl")
     membership_set(organisation=other, user=person.user, roles=[Role.VIEWER.value], actor=ACTOR)
     route = RouteFactory(organisation=organisation, name="a-rather-long-model-route-name-for-phones")
