@@ -338,3 +338,20 @@ def test_health_badges_have_distinct_colours_with_contrast(admin, organisation, 
         assert (light + 0.05) / (dark + 0.05) >= 4.5, f"{word}: contrast too low"
     red, green = backgrounds["down"], backgrounds["healthy"]
     assert red[0] > red[1] and green[1] > green[0], backgrounds
+
+
+def test_a_copy_button_copies_its_targets_text_and_says_so(admin, browser_open):
+    page = browser_open(admin, next_path="/prompts/")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    # The contract's markup (CONTRACTS.md), as a page would render it.
+    page.evaluate(
+        """() => document.querySelector('main').insertAdjacentHTML('beforeend',
+        '<code id="secret-to-copy">stw_live_abc123</code>'
+        + '<button type="button" class="copy" data-copy-target="#secret-to-copy">Copy</button>')"""
+    )
+    button = page.locator("button.copy")
+    button.click()
+    page.wait_for_function("document.querySelector('button.copy').textContent === 'Copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == "stw_live_abc123"
+    assert page.locator("#steward-status[role=status]").text_content() == "Copied"
+    page.wait_for_function("document.querySelector('button.copy').textContent === 'Copy'", timeout=5000)
