@@ -72,7 +72,10 @@ class CredentialOutputSerializer(serializers.Serializer):
 
 
 class HealthOutputSerializer(serializers.Serializer):
-    known = serializers.BooleanField(help_text="False when this build keeps no health state.")
+    known = serializers.BooleanField(
+        help_text="False until a request or a health check has reached the deployment, or when this build keeps "
+        "no health state."
+    )
     state = serializers.CharField(help_text="closed | open | half_open | unknown (shared by every proxy process)")
     consecutive_failures = serializers.IntegerField()
     open_for_seconds = serializers.FloatField(help_text="Seconds until an open circuit lets a probe through.")

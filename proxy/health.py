@@ -44,6 +44,8 @@ def deployment_health_snapshot(*, deployment_ids: list[int]) -> dict[int, dict]:
         if state == "open" and until <= now_ms:
             state = "half_open"  # the next request will be the probe
         snapshot[deployment_id] = {
+            # Nothing recorded yet (no request, no active check): the UI says "unknown", not "healthy".
+            "known": bool(circuit or active),
             "state": state,
             "consecutive_failures": int(circuit.get("fails") or 0),
             "open_for_seconds": max(0.0, (until - now_ms) / 1000) if circuit.get("state") == "open" else 0.0,

@@ -90,7 +90,8 @@ def route_request_summary(*, organisation: Organisation, route: ModelRoute, sinc
 class DeploymentHealth:
     """What the UI shows about a deployment's circuit and its last active check.
 
-    `known` is False when this build keeps no health state (then nothing is claimed about it).
+    `known` is False when this build keeps no health state, or when nothing is recorded for the
+    deployment yet (no request has reached it and no active check has run): nothing is claimed then.
     """
 
     known: bool
@@ -129,7 +130,7 @@ def deployments_health(*, deployment_ids: list[int]) -> tuple[dict[int, Deployme
     states = {}
     for deployment_id in deployment_ids:
         raw = snapshot.get(deployment_id)
-        if not raw:
+        if not raw or not raw["known"]:
             states[deployment_id] = DeploymentHealth(known=False)
             continue
         check = raw.get("active_check") or {}

@@ -20,7 +20,18 @@ def _nav(html: str) -> list[str]:
 def test_admin_sees_every_section(client, admin):
     login(client, admin)
     html = client.get(reverse("accounts:api_key_list")).content.decode()
-    assert _nav(html) == ["Prompts", "Evaluations", "Moderation", "Policies", "Usage", "Models", "API keys", "Audit"]
+    assert _nav(html) == [
+        "Prompts",
+        "Evaluations",
+        "Moderation",
+        "Policies",
+        "Requests",
+        "Usage",
+        "Models",
+        "API keys",
+        "Members",
+        "Audit",
+    ]
     assert "alice-admin" in html and "Acme" in html and "Log out" in html
 
 

@@ -391,7 +391,8 @@ def test_an_open_circuit_is_visible_in_the_ui_and_api(
     dev_upstream.control(fail_status=503)
     login(client, admin)
     api_url = reverse("api-deployment-detail", args=[deployment.id])
-    assert client.get(api_url).json()["health"]["state"] == "closed"
+    # Never reached and never checked: nothing is claimed about it yet.
+    assert client.get(api_url).json()["health"]["known"] is False
     for _ in range(10):
         response = requests.post(
             f"{steward_server.url}/v1/chat/completions",
