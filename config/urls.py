@@ -16,3 +16,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("admin/", admin.site.urls),
 ]
+
+handler403 = "accounts.error_pages.permission_denied"
+handler404 = "core.views.page_not_found"
+handler500 = "core.views.server_error"
