@@ -108,7 +108,7 @@ def test_api_errors_stay_json(quiet_client, viewer, production_errors):
     assert boom.status_code == 500 and boom.json()["error"]["code"] == "internal_error"
 
     forbidden = quiet_client.get("/api/v1/members/")  # admins only
-    assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "forbidden"
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "permission_denied"
 
 
 @pytest.mark.django_db(transaction=True)
