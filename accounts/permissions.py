@@ -71,7 +71,8 @@ class RoleDenied(PermissionDenied):
     Empty: the page admits any role, and the member holds none in this organisation."""
 
     def __init__(self, roles=()):
-        super().__init__("This page needs one of the roles: " + ", ".join(roles) if roles else "This page needs a role.")
+        message = f"This page needs one of the roles: {', '.join(roles)}" if roles else "This page needs a role."
+        super().__init__(message)
         self.roles = tuple(roles)
 
 
