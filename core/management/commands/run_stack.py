@@ -88,7 +88,7 @@ def log_name(child: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", child.lower()).strip("-")
 
 
-def banner(*, url: str, credentials_path: Path) -> str:
+def banner(*, url: str, credentials_path: Path, log_dir: Path) -> str:
     lines = ["", "=" * 64, f"Steward is ready: {url}/"]
     try:
         saved = json.loads(credentials_path.read_text())
@@ -101,7 +101,7 @@ def banner(*, url: str, credentials_path: Path) -> str:
             f"  demo API key: {saved['api_key']}",
             f"  export STEWARD_URL={url} STEWARD_API_KEY={saved['api_key']}",
         ]
-    lines += ["  logs: var/log/<process>.log (the terminal shows warnings and errors)  Ctrl-C stops", "=" * 64, ""]
+    lines += [f"  logs: {log_dir}/<process>.log (here: warnings and errors only)  Ctrl-C stops", "=" * 64, ""]
     return "\n".join(lines)
 
 
@@ -275,8 +275,8 @@ class Command(BaseCommand):
                     status = _ready(probe_url)
                     if status == "ready":
                         announced = True
-                        public = settings.STEWARD_PUBLIC_URL
-                        terminal(banner(url=public, credentials_path=settings.VAR_DIR / CREDENTIALS_FILE))
+                        credentials = settings.VAR_DIR / CREDENTIALS_FILE
+                        terminal(banner(url=settings.STEWARD_PUBLIC_URL, credentials_path=credentials, log_dir=log_dir))
                     elif not warned_slow and time.monotonic() - started > 90:
                         warned_slow = True
                         terminal(f"still not ready after 90 s: {probe_url} says {status}", error=True)
