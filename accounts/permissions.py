@@ -66,6 +66,16 @@ def org_context(request) -> OrgContext | None:
     )
 
 
+class RoleDenied(PermissionDenied):
+    """A signed-in member lacks the role a page needs; `roles` (Role values) is what the 403 page names.
+    Empty: the page admits any role, and the member holds none in this organisation."""
+
+    def __init__(self, roles=()):
+        message = f"This page needs one of the roles: {', '.join(roles)}" if roles else "This page needs a role."
+        super().__init__(message)
+        self.roles = tuple(roles)
+
+
 def role_required(*roles: str, allow_without_roles: bool = False):
     """Web views: sign-in required; a member without one of `roles` (any role if none given) gets 403.
 
@@ -79,7 +89,7 @@ def role_required(*roles: str, allow_without_roles: bool = False):
                 return redirect_to_login(request.get_full_path())
             ctx = org_context(request)
             if ctx is None or not _roles_pass(ctx, roles, allow_without_roles=allow_without_roles):
-                raise PermissionDenied
+                raise RoleDenied(roles)
             request.org = ctx
             return view(request, *args, **kwargs)
 

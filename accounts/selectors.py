@@ -9,6 +9,7 @@ from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from accounts.models import ApiKey, Invitation, Membership, Organisation, Team
+from accounts.roles import Role
 from accounts.services import API_KEY_PREFIX, API_KEYS_NAMESPACE, api_key_hash
 from core.db import aread
 from core.invalidation import LocalCache
@@ -41,6 +42,11 @@ def members_list(*, organisation: Organisation) -> QuerySet[Membership]:
         .filter(organisation=organisation)
         .order_by("user__username")
     )
+
+
+def organisation_admins(*, organisation: Organisation) -> list:
+    """The users holding the admin role in `organisation`, by username (whom to ask for a role)."""
+    return [m.user for m in members_list(organisation=organisation) if Role.ADMIN.value in m.roles]
 
 
 def api_keys_list(*, organisation: Organisation) -> QuerySet[ApiKey]:

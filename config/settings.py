@@ -272,10 +272,13 @@ LOG_LEVEL = _env_choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INF
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "core.logging.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "core.logging.RequestIdFilter"},
+        "routine_tasks": {"()": "core.logging.RoutineTaskFilter"},
+    },
     "formatters": {"json": {"()": "core.logging.JsonFormatter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]},
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id", "routine_tasks"]},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {

@@ -26,3 +26,7 @@ urlpatterns = [
     # Browsers ask for /favicon.ico whatever the page links; send them to the SVG one.
     path("favicon.ico", RedirectView.as_view(url=lazy(static, str)("favicon.svg"), permanent=True)),
 ]
+
+handler403 = "accounts.error_pages.permission_denied"
+handler404 = "core.views.page_not_found"
+handler500 = "core.views.server_error"

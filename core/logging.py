@@ -45,3 +45,43 @@ class JsonFormatter(_BaseJsonFormatter):
         kwargs.setdefault("fmt", "%(asctime)s %(levelname)s %(name)s %(message)s")
         kwargs.setdefault("rename_fields", {"asctime": "time", "levelname": "level", "name": "logger"})
         super().__init__(*args, **kwargs)
+
+
+class RoutineTaskFilter(logging.Filter):
+    """Drops Celery's per-run INFO lines (beat's "Sending due task", the worker's "received" and
+    "succeeded") for the tasks beat runs more often than every `max_interval` seconds, unless the
+    log level is DEBUG. The request log drain alone runs every second: three lines a second, most of
+    a day's log, burying what matters. Their failures are logged at ERROR and still pass."""
+
+    _CELERY_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+    def __init__(self, max_interval: float = 60.0):
+        super().__init__()
+        self.max_interval = max_interval
+        self._routine: frozenset[str] | None = None
+
+    def _routine_tasks(self) -> frozenset[str]:
+        if self._routine is None:
+            from celery import current_app
+
+            schedule = current_app.conf.beat_schedule or {}
+            self._routine = frozenset(
+                entry["task"]
+                for entry in schedule.values()
+                if isinstance(entry.get("schedule"), int | float) and entry["schedule"] < self.max_interval
+            )
+        return self._routine
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or record.name not in self._CELERY_LOGGERS:
+            return True
+        if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+            return True
+        args = record.args
+        if isinstance(args, dict):
+            task = args.get("name")
+        elif isinstance(args, tuple) and len(args) == 2:
+            task = args[1]  # beat: (entry name, task name)
+        else:
+            return True
+        return task not in self._routine_tasks()

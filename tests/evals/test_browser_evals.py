@@ -17,37 +17,19 @@ from tests.factories import PromptVersionFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 @pytest.fixture
-def browser_page(steward_server, monkeypatch, chromium_executable):
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS)
-        context = browser.new_context(base_url=steward_server.url)
-        context.set_default_timeout(20_000)
-        page = context.new_page()
-        yield page
-        context.close()
-        browser.close()
+def server_page(steward_server, chromium):
+    """A page on the ASGI server (proxy and UI in one), which the worker's evaluation calls reach over HTTP."""
+    context = chromium.new_context(base_url=steward_server.url)
+    context.set_default_timeout(20_000)
+    return context.new_page()
 
 
 def test_engineer_runs_a_regression_watches_it_finish_and_sees_the_blocked_promotion(
-    organisation, eval_prompt, admin, prompt_engineer, proxy, dev_upstream, start_worker, browser_page
+    organisation, eval_prompt, admin, prompt_engineer, proxy, dev_upstream, start_worker, server_page
 ):
-    page = browser_page
+    page = server_page
     # v3 drops the customer's name: the suite's main assertion fails on every item.
     PromptVersionFactory(prompt=eval_prompt, text="Hi there, how can I help?", commit_message="shorter greeting")
     eval_prompt.protected_labels = ["production"]

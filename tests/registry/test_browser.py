@@ -10,33 +10,10 @@ from registry.models import Label
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 @pytest.fixture
-def page(live_server, monkeypatch, chromium_executable):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls made by fixtures and
-    # assertions here are plain blocking calls and safe.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS)
-        context = browser.new_context(base_url=live_server.url)
-        context.set_default_timeout(15_000)
-        page = context.new_page()
-        yield page
-        context.close()
-        browser.close()
+def page(browser_open):
+    return browser_open()
 
 
 def test_engineer_creates_prompt_saves_two_versions_diffs_and_promotes_staging(prompt_engineer, page):

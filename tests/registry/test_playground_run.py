@@ -15,6 +15,7 @@ from billing.models import UsageLine
 from billing.services import budget_create, price_set
 from proxy.invoke import PLAYGROUND_KEY_NAME
 from proxy.models import RequestLog
+from tests.browser import DESKTOP, sign_in
 from tests.factories import PromptVersionFactory
 from tests.helpers import ACTOR, log_of, login, playground_run, request_id_in_page, route_with_deployments
 
@@ -200,33 +201,19 @@ def test_run_under_the_asgi_server(client, steward_server, prompt_engineer, prom
 
 @pytest.mark.browser
 def test_run_in_the_browser_swaps_the_result_and_keeps_inputs(
-    steward_server, prompt_engineer, prompt, routed, dev_upstream, monkeypatch, chromium_executable
+    steward_server, prompt_engineer, prompt, routed, dev_upstream, chromium
 ):
     """Real Chromium on the ASGI server: the Run button posts the playground's variables with htmx."""
-    from playwright.sync_api import sync_playwright
-
     PromptVersionFactory(prompt=prompt)
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls here are plain blocking calls.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium_executable, args=["--headless=new", "--no-sandbox", "--disable-gpu"]
-        )
-        try:
-            page = browser.new_context(base_url=steward_server.url).new_page()
-            page.set_default_timeout(15_000)
-            page.goto("/accounts/login/?next=" + reverse("registry:version_detail", args=[prompt.name, 1]))
-            page.fill("#id_username", prompt_engineer.user.username)
-            page.fill("#id_password", prompt_engineer.password)
-            page.click("button[type=submit]")
-            page.wait_for_selector("#playground-run")
-            page.fill("#pg-customer_name", "Lin")
-            page.click("#playground-run button")
-            page.wait_for_selector("#playground-run-result pre.playground-output")
-            assert "Steward dev reply" in page.inner_text("#playground-run-result")
-            assert page.input_value("#pg-customer_name").strip() == "Lin"
-        finally:
-            browser.close()
+    page = chromium.new_context(base_url=steward_server.url, viewport=DESKTOP).new_page()
+    page.set_default_timeout(15_000)
+    sign_in(page, prompt_engineer, reverse("registry:version_detail", args=[prompt.name, 1]))
+    page.wait_for_selector("#playground-run")
+    page.fill("#pg-customer_name", "Lin")
+    page.click("#playground-run button")
+    page.wait_for_selector("#playground-run-result pre.playground-output")
+    assert "Steward dev reply" in page.inner_text("#playground-run-result")
+    assert page.input_value("#pg-customer_name").strip() == "Lin"
     assert dev_upstream.stats()["last_request"]["messages"][-1] == {"role": "user", "content": "Hello Lin"}
 
 

@@ -4,56 +4,29 @@ through htmx (its kinds' action rows appear with it), choosing an action, and sa
 from __future__ import annotations
 
 import pytest
-from django.conf import settings as django_settings
 
 from safety.models import SafetyPolicy
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 @pytest.mark.browser
-def test_admin_adds_filters_with_htmx_and_saves_a_policy(live_server, client, admin, monkeypatch, chromium_executable):
-    from playwright.sync_api import sync_playwright
-
-    client.force_login(admin.user)
-    session_cookie = client.cookies[django_settings.SESSION_COOKIE_NAME].value
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_executable, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context()
-            context.add_cookies(
-                [{"name": django_settings.SESSION_COOKIE_NAME, "value": session_cookie, "url": live_server.url}]
-            )
-            page = context.new_page()
-            page.goto(f"{live_server.url}/moderation/policies/new/")
-            page.fill("#id_name", "browser-built")
-            page.select_option("#add_filter", "pii")
-            page.click("button[name=add]")
-            page.locator('#filter-entry-0[data-filter="pii"]').wait_for(timeout=10_000)
-            page.locator('#action-rows tr[data-kind="email"]').wait_for(timeout=10_000)
-            page.select_option("#add_filter", "injection")
-            page.click("button[name=add]")
-            page.locator('#filter-entry-1[data-filter="injection"]').wait_for(timeout=10_000)
-            assert page.input_value("#next-index") == "2"
-            page.fill("#f0-settings", '{"kinds": ["email", "phone"]}')
-            page.select_option("select[name='action:email']", "redact")
-            page.select_option("select[name='action:prompt_injection']", "block")
-            page.click("button[name=save]")
-            page.wait_for_url(f"{live_server.url}/moderation/policies/*/", timeout=10_000)
-            assert "browser-built" in page.locator("h1").inner_text()
-            assert page.locator('#filters tr[data-filter="pii"]').count() == 1
-        finally:
-            browser.close()
+def test_admin_adds_filters_with_htmx_and_saves_a_policy(browser_open, admin):
+    page = browser_open(admin, next_path="/moderation/policies/new/")
+    page.fill("#id_name", "browser-built")
+    page.select_option("#add_filter", "pii")
+    page.click("button[name=add]")
+    page.locator('#filter-entry-0[data-filter="pii"]').wait_for(timeout=10_000)
+    page.locator('#action-rows tr[data-kind="email"]').wait_for(timeout=10_000)
+    page.select_option("#add_filter", "injection")
+    page.click("button[name=add]")
+    page.locator('#filter-entry-1[data-filter="injection"]').wait_for(timeout=10_000)
+    assert page.input_value("#next-index") == "2"
+    page.fill("#f0-settings", '{"kinds": ["email", "phone"]}')
+    page.select_option("select[name='action:email']", "redact")
+    page.select_option("select[name='action:prompt_injection']", "block")
+    page.click("button[name=save]")
+    page.wait_for_url("**/moderation/policies/*/", timeout=10_000)
+    assert "browser-built" in page.locator("h1").inner_text()
+    assert page.locator('#filters tr[data-filter="pii"]').count() == 1
     policy = SafetyPolicy.objects.get(name="browser-built")
     assert [entry["filter"] for entry in policy.filters] == ["pii", "injection"]
     assert policy.filters[0]["settings"] == {"kinds": ["email", "phone"]}
