@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from decimal import Decimal
 
@@ -36,7 +37,7 @@ def test_ticks_are_multiples_of_one_two_or_five(maximum, expected):
 )
 def test_ticks_cover_the_maximum_in_at_most_five_nice_steps(maximum):
     ticks = nice_ticks(maximum)
-    steps = {b - a for a, b in zip(ticks, ticks[1:], strict=False)}
+    steps = {b - a for a, b in itertools.pairwise(ticks)}
     assert ticks[0] == 0 and len(steps) == 1
     step = steps.pop()
     assert _is_nice_step(step), step
