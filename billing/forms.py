@@ -236,9 +236,18 @@ class PriceForm(forms.Form):
 
 class BillingSettingsForm(forms.Form):
     fail_open = forms.BooleanField(
-        required=False, help_text="Let requests through without budget checks while Redis is unreachable."
+        label="Fail open",
+        required=False,
+        help_text="Let requests through without budget checks while Redis is unreachable. By default they "
+        "are rejected (fail closed) while budgets cannot be checked.",
     )
-    webhook_url = forms.URLField(required=False, max_length=500, assume_scheme="https")
+    webhook_url = forms.URLField(
+        label="Budget alert webhook URL", required=False, max_length=500, assume_scheme="https"
+    )
     webhook_secret = forms.CharField(
-        required=False, max_length=200, widget=forms.PasswordInput, help_text="Leave empty to keep the current secret."
+        label="Webhook signing secret",
+        required=False,
+        max_length=200,
+        widget=forms.PasswordInput,
+        help_text="Leave empty to keep the current secret.",
     )
