@@ -49,7 +49,7 @@ class UsageFilterForm(forms.Form):
         if organisation is None:
             return
         from accounts.models import ApiKey
-        from billing.selectors import usage_prompt_choices, usage_prompt_version_choices
+        from billing.selectors import usage_models, usage_prompt_choices, usage_prompt_version_choices
 
         self.fields["team"] = _choice(
             "Team", _team_choices(organisation), blank="All teams", invalid="Choose a team of this organisation."
@@ -61,6 +61,13 @@ class UsageFilterForm(forms.Form):
             [(k.pk, _key_label(k) + (" (revoked)" if k.revoked_at else "")) for k in keys],
             blank="All keys",
             invalid="Choose an API key of this organisation.",
+        )
+        models = usage_models(organisation=organisation)
+        self.fields["model"] = forms.ChoiceField(
+            label="Model",
+            required=False,
+            choices=[("", "All models"), *((name, name) for name in models)],
+            error_messages={"invalid_choice": "Choose a model this organisation's usage names."},
         )
         self.fields["prompt"] = _choice(
             "Prompt",

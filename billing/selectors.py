@@ -294,6 +294,18 @@ def _ledger_prompt_rows(*, organisation, prompt_id: int | None = None) -> list[d
     return sorted(rows, key=lambda r: r["seen"])
 
 
+def usage_models(*, organisation) -> list[str]:
+    """The models the organisation's usage names, sorted (the usage page's model picker)."""
+    today = local_day(timezone.now(), organisation.time_zone)
+    pending = set(m.RollupPending.objects.filter(organisation_id=organisation.pk).values_list("day", flat=True))
+    since, _ = day_bounds(min(pending | {today}), organisation.time_zone)
+    daily = m.UsageDaily.objects.filter(organisation_id=organisation.pk).values_list("model", flat=True)
+    live = m.UsageLine.objects.filter(organisation_id=organisation.pk, started_at__gte=since).values_list(
+        "model", flat=True
+    )
+    return sorted(set(daily.distinct()) | set(live.distinct()))
+
+
 def usage_prompt_choices(*, organisation) -> list[tuple[int, str]]:
     """The prompts the organisation's usage names, by the name last recorded (the ledger outlives
     prompts, so a deleted prompt's spend can still be picked), sorted by name."""

@@ -60,6 +60,7 @@ def test_usage_filters_offer_prompts_by_name_and_the_chosen_prompts_versions(cli
     login(client, viewer)
     html = client.get(reverse("billing:home")).content.decode()
     assert _options(html, "id_prompt") == ["All prompts", "classify", "summarise"]
+    assert _options(html, "id_model") == ["All models", "dev-large", "dev-small"]
     assert _options(html, "id_prompt_version") == ["Choose a prompt first"]
     assert "Prompt id" not in html and "Version id" not in html
 
