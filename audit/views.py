@@ -20,6 +20,7 @@ from audit.selectors import (
     audit_target_names,
     audit_target_types,
     audit_verifications_list,
+    target_name_expression,
 )
 from audit.services import audit_verification_request
 
@@ -52,9 +53,11 @@ def event_list(request):
         page = None
     else:
         filters = form.filters() if form.is_bound else None
-        page = Paginator(audit_events_list(organisation=organisation, filters=filters), PAGE_SIZE).get_page(
-            request.GET.get("page")
+        # Each row names its target as its own event recorded it (the trail outlives its targets).
+        events = audit_events_list(organisation=organisation, filters=filters).annotate(
+            target_name=target_name_expression()
         )
+        page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
     chosen_type = form.cleaned_data.get("target_type", "") if form.is_bound and form.is_valid() else ""
     context = {
         "form": form,

@@ -102,6 +102,7 @@ def test_target_is_found_by_the_name_its_events_record(client, admin, organisati
     assert {(e.target_type, e.target_id) for e in found.context["page"]} == {("team", "5")}
     assert len(_seqs(found)) == 2
     assert {e.organisation_id for e in found.context["page"]} == {organisation.id}
+    assert 'Search <span class="muted">#5</span>' in found.content.decode()  # named in the Target column
     by_id = client.get(url, {"target_type": "team", "target": "6"})
     assert {e.target_id for e in by_id.context["page"]} == {"6"}
     # Names are suggested for the chosen type only.
