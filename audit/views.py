@@ -17,8 +17,10 @@ from audit.forms import AuditEventFilterForm
 from audit.selectors import (
     audit_event_public,
     audit_events_list,
+    audit_target_names,
     audit_target_types,
     audit_verifications_list,
+    target_name_expression,
 )
 from audit.services import audit_verification_request
 
@@ -35,28 +37,39 @@ def _filter_query(form: AuditEventFilterForm) -> str:
     return urlencode({k: v for k, v in form.data.items() if k in form.fields and v})
 
 
+def _filter_form(request) -> AuditEventFilterForm:
+    target_types = audit_target_types(organisation=request.org.organisation)
+    return AuditEventFilterForm(request.GET or None, target_types=target_types)
+
+
 @require_GET
 @role_required(Role.ADMIN)
 def event_list(request):
-    """The audit trail with filters; an htmx request gets only the results partial."""
+    """The audit trail with filters. htmx gets the filters and results (`audit-body`, so errors sit
+    beside their filter and the target suggestions follow the type) or the results alone (paging)."""
     organisation = request.org.organisation
-    form = AuditEventFilterForm(request.GET or None)
+    form = _filter_form(request)
     if form.is_bound and not form.is_valid():
         page = None
     else:
         filters = form.filters() if form.is_bound else None
-        page = Paginator(audit_events_list(organisation=organisation, filters=filters), PAGE_SIZE).get_page(
-            request.GET.get("page")
+        # Each row names its target as its own event recorded it (the trail outlives its targets).
+        events = audit_events_list(organisation=organisation, filters=filters).annotate(
+            target_name=target_name_expression()
         )
+        page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
+    chosen_type = form.cleaned_data.get("target_type", "") if form.is_bound and form.is_valid() else ""
     context = {
         "form": form,
         "page": page,
         "filter_query": _filter_query(form) if form.is_bound else "",
-        "target_types": audit_target_types(organisation=organisation),
+        "target_names": audit_target_names(organisation=organisation, target_type=chosen_type),
         **_verifications_context(organisation),
     }
     if request.htmx and request.htmx.target == "audit-results":
         return render(request, "audit/partials/_event_results.html", context)
+    if request.htmx and request.htmx.target == "audit-body":
+        return render(request, "audit/partials/_event_body.html", context)
     return render(request, "audit/event_list.html", context)
 
 
@@ -80,7 +93,7 @@ async def _export_lines(events):
 @role_required(Role.ADMIN)
 def event_export(request):
     """The filtered events as JSON Lines, streamed so a large trail never sits in memory."""
-    form = AuditEventFilterForm(request.GET)
+    form = AuditEventFilterForm(request.GET, target_types=audit_target_types(organisation=request.org.organisation))
     if not form.is_valid():
         return HttpResponseBadRequest(orjson.dumps({"errors": form.errors}), content_type="application/json")
     events = audit_events_list(organisation=request.org.organisation, filters=form.filters())

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models import Count, F, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
 from billing import models as m
@@ -232,12 +232,23 @@ class BudgetStatus:
     period_start: dt.datetime
     resets_at: dt.datetime | None
     alerted: bool
+    prompt_name: str = ""  # a prompt budget's prompt, by name
 
     @property
     def percent(self) -> int:
+        """The share of the amount spent, uncapped: a soft budget spent twice over says 200."""
         if self.budget.amount <= 0:
             return 100
-        return min(100, int(self.spent * 100 / self.budget.amount))
+        return int(self.spent * 100 / self.budget.amount)
+
+    @property
+    def bar_percent(self) -> int:
+        """The bar's width: full at 100 %, however far past it the spend is."""
+        return min(100, self.percent)
+
+    @property
+    def over(self) -> bool:
+        return self.spent > self.budget.amount or (self.budget.amount <= 0 and self.spent > 0)
 
     @property
     def over_threshold(self) -> bool:
@@ -284,7 +295,99 @@ def budgets_status(*, organisation, api_key_id: int | None = None) -> list[Budge
                 budget=budget, spent=spent, reserved=reserved, period_start=start, resets_at=end, alerted=alerted
             )
         )
+    names = prompt_names(organisation=organisation, ids=[s.budget.prompt_id for s in out if s.budget.prompt_id])
+    for status in out:
+        status.prompt_name = names.get(status.budget.prompt_id, "")
     return out
+
+
+# --- names for pickers and tables ------------------------------------------------------------
+
+
+def _ledger_prompt_rows(*, organisation, prompt_id: int | None = None) -> list[dict]:
+    """(prompt, version) pairs the organisation's ledger has recorded, each with the names it last
+    recorded for them and when: the rollups, plus the ledger for days not rolled up yet."""
+    today = local_day(timezone.now(), organisation.time_zone)
+    pending = set(m.RollupPending.objects.filter(organisation_id=organisation.pk).values_list("day", flat=True))
+    since, _ = day_bounds(min(pending | {today}), organisation.time_zone)
+    dims = ("prompt_id", "prompt_name", "prompt_version_id", "prompt_version_number")
+    daily = m.UsageDaily.objects.filter(organisation_id=organisation.pk, prompt_id__isnull=False)
+    live = m.UsageLine.objects.filter(organisation_id=organisation.pk, prompt_id__isnull=False, started_at__gte=since)
+    if prompt_id is not None:
+        daily, live = daily.filter(prompt_id=prompt_id), live.filter(prompt_id=prompt_id)
+    rows = list(daily.values(*dims).annotate(seen=Max("day")).order_by()) + [
+        {**r, "seen": local_day(r["seen"], organisation.time_zone)}
+        for r in live.values(*dims).annotate(seen=Max("started_at")).order_by()
+    ]
+    return sorted(rows, key=lambda r: r["seen"])
+
+
+def usage_models(*, organisation) -> list[str]:
+    """The models the organisation's usage names, sorted (the usage page's model picker)."""
+    today = local_day(timezone.now(), organisation.time_zone)
+    pending = set(m.RollupPending.objects.filter(organisation_id=organisation.pk).values_list("day", flat=True))
+    since, _ = day_bounds(min(pending | {today}), organisation.time_zone)
+    daily = m.UsageDaily.objects.filter(organisation_id=organisation.pk).values_list("model", flat=True)
+    live = m.UsageLine.objects.filter(organisation_id=organisation.pk, started_at__gte=since).values_list(
+        "model", flat=True
+    )
+    return sorted(set(daily.distinct()) | set(live.distinct()))
+
+
+def usage_prompt_choices(*, organisation) -> list[tuple[int, str]]:
+    """The prompts the organisation's usage names, by the name last recorded (the ledger outlives
+    prompts, so a deleted prompt's spend can still be picked), sorted by name."""
+    names: dict[int, str] = {}
+    for row in _ledger_prompt_rows(organisation=organisation):
+        if row["prompt_name"] or row["prompt_id"] not in names:
+            names[row["prompt_id"]] = row["prompt_name"] or f"prompt #{row['prompt_id']}"
+    return sorted(names.items(), key=lambda item: (item[1].lower(), item[0]))
+
+
+def usage_prompt_version_choices(*, organisation, prompt_id: int) -> list[tuple[int, str]]:
+    """The versions of one prompt the organisation's usage names ("v3"), newest number first."""
+    numbers: dict[int, int | None] = {}
+    for row in _ledger_prompt_rows(organisation=organisation, prompt_id=prompt_id):
+        if row["prompt_version_id"] is not None:
+            numbers[row["prompt_version_id"]] = row["prompt_version_number"] or numbers.get(row["prompt_version_id"])
+    ordered = sorted(numbers.items(), key=lambda item: (-(item[1] or 0), item[0]))
+    return [(pk, f"v{number}" if number is not None else f"version #{pk}") for pk, number in ordered]
+
+
+def prompt_choices(*, organisation) -> list[tuple[int, str]]:
+    """The organisation's prompts a budget can apply to, by name (the registry's, through the lookup
+    the proxy registers; the ledger's names without one)."""
+    from billing.targets import PROMPT, target_choices, target_lookup
+
+    if target_lookup(PROMPT) is None:
+        return usage_prompt_choices(organisation=organisation)
+    return [(t.id, t.name) for t in target_choices(organisation_id=organisation.pk, kind=PROMPT)]
+
+
+def prompt_names(*, organisation, ids) -> dict[int, str]:
+    """Names of prompt ids: the registry's current ones, else the last the ledger recorded."""
+    from billing.targets import PROMPT, target_names
+
+    ids = [i for i in ids if i is not None]
+    if not ids:
+        return {}
+    names = dict(usage_prompt_choices(organisation=organisation))
+    names = {i: names[i] for i in ids if i in names}
+    names.update(target_names(organisation_id=organisation.pk, kind=PROMPT, ids=ids))
+    return names
+
+
+def deployment_choices(*, organisation):
+    """The organisation's deployments a price can apply to ("route / deployment", with its model)."""
+    from billing.targets import DEPLOYMENT, target_choices
+
+    return target_choices(organisation_id=organisation.pk, kind=DEPLOYMENT)
+
+
+def deployment_names(*, organisation, ids) -> dict[int, str]:
+    from billing.targets import DEPLOYMENT, target_names
+
+    return target_names(organisation_id=organisation.pk, kind=DEPLOYMENT, ids=[i for i in ids if i is not None])
 
 
 def budget_alerts_current(*, organisation) -> list[BudgetStatus]:

@@ -14,12 +14,20 @@ from accounts.permissions import role_required
 from accounts.roles import Role
 from billing import models as m
 from billing.charts import bar_chart
-from billing.forms import BillingSettingsForm, BudgetForm, PriceForm, UsageFilterForm
+from billing.forms import (
+    BUDGET_SERVICE_PARAMS,
+    BillingSettingsForm,
+    BudgetEditForm,
+    BudgetForm,
+    PriceForm,
+    UsageFilterForm,
+)
 from billing.selectors import (
     billing_settings_get,
     budget_alerts_current,
     budget_get,
     budgets_status,
+    deployment_names,
     prices_list,
     top_spenders,
     unpriced_usage,
@@ -30,6 +38,11 @@ from billing.services import billing_settings_update, budget_create, budget_dele
 from core.errors import ApplicationError
 
 PER_MILLION = Decimal(1_000_000)
+# The price service names its per-token fields; the form asks per million.
+PRICE_SERVICE_PARAMS = {
+    f"{part}_per_token": f"{part}_per_million"
+    for part in ("input", "output", "cached_input", "cache_write", "reasoning")
+}
 
 
 def _cell(value) -> str:
@@ -68,7 +81,9 @@ def usage_home(request):
         "query": request.GET.urlencode(),
         "is_admin": _is_admin(request),
     }
-    template = "billing/partials/_report.html" if request.htmx else "billing/usage_home.html"
+    # htmx swaps the filters with the report: the version picker follows the chosen prompt and
+    # errors appear beside their filter.
+    template = "billing/partials/_usage_body.html" if request.htmx else "billing/usage_home.html"
     return render(request, template, context)
 
 
@@ -112,6 +127,42 @@ def usage_export(request):
     return response
 
 
+def _edit_form(status) -> BudgetEditForm:
+    budget = status.budget
+    return BudgetEditForm(
+        auto_id=f"id_b{budget.pk}_%s",
+        initial={
+            "name": budget.name,
+            "amount": budget.amount.normalize() if budget.amount else budget.amount,
+            "period": budget.period,
+            "soft_threshold_percent": budget.soft_threshold_percent,
+            "hard_limit": budget.hard_limit,
+        },
+    )
+
+
+def _budget_page(request, *, form, edited: BudgetEditForm | None = None, edited_id: int | None = None, status=200):
+    organisation = request.org.organisation
+    budgets = budgets_status(organisation=organisation)
+    is_admin = _is_admin(request)
+    edits = []
+    if is_admin:
+        for s in budgets:
+            bound = edited if edited is not None and s.budget.pk == edited_id else None
+            edits.append((s, bound or _edit_form(s), bound is not None))
+    return render(
+        request,
+        "billing/budget_list.html",
+        {"budgets": budgets, "form": form, "edits": edits, "is_admin": is_admin},
+        status=status,
+    )
+
+
+def _service_error(form, exc: ApplicationError, params: dict | None = None) -> None:
+    field = (params or {}).get(exc.param, exc.param)
+    form.add_error(field if field in form.fields else None, exc.message)
+
+
 @role_required()
 @require_http_methods(["GET", "POST"])
 def budget_list(request):
@@ -133,20 +184,17 @@ def budget_list(request):
                     period=data["period"],
                     team_id=data.get("team"),
                     api_key_id=data.get("api_key"),
-                    prompt_id=data.get("prompt_id"),
+                    prompt_id=data.get("prompt"),
                     soft_threshold_percent=data.get("soft_threshold_percent"),
                     hard_limit=data.get("hard_limit", False),
                 )
             except ApplicationError as exc:
-                form.add_error(None, exc.message)
+                _service_error(form, exc, BUDGET_SERVICE_PARAMS)
             else:
                 messages.success(request, f"Budget “{data['name']}” created.")
                 return redirect("billing:budget_list")
-    return render(
-        request,
-        "billing/budget_list.html",
-        {"budgets": budgets_status(organisation=organisation), "form": form, "is_admin": _is_admin(request)},
-    )
+        return _budget_page(request, form=form, status=400)
+    return _budget_page(request, form=form)
 
 
 def _budget_or_404(request, budget_id: int) -> m.Budget:
@@ -160,8 +208,7 @@ def _budget_or_404(request, budget_id: int) -> m.Budget:
 @role_required(Role.ADMIN)
 def budget_edit(request, budget_id: int):
     budget = _budget_or_404(request, budget_id)
-    form = BudgetForm(request.POST, organisation=request.org.organisation)
-    form.fields["scope"].required = False
+    form = BudgetEditForm(request.POST, auto_id=f"id_b{budget.pk}_%s")
     if form.is_valid():
         data = form.cleaned_data
         try:
@@ -174,12 +221,15 @@ def budget_edit(request, budget_id: int):
                 soft_threshold_percent=data.get("soft_threshold_percent"),
                 hard_limit=data.get("hard_limit", False),
             )
-            messages.success(request, "Budget updated.")
         except ApplicationError as exc:
-            messages.error(request, exc.message)
-    else:
-        messages.error(request, "Budget not changed: " + "; ".join(f"{k}: {v[0]}" for k, v in form.errors.items()))
-    return redirect("billing:budget_list")
+            _service_error(form, exc)
+        else:
+            messages.success(request, "Budget updated.")
+            return redirect("billing:budget_list")
+    # The page again, this budget's form open with each error beside its field.
+    return _budget_page(
+        request, form=BudgetForm(organisation=request.org.organisation), edited=form, edited_id=budget.pk, status=400
+    )
 
 
 @require_POST
@@ -196,11 +246,13 @@ def budget_remove(request, budget_id: int):
 def price_list(request):
     organisation = request.org.organisation
     # The models page links here with ?model=<name> for a model that has no price yet.
-    form = PriceForm(initial={"model": request.GET.get("model", "").strip()[:200]})
+    form = PriceForm(initial={"model": request.GET.get("model", "").strip()[:200]}, organisation=organisation)
+    status = 200
     if request.method == "POST":
         if not _is_admin(request):
             raise PermissionDenied
-        form = PriceForm(request.POST)
+        form = PriceForm(request.POST, organisation=organisation)
+        status = 400
         if form.is_valid():
             data = form.cleaned_data
 
@@ -213,7 +265,7 @@ def price_list(request):
                     organisation=organisation,
                     actor=request.org.actor,
                     model=data["model"],
-                    deployment_id=data.get("deployment_id"),
+                    deployment_id=data.get("deployment"),
                     effective_from=data.get("effective_from"),
                     input_per_token=per_token("input_per_million"),
                     output_per_token=per_token("output_per_million"),
@@ -224,20 +276,23 @@ def price_list(request):
                     free=bool(data.get("free")),
                 )
             except ApplicationError as exc:
-                form.add_error(exc.param if exc.param in form.fields else None, exc.message)
+                _service_error(form, exc, {"deployment_id": "deployment", **PRICE_SERVICE_PARAMS})
             else:
                 messages.success(request, f"Price for {data['model']} saved.")
                 return redirect("billing:price_list")
     search = request.GET.get("q", "").strip()[:200]
+    prices = prices_list(organisation=organisation, model=search)
+    names = deployment_names(organisation=organisation, ids={p.deployment_id for p in prices})
+    for price in prices:
+        # A price outlives its deployment: a deleted one is still named by its id.
+        price.deployment_label = names.get(price.deployment_id) or (
+            f"deployment #{price.deployment_id} (deleted)" if price.deployment_id else "all"
+        )
     return render(
         request,
         "billing/price_list.html",
-        {
-            "prices": prices_list(organisation=organisation, model=search),
-            "search": search,
-            "form": form,
-            "is_admin": _is_admin(request),
-        },
+        {"prices": prices, "search": search, "form": form, "is_admin": _is_admin(request)},
+        status=status,
     )
 
 

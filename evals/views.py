@@ -492,10 +492,14 @@ def prompt_evals(request, prompt_name: str):
         "evals/prompt_evals.html",
         {
             "prompt": prompt,
-            "pass_chart": bar_chart(title=f"{prompt.name}: pass rate (%) by version", points=pass_points)
+            "pass_chart": bar_chart(
+                title=f"{prompt.name}: pass rate (%) by version", points=pass_points, unit="%", max_value=100
+            )
             if pass_points
             else None,
-            "score_chart": bar_chart(title=f"{prompt.name}: mean score (%) by version", points=score_points)
+            "score_chart": bar_chart(
+                title=f"{prompt.name}: mean score (%) by version", points=score_points, unit="%", max_value=100
+            )
             if score_points
             else None,
             "runs": Run.objects.filter(organisation=org, prompt_id=prompt.id)[:50],

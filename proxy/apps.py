@@ -6,6 +6,7 @@ class ProxyConfig(AppConfig):
 
     def ready(self) -> None:
         from core.health import readiness_check_register
+        from proxy.billing_targets import billing_targets_register
         from proxy.health import readiness_check
         from proxy.invoke import chat_completion_invoke, playground_key_ensure
         from proxy.moderation_caller import amoderation_call
@@ -21,5 +22,7 @@ class ProxyConfig(AppConfig):
         )
         # Safety's policy attachments validate prompt and route ids through lookups registered here (same reason).
         safety_targets_register()
+        # Billing's forms pick prompts and deployments by name through lookups registered here (same reason).
+        billing_targets_register()
         # The LLM moderation filter calls its model through Steward itself (safety cannot import the proxy).
         moderation_caller_set(amoderation_call)

@@ -191,7 +191,7 @@ EXPECTATIONS: dict[str, dict] = {
     "billing:home": {"allowed_roles": ANY_MEMBER, "methods": READ},
     "billing:export": {"allowed_roles": ANY_MEMBER, "methods": READ},
     "billing:budget_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
-    "billing:budget_edit": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "billing:budget_edit": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (400,)}},
     "billing:budget_delete": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
     "billing:price_list": {"allowed_roles": ANY_MEMBER, "methods": READ},
     "billing:settings": {"allowed_roles": ADMIN, "methods": ("GET", "POST"), "ok": {"POST": (302,)}},

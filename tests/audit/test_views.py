@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import orjson
 import pytest
@@ -29,6 +30,125 @@ def _seqs(response) -> list[int]:
     return [e.seq for e in response.context["page"]]
 
 
+def _error_beside(html: str, field_id: str) -> str:
+    """The error rendered beside the field (templates/partials/_field.html), or ""."""
+    match = re.search(rf'id="{field_id}_error">([^<]*)<', html)
+    return match.group(1) if match else ""
+
+
+def _change_cell(html: str, seq: int) -> str:
+    row = re.search(rf'<tr data-seq="{seq}">(.*?)</tr>', html, re.S)
+    assert row, f"no row for #{seq}"
+    cell = re.search(r'<td class="audit-change">(.*?)</td>', row.group(1), re.S)
+    return cell.group(1)
+
+
+def test_target_type_is_a_select_of_the_recorded_types(client, admin, trail):
+    login(client, admin)
+    html = client.get(reverse("audit:event_list")).content.decode()
+    select = re.search(r'<select name="target_type"[^>]*>(.*?)</select>', html, re.S).group(1)
+    assert re.findall(r'<option value="([^"]*)"', select) == ["", "organisation", "route", "team", "user"]
+    assert ">Any type<" in select
+    bad = client.get(reverse("audit:event_list"), {"target_type": "nonsense"})
+    assert bad.context["page"] is None
+    assert _error_beside(bad.content.decode(), "id_target_type") == "Choose a type of target this trail records."
+
+
+def test_target_is_found_by_the_name_its_events_record(client, admin, organisation, other_organisation):
+    actor = Actor.system("tests")
+    record(
+        organisation,
+        1,
+        actor=actor,
+        action=Action.TEAM_CREATED,
+        target_type="team",
+        target_id=5,
+        after={"name": "Search"},
+    )
+    # A later event of the same team that does not name it is still that team's.
+    record(
+        organisation, 1, actor=actor, action=Action.TEAM_UPDATED, target_type="team", target_id=5, after={"members": 3}
+    )
+    record(
+        organisation,
+        1,
+        actor=actor,
+        action=Action.TEAM_CREATED,
+        target_type="team",
+        target_id=6,
+        after={"name": "Billing"},
+    )
+    record(
+        organisation,
+        1,
+        actor=actor,
+        action=Action.BUDGET_CREATED,
+        target_type="budget",
+        target_id=5,
+        after={"name": "Other budget"},
+    )
+    record(
+        other_organisation,
+        1,
+        actor=actor,
+        action=Action.TEAM_CREATED,
+        target_type="team",
+        target_id=5,
+        after={"name": "Search"},
+    )
+    login(client, admin)
+    url = reverse("audit:event_list")
+    found = client.get(url, {"target_type": "team", "target": "searc"})
+    assert {(e.target_type, e.target_id) for e in found.context["page"]} == {("team", "5")}
+    assert len(_seqs(found)) == 2
+    assert {e.organisation_id for e in found.context["page"]} == {organisation.id}
+    assert 'Search <span class="muted">#5</span>' in found.content.decode()  # named in the Target column
+    by_id = client.get(url, {"target_type": "team", "target": "6"})
+    assert {e.target_id for e in by_id.context["page"]} == {"6"}
+    # Names are suggested for the chosen type only.
+    html = client.get(url, {"target_type": "team"}, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="audit-body").content
+    datalist = re.search(rb'<datalist id="audit-target-names">(.*?)</datalist>', html, re.S).group(1).decode()
+    assert re.findall(r'value="([^"]*)"', datalist) == ["Billing", "Search"]
+    assert b'id="audit-filters"' in html and b"<html" not in html
+
+
+def test_changes_show_json_and_only_the_fields_that_changed(client, admin, organisation):
+    actor = Actor.system("tests")
+    created = record(
+        organisation,
+        1,
+        actor=actor,
+        action=Action.PROMPT_CREATED,
+        target_type="prompt",
+        target_id=1,
+        after={"name": "p", "variables": {"topic": {"type": "string", "required": True}}, "retired": None},
+    )[0]
+    updated = record(
+        organisation,
+        1,
+        actor=actor,
+        action=Action.BUDGET_UPDATED,
+        target_type="budget",
+        target_id=2,
+        before={"name": "B", "amount": "1", "hard_limit": True, "limits": {"day": 1, "week": 5}},
+        after={"name": "B", "amount": "20", "hard_limit": False, "limits": {"day": 1, "week": 7}, "note": "x"},
+    )[0]
+    login(client, admin)
+    html = client.get(reverse("audit:event_list")).content.decode()
+    assert "True" not in html and "None" not in html and "{&#x27;" not in html
+    one_sided = _change_cell(html, created.seq)
+    assert "&quot;required&quot;: true" in one_sided and "&quot;retired&quot;: null" in one_sided
+    diff = _change_cell(html, updated.seq)
+    fields = re.findall(r"<dt><code>([^<]*)</code></dt>", diff)
+    assert fields == ["amount", "hard_limit", "limits.week", "note"]
+    assert "<del><code>&quot;1&quot;</code></del> → <ins><code>&quot;20&quot;</code></ins>" in diff
+    assert "<del><code>true</code></del> → <ins><code>false</code></ins>" in diff
+    assert "(absent)</span> → <ins><code>&quot;x&quot;</code></ins>" in diff
+    # The whole record stays one click away.
+    full = diff[diff.index("<details>") :]
+    assert "Full record" in full and "&quot;name&quot;: &quot;B&quot;" in full and "&quot;day&quot;: 1" in full
+
+
 def test_admin_sees_events_newest_first_with_filters(client, admin, trail):
     login(client, admin)
     url = reverse("audit:event_list")
@@ -42,14 +162,14 @@ def test_admin_sees_events_newest_first_with_filters(client, admin, trail):
     assert len(_seqs(by_actor)) == 3
     by_action = client.get(url, {"action": "route.updated"})
     assert len(_seqs(by_action)) == 2
-    by_target = client.get(url, {"target_type": "route", "target_id": "7"})
+    by_target = client.get(url, {"target_type": "route", "target": "7"})
     assert len(_seqs(by_target)) == 2
     today = dt.date.today()
     assert len(_seqs(client.get(url, {"date_from": today.isoformat(), "date_to": today.isoformat()}))) == len(all_seqs)
     assert _seqs(client.get(url, {"date_to": (today - dt.timedelta(days=2)).isoformat()})) == []
     bad = client.get(url, {"date_from": "2030-01-02", "date_to": "2030-01-01"})
     assert bad.status_code == 200 and bad.context["page"] is None
-    assert b"must not be after" in bad.content
+    assert "must not be after" in _error_beside(bad.content.decode(), "id_date_from")
 
 
 def test_htmx_request_gets_the_results_partial(client, admin, trail):

@@ -50,9 +50,10 @@ def test_usage_page_shows_chart_breakdown_spenders_budgets_and_banner(client, vi
     assert '<svg class="chart cost"' in html and 'class="bar"' in html
     assert "dev-large" in html and "dev-small" in html
     assert "search-svc" in html  # top spender
-    assert "Search monthly" in html and 'class="budget-bar"' in html
-    # 3 × dev-large(10 in, 5 out) = 0.000315 > 50 % of 0.0002: the banner shows.
+    assert "Search monthly" in html and 'class="budget-bar over"' in html
+    # 3 × dev-large(10 in, 5 out) = 0.000315 > 50 % of 0.0002: the banner shows, with the real share.
     assert 'data-budget-alert="' in html
+    assert "has used 157% of" in html
 
 
 def test_usage_page_filters_by_key_and_renders_htmx_partial(client, viewer, seeded):
@@ -62,7 +63,8 @@ def test_usage_page_filters_by_key_and_renders_htmx_partial(client, viewer, seed
     )
     html = response.content.decode()
     assert "<html" not in html
-    assert "batch-svc" in html and "dev-large" not in html
+    report = html[html.index('id="usage-report"') :]
+    assert "batch-svc" in report and "dev-large" not in report
 
 
 def test_usage_page_rejects_a_reversed_date_range(client, viewer, seeded):
@@ -107,7 +109,7 @@ def test_budget_form_errors_are_shown(client, admin):
     response = client.post(
         reverse("billing:budget_list"), {"name": "T", "scope": "team", "amount": "1", "period": "month"}
     )
-    assert response.status_code == 200 and "needs a team" in response.content.decode()
+    assert response.status_code == 400 and "needs a team" in response.content.decode()
 
 
 def test_admin_sets_a_price_per_million_exactly(client, admin, organisation):
