@@ -100,7 +100,10 @@ EXPECTATIONS: dict[str, dict] = {
     "registry:version_edit": {"allowed_roles": PROMPT_WRITERS, "methods": ("GET", "POST"), "ok": {"POST": (400,)}},
     "registry:version_detail": {"allowed_roles": ANY_MEMBER, "methods": ("GET", "POST"), "ok": {"POST": (200,)}},
     # runs the version through the proxy pipeline; failures (here: no route) are shown with 200
-    "registry:version_run": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (200,)}},
+    # Without htmx the run is POST-redirect-GET.
+    "registry:version_run": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "registry:prompt_archive": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (302,)}},
+    "registry:prompt_unarchive": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (302,)}},
     "registry:version_diff": {"allowed_roles": ANY_MEMBER, "methods": READ},
     "registry:label_move": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (302,)}},
     "registry:label_protection": {"allowed_roles": ADMIN, "methods": ("POST",), "ok": {"POST": (302,)}},
@@ -110,6 +113,8 @@ EXPECTATIONS: dict[str, dict] = {
     "api-prompt-list": {"allowed_roles": ANY_MEMBER, "methods": READ},
     "api-prompt-import": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (400,)}},
     "api-prompt-detail": {"allowed_roles": ANY_MEMBER, "methods": READ},
+    "api-prompt-archive": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (200,)}},
+    "api-prompt-unarchive": {"allowed_roles": PROMPT_WRITERS, "methods": ("POST",), "ok": {"POST": (200,)}},
     "api-prompt-export": {"allowed_roles": ANY_MEMBER, "methods": READ},
     "api-prompt-diff": {"allowed_roles": ANY_MEMBER, "methods": READ, "ok": {"GET": (400,)}},
     "api-prompt-version-list": {"allowed_roles": ANY_MEMBER, "methods": READ},
@@ -540,9 +545,9 @@ PARAM_FACTORIES = {
     "finding_index": lambda org: 0,
 }
 
-# Not walked here: public or superuser-only, or tested elsewhere. /v1/ is not in the URLconf at all
+# Not walked here: public or superuser-only, or tested elsewhere (the favicon in tests/test_ui_shell.py). /v1/ is not in the URLconf at all
 # (config/asgi.py hands it to the proxy application).
-EXCLUDED_PREFIXES = ("admin/", "api/schema/", "api/docs/")
+EXCLUDED_PREFIXES = ("admin/", "api/schema/", "api/docs/", "favicon.ico")
 PUBLIC_ENDPOINTS = {"core:healthz": "/healthz", "core:readyz": "/readyz", "core:metrics": "/metrics"}
 PERSONAS = (
     "anonymous",
