@@ -195,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _admin_client(organisation):
+    from django.contrib.auth import get_user_model
     from django.test import Client
 
-    from django.contrib.auth import get_user_model
     from accounts.services import membership_set, user_create
     from core.actors import Actor
 
