@@ -57,6 +57,8 @@ from proxy.ui_selectors import (
 )
 
 PAGE_SIZE = 50
+# The list shows none of these; their JSON is most of a row's bytes.
+LIST_DEFERRED = ("timings", "safety", "error_message")
 RECENT = timedelta(hours=24)
 
 
@@ -83,6 +85,9 @@ def _labelled(logs, key_labels: dict[int, str]) -> list[RequestLog]:
     logs = list(logs)
     for log in logs:
         log.key_label = key_labels.get(log.api_key_id, "")
+        # Formatted here: the template's date filter, twice per row, was a quarter of the rows' rendering.
+        log.started_iso = log.started_at.isoformat()
+        log.started_text = log.started_at.strftime("%Y-%m-%d %H:%M:%S")
     return logs
 
 
@@ -300,7 +305,11 @@ def request_log_list(request):
     if not form.is_bound or form.is_valid():
         try:
             page = request_log_page(
-                organisation=organisation, filters=form.filters(), cursor=request.GET.get("cursor"), size=PAGE_SIZE
+                organisation=organisation,
+                filters=form.filters(),
+                cursor=request.GET.get("cursor"),
+                size=PAGE_SIZE,
+                defer=LIST_DEFERRED,
             )
         except CursorInvalid as exc:
             cursor_error = exc.message

@@ -20,8 +20,8 @@ def test_bench_loads_once_and_prints_every_page(capsys):
     assert UsageLine.objects.filter(request_id__startswith="rlb-").count() == 1200
     assert set(RequestLog.objects.values_list("prompt_name", flat=True)) == {"", *requestlog.PROMPTS}
     for page in ("list, newest page", "list by model", "list by status", "list by key", "list by prompt+version",
-                 "list by date range", "list, page 5,000 deep", "list by prompt+version, page 5,000 deep",
-                 "API list by key", "detail page", "API detail"):  # fmt: skip
+                 "list by date range", "list, page ", "list by prompt+version, page ",
+                 "API list by key", "API list, page ", "detail page", "API detail"):  # fmt: skip
         assert re.search(rf"^{re.escape(page)}.*\s[\d.]+\s+[\d.]+\s+[\d.]+\s+(pass|FAIL)$", out, re.MULTILINE), page
 
     requestlog.main(["--rows", "1200", "--samples", "1"])
