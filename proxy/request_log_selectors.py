@@ -18,6 +18,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from django.core import signing
+from django.db import connection
 from django.db.models import Q
 
 from accounts.models import Organisation
@@ -132,9 +133,19 @@ def request_log_recent_counts(
     *, organisation: Organisation, since: dt.datetime, cap: int = RECENT_COUNT_CAP
 ) -> dict[str, int]:
     """Requests per status started since `since`, each counted up to `cap` + 1 (more than `cap`:
-    show "cap+"). One bounded index-only read per status, so it stays fast however busy the day was."""
-    base = RequestLog.objects.filter(organisation=organisation, started_at__gte=since).order_by()
-    return {status: base.filter(status=status).values("id")[: cap + 1].count() for status in RequestStatus.values}
+    show "cap+"). One bounded index-only read per status, all in one statement (one round trip)."""
+    table = RequestLog._meta.db_table
+    # A LIMIT inside a FROM subquery, so that SQLite (make run's default) takes it too.
+    where = "organisation_id = %s AND status = %s AND started_at >= %s"
+    capped = f"(SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT %s) AS capped)"  # noqa: S608
+    since_param = connection.ops.adapt_datetimefield_value(since)
+    params = []
+    for status in RequestStatus.values:
+        params += [organisation.pk, status, since_param, cap + 1]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join([capped] * len(RequestStatus.values)), params)
+        row = cursor.fetchone()
+    return dict(zip(RequestStatus.values, (int(n) for n in row), strict=True))
 
 
 def stage_timings_ordered(timings) -> list[tuple[str, float]]:
