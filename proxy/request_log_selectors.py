@@ -33,7 +33,7 @@ STAGE_ORDER = ("admit", "authenticate", "resolve_prompt", "pre_filters", "hold_w
                "call_upstream", "post_filters", "settle_cost", "log")  # fmt: skip
 # Above this many requests of one status in 24 h the summary says "1000+": an exact count reads every
 # index entry of the day (hundreds of milliseconds at a busy organisation's rate), and a capped one
-# costs what it reads: 19 ms for 10,000 per status at 10 million rows, 3 ms for 1,000 (bench.requestlog).
+# costs what it reads: 17-25 ms for 10,000 per status at 10 million rows, 4 ms for 1,000 (bench.requestlog).
 RECENT_COUNT_CAP = 1_000
 
 
