@@ -52,18 +52,6 @@ def request_logs_filtered(*, organisation: Organisation, filters: RequestLogFilt
     return qs.order_by("-started_at", "-id")
 
 
-def request_log_counts(*, organisation: Organisation, since: dt.datetime) -> dict[str, int]:
-    """Requests per status since `since` (for the summary above the log)."""
-    rows = (
-        RequestLog.objects.filter(organisation=organisation, started_at__gte=since)
-        .values("status")
-        .annotate(n=Count("id"))
-    )
-    counts = {status: 0 for status in RequestStatus.values}
-    counts.update({row["status"]: row["n"] for row in rows})
-    return counts
-
-
 def api_key_labels(*, organisation: Organisation) -> dict[int, str]:
     """Key id -> "name (prefix…)" for every key of the organisation, revoked ones included."""
     return {
