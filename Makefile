@@ -55,7 +55,8 @@ bench: $(BENCH_STAMP)
 		$(PY) -m bench.registry && $(PY) -m bench.safety && $(PY) -m bench $(BENCH_ARGS) && \
 		for policy in input default; do $(PY) -m bench --policy $$policy \
 			--only 'chat c=1 d=0' 'chat c=64 d=0' 'open 300/s d=0' 'stream c=16 d=0' || exit 1; done && \
-		$(PY) -m bench.evals
+		$(PY) -m bench.evals && \
+		$(PY) -m bench.requestlog
 
 # Optional: builds llama-cpp-python from source the first time (about 8 minutes); kept out of requirements.lock.
 test-real-model: install

@@ -559,3 +559,54 @@ def unpriced_usage(*, organisation, filters: UsageFilters) -> list[dict]:
         .annotate(lines=Count("id"), prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"))
         .order_by("model")
     )
+
+
+# --- requestlog helper (#17): a page of the request log's costs in one query ----------------------
+
+
+@dataclass(frozen=True)
+class RequestCost:
+    """What the ledger says one request cost: the sum of its attempts' lines.
+
+    `unpriced`: a line was recorded at nothing because no price was known (the real cost is unknown);
+    `estimated`: a line was priced from estimated usage; `cached`: served from Steward's cache."""
+
+    total: Decimal
+    currency: str
+    unpriced: bool
+    estimated: bool
+    cached: bool
+
+    @property
+    def display(self) -> str:
+        """The total without the ledger's trailing zeros (0.000017, not 0.000017000000)."""
+        return f"{self.total.normalize():f}"
+
+
+def request_costs(*, organisation_id: int, request_ids: list[str]) -> dict[str, RequestCost]:
+    """Request id -> its cost, for the requests that have ledger lines (one query, by the ledger's
+    (request_id, attempt) unique index: a page of 50 requests reads about 50 index entries)."""
+    if not request_ids:
+        return {}
+    rows = (
+        m.UsageLine.objects.filter(organisation_id=organisation_id, request_id__in=request_ids)
+        .values("request_id")
+        .annotate(
+            total=Sum("cost"),
+            currency=Max("currency"),
+            unpriced=Count("id", filter=Q(basis=m.CostBasis.NO_PRICE)),
+            estimated=Count("id", filter=Q(basis=m.CostBasis.ESTIMATED)),
+            cached=Count("id", filter=Q(basis=m.CostBasis.CACHED)),
+        )
+        .order_by()
+    )
+    return {
+        row["request_id"]: RequestCost(
+            total=row["total"] or ZERO,
+            currency=row["currency"] or "USD",
+            unpriced=row["unpriced"] > 0,
+            estimated=row["estimated"] > 0,
+            cached=row["cached"] > 0,
+        )
+        for row in rows
+    }

@@ -13,12 +13,14 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from accounts.permissions import RoleRequired
 from accounts.roles import Role
 from core.api import Pagination
 from proxy.models import Deployment, DeploymentKind, ModelRoute, RequestLog, RequestStatus, RoutingStrategy
+from proxy.request_log_selectors import request_log_page, request_logs_with_costs, stage_timings_ordered
 from proxy.selectors import (
     deployment_get,
     deployments_list,
@@ -39,7 +41,7 @@ from proxy.services import (
     route_public,
     route_update,
 )
-from proxy.ui_selectors import RequestLogFilters, deployments_health, request_logs_filtered
+from proxy.ui_selectors import RequestLogFilters, deployments_health
 
 TAGS = ["models"]
 
@@ -360,30 +362,70 @@ class DeploymentDeleteApi(_AdminApi):
 # --- request log -----------------------------------------------------------------------------
 
 
+class RequestCostOutputSerializer(serializers.Serializer):
+    total = serializers.DecimalField(max_digits=28, decimal_places=12, help_text="The sum of the ledger's lines.")
+    currency = serializers.CharField()
+    unpriced = serializers.BooleanField(help_text="A line was recorded at 0 for want of a price: real cost unknown.")
+    estimated = serializers.BooleanField(help_text="Priced from estimated usage (the upstream sent none).")
+    cached = serializers.BooleanField(help_text="Served from Steward's cache.")
+
+
 class RequestLogOutputSerializer(serializers.ModelSerializer):
+    cost = RequestCostOutputSerializer(
+        read_only=True, allow_null=True, help_text="From the usage ledger; null when no attempt was made."
+    )
+
     class Meta:
         model = RequestLog
         fields = [
             "request_id", "endpoint", "model", "stream", "api_key_id", "team_id", "deployment_id", "deployment_name",
             "prompt_name", "prompt_version_number", "status", "http_status", "error_type", "error_message",
             "cache_hit", "started_at", "latency_ms", "overhead_ms", "upstream_ms", "timings", "prompt_tokens",
-            "completion_tokens", "cached_tokens", "reasoning_tokens", "usage_estimated", "attempts", "safety",
+            "completion_tokens", "cached_tokens", "reasoning_tokens", "usage_estimated", "attempts", "safety", "cost",
         ]  # fmt: skip
 
 
+class StageTimingOutputSerializer(serializers.Serializer):
+    stage = serializers.CharField()
+    ms = serializers.FloatField()
+
+
+class CursorPaginatedRequestLogListSerializer(serializers.Serializer):
+    """A keyset page: links to its neighbours (null at either end), no total."""
+
+    next = serializers.URLField(allow_null=True, help_text="The page of older requests; null on the oldest.")
+    previous = serializers.URLField(allow_null=True, help_text="The page of newer requests; null on the newest.")
+    results = RequestLogOutputSerializer(many=True)
+
+
 class RequestLogListApi(_AdminApi):
-    pagination_class = Pagination
+    """Keyset pages, newest first: `next` and `previous` are links carrying an opaque `cursor`, and no
+    total is counted (a count of a busy organisation's log would cost more than the page)."""
 
     class FilterSerializer(serializers.Serializer):
         api_key_id = serializers.IntegerField(required=False, min_value=1)
         model = serializers.CharField(required=False, allow_blank=True, max_length=200)
         status = serializers.ChoiceField(required=False, allow_blank=True, choices=RequestStatus.choices)
-        date_from = serializers.DateField(required=False)
-        date_to = serializers.DateField(required=False)
+        prompt = serializers.CharField(
+            required=False, allow_blank=True, max_length=100, help_text="A prompt's name (as the log recorded it)."
+        )
+        prompt_version = serializers.IntegerField(
+            required=False, min_value=1, max_value=2_147_483_647, help_text="A version number of `prompt`."
+        )
+        date_from = serializers.DateField(required=False, help_text="UTC day the request started, inclusive.")
+        date_to = serializers.DateField(required=False, help_text="UTC day the request started, inclusive.")
+        cursor = serializers.CharField(
+            required=False, max_length=500, help_text="From `next` or `previous` of another page; opaque."
+        )
+        page_size = serializers.IntegerField(
+            required=False, min_value=1, max_value=500, default=50, help_text="Items per page: 1 to 500."
+        )
 
         def validate(self, attrs):
             if attrs.get("date_from") and attrs.get("date_to") and attrs["date_from"] > attrs["date_to"]:
                 raise serializers.ValidationError({"date_from": "must not be after date_to"})
+            if attrs.get("prompt_version") is not None and not attrs.get("prompt"):
+                raise serializers.ValidationError({"prompt_version": "give the prompt's name in `prompt` too"})
             return attrs
 
     class OutputSerializer(RequestLogOutputSerializer):
@@ -392,23 +434,50 @@ class RequestLogListApi(_AdminApi):
     @extend_schema(
         operation_id="request_logs_list",
         parameters=[FilterSerializer],
-        responses=OutputSerializer(many=True),
+        responses=CursorPaginatedRequestLogListSerializer,
         tags=TAGS,
     )
     def get(self, request):
         params = self.FilterSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        logs = request_logs_filtered(
-            organisation=request.org.organisation, filters=RequestLogFilters(**params.validated_data)
+        data = params.validated_data
+        organisation = request.org.organisation
+        filters = RequestLogFilters(
+            api_key_id=data.get("api_key_id"),
+            model=data.get("model") or "",
+            status=data.get("status") or "",
+            prompt_name=data.get("prompt") or "",
+            prompt_version=data.get("prompt_version"),
+            date_from=data.get("date_from"),
+            date_to=data.get("date_to"),
         )
-        paginator = self.pagination_class()
-        page = paginator.paginate_queryset(logs, request, view=self)
-        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+        page = request_log_page(
+            organisation=organisation, filters=filters, cursor=data.get("cursor"), size=data["page_size"]
+        )
+        request_logs_with_costs(organisation=organisation, logs=page.rows)
+
+        def link(cursor: str | None) -> str | None:
+            if cursor is None:
+                return None
+            return request.build_absolute_uri(replace_query_param(request.get_full_path(), "cursor", cursor))
+
+        return Response(
+            {
+                "next": link(page.older),
+                "previous": link(page.newer),
+                "results": self.OutputSerializer(page.rows, many=True).data,
+            }
+        )
 
 
 class RequestLogDetailApi(_AdminApi):
     class OutputSerializer(RequestLogOutputSerializer):
-        pass
+        stages = StageTimingOutputSerializer(
+            many=True, read_only=True, help_text="`timings` in the order the pipeline runs its stages."
+        )
+
+        class Meta(RequestLogOutputSerializer.Meta):
+            fields = [*RequestLogOutputSerializer.Meta.fields, "stages"]
 
     @extend_schema(
         operation_id="request_logs_retrieve",
@@ -417,10 +486,13 @@ class RequestLogDetailApi(_AdminApi):
         tags=TAGS,
     )
     def get(self, request, request_id: str):
+        organisation = request.org.organisation
         try:
-            log = request_log_get(organisation=request.org.organisation, request_id=request_id)
+            log = request_log_get(organisation=organisation, request_id=request_id)
         except RequestLog.DoesNotExist:
             raise Http404 from None
+        request_logs_with_costs(organisation=organisation, logs=[log])
+        log.stages = [{"stage": stage, "ms": ms} for stage, ms in stage_timings_ordered(log.timings)]
         return Response(self.OutputSerializer(log).data)
 
 

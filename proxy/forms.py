@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from proxy.models import DeploymentKind, RequestStatus, RoutingStrategy
+from proxy.ui_selectors import RequestLogFilters
 
 # The shared stylesheet makes every input full width; a checkbox sits next to its label instead.
 CHECKBOX = forms.CheckboxInput(attrs={"style": "width:auto;margin:0 .4rem 0 0"})
@@ -93,18 +94,42 @@ class RequestLogFilterForm(forms.Form):
     api_key = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="Key")
     model = forms.CharField(required=False, max_length=200)
     status = forms.ChoiceField(required=False, choices=[("", "Any"), *RequestStatus.choices])
+    prompt = forms.ChoiceField(required=False, label="Prompt")
+    version = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2_147_483_647,
+        label="Version",
+        widget=forms.NumberInput(attrs={"min": 1}),
+    )
     date_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From")
     date_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To")
 
-    def __init__(self, *args, key_labels: dict[int, str], **kwargs):
+    def __init__(self, *args, key_labels: dict[int, str], prompt_names: list[str], **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["api_key"].choices = [("", "Any"), *key_labels.items()]
+        self.fields["prompt"].choices = [("", "Any"), *((name, name) for name in prompt_names)]
 
     def clean(self):
         cleaned = super().clean()
         if cleaned.get("date_from") and cleaned.get("date_to") and cleaned["date_from"] > cleaned["date_to"]:
             self.add_error("date_from", "must not be after the end date")
+        if cleaned.get("version") is not None and not cleaned.get("prompt"):
+            self.add_error("version", "choose a prompt for this version number")
         return cleaned
+
+    def filters(self) -> RequestLogFilters:
+        """The valid form's filters (call after is_valid; an unbound form means no filter)."""
+        data = self.cleaned_data if self.is_bound else {}
+        return RequestLogFilters(
+            api_key_id=data.get("api_key"),
+            model=data.get("model") or "",
+            status=data.get("status") or "",
+            prompt_name=data.get("prompt") or "",
+            prompt_version=data.get("version"),
+            date_from=data.get("date_from"),
+            date_to=data.get("date_to"),
+        )
 
 
 class ProxySettingsForm(forms.Form):

@@ -59,23 +59,6 @@ def proxy_settings_get(*, organisation: Organisation) -> ProxySettings:
     return ProxySettings.objects.filter(organisation=organisation).first() or ProxySettings(organisation=organisation)
 
 
-def request_logs_list(
-    *,
-    organisation: Organisation,
-    status: str | None = None,
-    model: str | None = None,
-    api_key_id: int | None = None,
-) -> QuerySet[RequestLog]:
-    qs = RequestLog.objects.filter(organisation=organisation)
-    if status:
-        qs = qs.filter(status=status)
-    if model:
-        qs = qs.filter(model=model)
-    if api_key_id:
-        qs = qs.filter(api_key_id=api_key_id)
-    return qs.order_by("-started_at", "-id")
-
-
 def request_log_get(*, organisation: Organisation, request_id: str) -> RequestLog:
     return RequestLog.objects.get(organisation=organisation, request_id=request_id)
 

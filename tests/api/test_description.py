@@ -57,7 +57,6 @@ def test_paginated_lists_are_described_as_paginated(schema):
         "GET /api/v1/prompts/{prompt_name}/labels/{label_name}/history/",
         "GET /api/v1/promotion-requests/",
         "GET /api/v1/model-routes/",
-        "GET /api/v1/request-logs/",
         "GET /api/v1/audit-events/",
         "GET /api/v1/api-keys/",
         "GET /api/v1/members/",
@@ -75,6 +74,23 @@ def test_paginated_lists_are_described_as_paginated(schema):
         "GET /api/v1/evals/runs/",
         "GET /api/v1/evals/runs/{run_id}/cells/",
     } == paginated
+
+
+def test_the_request_log_is_described_as_keyset_pages(schema):
+    """No count and no page number: `next`/`previous` links carry an opaque cursor; a bad one is a 400."""
+    operation = schema["paths"]["/api/v1/request-logs/"]["get"]
+    ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    component = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert set(component["properties"]) == {"next", "previous", "results"}
+    assert component["properties"]["next"]["nullable"] and component["properties"]["previous"]["nullable"]
+    item = schema["components"]["schemas"][component["properties"]["results"]["items"]["$ref"].rsplit("/", 1)[1]]
+    assert {"request_id", "cost", "timings"} <= set(item["properties"])
+    names = {p["name"] for p in operation["parameters"]}
+    assert {"cursor", "page_size", "prompt", "prompt_version"} <= names and "page" not in names
+    assert "400" in operation["responses"] and "404" not in operation["responses"]
+    detail = schema["paths"]["/api/v1/request-logs/{request_id}/"]["get"]["responses"]["200"]["content"]
+    detail_item = schema["components"]["schemas"][detail["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert {"cost", "stages"} <= set(detail_item["properties"])
 
 
 def test_the_export_is_described_as_a_yaml_document(schema):
