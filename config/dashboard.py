@@ -26,12 +26,12 @@ from accounts.roles import Role
 from billing.selectors import BudgetStatus, budgets_status, spend_summary
 from evals.selectors import runs_needing_attention
 from proxy.models import RequestStatus
-from proxy.ui_selectors import deployment_health_overview, request_log_counts
+from proxy.request_log_selectors import request_counts_last_day
+from proxy.ui_selectors import deployment_health_overview
 from registry.models import PromotionStatus
 from registry.selectors import promotion_requests
 from safety.moderation_selectors import queue_items, queue_summary
 
-RECENT_REQUESTS = dt.timedelta(hours=24)
 RECENT_RUNS = dt.timedelta(days=7)
 SHOWN = 5  # rows per panel; each panel links to the page with the rest
 BUDGETS_SHOWN = 4
@@ -106,7 +106,7 @@ def _spend_panel(organisation) -> dict:
 
 
 def _requests_panel(organisation, now: dt.datetime) -> dict:
-    counts = request_log_counts(organisation=organisation, since=now - RECENT_REQUESTS)
+    counts = request_counts_last_day(organisation=organisation, now=now)
     total = sum(counts.values())
     errors = counts.get(RequestStatus.ERROR, 0)
     rate = errors * 100 / total if total else 0.0

@@ -37,6 +37,24 @@ STAGE_ORDER = ("admit", "authenticate", "resolve_prompt", "pre_filters", "hold_w
 RECENT_COUNT_CAP = 1_000
 
 
+def request_counts_last_day(*, organisation: Organisation, now: dt.datetime) -> dict[str, int]:
+    """Requests per status in the current hour and the 23 before it (exact, from RequestCountHourly:
+    at most 24 rows per status, whatever the size of the log)."""
+    from django.db.models import Sum
+
+    from proxy.models import RequestCountHourly
+
+    since = now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=23)
+    rows = (
+        RequestCountHourly.objects.filter(organisation_id=organisation.pk, hour__gte=since)
+        .values("status")
+        .annotate(n=Sum("count"))
+    )
+    counts = dict.fromkeys(RequestStatus.values, 0)
+    counts.update({row["status"]: int(row["n"]) for row in rows})
+    return counts
+
+
 class CursorInvalid(ValidationFailed):
     """A page cursor this server did not issue (altered, truncated or from another deployment)."""
 

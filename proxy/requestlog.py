@@ -28,11 +28,11 @@ import collections
 import logging
 import os
 import socket
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 import redis.exceptions
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils.dateparse import parse_datetime
 
 from core.conf import hot
@@ -106,6 +106,32 @@ def _unsupported_citations(safety: dict | None) -> int:
     return sum(1 for finding in output.get("findings") or () if finding.get("kind") == "citation_unknown_source")
 
 
+def hourly_counts_add(rows) -> None:
+    """Add `rows` (RequestLog, not saved or just saved) to RequestCountHourly, one upsert per batch.
+    Keys go in sorted order, so two consumers adding to the same hours cannot deadlock."""
+    from proxy.models import RequestCountHourly
+
+    counts = collections.Counter(
+        (row.organisation_id, row.started_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0), row.status)
+        for row in rows
+    )
+    if not counts:
+        return
+    table = RequestCountHourly._meta.db_table
+    adapt = connection.ops.adapt_datetimefield_value
+    params = []
+    for (organisation_id, hour, status), n in sorted(counts.items()):
+        params += [organisation_id, adapt(hour), status, n]
+    values = ", ".join(["(%s, %s, %s, %s)"] * len(counts))
+    # PostgreSQL and SQLite (3.24+) both take ON CONFLICT ... DO UPDATE; the addition happens in the database.
+    sql = (
+        f"INSERT INTO {table} (organisation_id, hour, status, count) VALUES {values} "  # noqa: S608
+        f"ON CONFLICT (organisation_id, hour, status) DO UPDATE SET count = {table}.count + excluded.count"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
 def records_write(records: list[dict]) -> int:
     """Write request records idempotently; returns how many were new. Raises if the database is down."""
     from accounts.services import api_keys_mark_used
@@ -120,7 +146,9 @@ def records_write(records: list[dict]) -> int:
         new = [r for rid, r in by_id.items() if rid not in existing]
         if not new:
             return 0
-        RequestLog.objects.bulk_create([_row(r) for r in new], ignore_conflicts=True, batch_size=500)
+        rows = [_row(r) for r in new]
+        RequestLog.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+        hourly_counts_add(rows)
         bodies = [
             RequestBody(
                 request_id=r["request_id"],

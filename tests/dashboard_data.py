@@ -41,17 +41,25 @@ def ledger_spend(organisation, *, model="dev-large", prompt_tokens=400, completi
 
 
 def request_logged(organisation, *, status="ok", started_at=None, model="dev-small"):
+    """One request as the proxy's log consumer writes it (the row and the hourly counts)."""
     from proxy.models import RequestLog
+    from proxy.requestlog import records_write
 
-    return RequestLog.objects.create(
-        organisation=organisation,
-        request_id=f"req-{uuid.uuid4().hex[:16]}",
-        endpoint="chat.completions",
-        model=model,
-        status=status,
-        http_status={"ok": 200, "error": 502, "rejected": 429, "cached": 200}.get(status, 200),
-        started_at=started_at or timezone.now(),
+    request_id = f"req-{uuid.uuid4().hex[:16]}"
+    records_write(
+        [
+            {
+                "request_id": request_id,
+                "organisation_id": organisation.pk,
+                "endpoint": "chat.completions",
+                "model": model,
+                "status": status,
+                "http_status": {"ok": 200, "error": 502, "rejected": 429, "cached": 200}.get(status, 200),
+                "started_at": (started_at or timezone.now()).isoformat(),
+            }
+        ]
     )
+    return RequestLog.objects.get(request_id=request_id)
 
 
 def item_held(organisation, *, policy_name="pii-hold", priority=2, sla_seconds=600):

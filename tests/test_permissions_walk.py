@@ -545,8 +545,8 @@ PARAM_FACTORIES = {
     "finding_index": lambda org: 0,
 }
 
-# Not walked here: public or superuser-only, or tested elsewhere (the favicon in tests/test_ui_shell.py). /v1/ is not in the URLconf at all
-# (config/asgi.py hands it to the proxy application).
+# Not walked here: public or superuser-only, or tested elsewhere (the favicon in tests/test_ui_shell.py).
+# /v1/ is not in the URLconf at all (config/asgi.py hands it to the proxy application).
 EXCLUDED_PREFIXES = ("admin/", "api/schema/", "api/docs/", "favicon.ico")
 PUBLIC_ENDPOINTS = {"core:healthz": "/healthz", "core:readyz": "/readyz", "core:metrics": "/metrics"}
 PERSONAS = (

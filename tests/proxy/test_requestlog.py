@@ -58,6 +58,25 @@ def test_records_write_is_idempotent(organisation):
     assert row.prompt_tokens == 3 and row.completion_tokens == 4 and row.total_tokens == 7
 
 
+def test_hourly_counts_add_up_across_batches_once_per_request(organisation, other_organisation):
+    from proxy.models import RequestCountHourly
+    from proxy.request_log_selectors import request_counts_last_day
+
+    now = timezone.now()
+    hour_ago = (now - timedelta(hours=1)).isoformat()
+    first = [_record(organisation, "h1"), _record(organisation, "h2", status="error", http_status=502)]
+    records_write(first)
+    records_write([_record(organisation, "h3"), _record(organisation, "h4", started_at=hour_ago)])
+    records_write(first)  # a re-delivered batch: no new rows, nothing added
+    records_write([_record(organisation, "old", started_at=(now - timedelta(hours=30)).isoformat())])
+    records_write([_record(other_organisation, "theirs")])
+
+    counts = request_counts_last_day(organisation=organisation, now=now)
+    assert counts["ok"] == 3 and counts["error"] == 1 and counts["rejected"] == 0
+    assert sum(r.count for r in RequestCountHourly.objects.filter(organisation_id=organisation.id)) == 5
+    assert request_counts_last_day(organisation=other_organisation, now=now)["ok"] == 1
+
+
 def test_drain_reads_acks_and_reclaims_a_dead_consumers_entries(organisation, redis_clean, monkeypatch):
     import proxy.requestlog as requestlog
 
