@@ -7,7 +7,9 @@ server's threads must see the rows a test creates.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -31,3 +33,13 @@ def sign_in(page, persona, next_path: str = "/") -> None:
     page.fill("#id_password", persona.password)
     page.click("button[type=submit]")
     page.wait_for_url(re.compile(re.escape(next_path) + r"$"))
+
+
+def screenshot(page, name: str, *, full_page: bool = True) -> None:
+    """Save the page as docs/screenshots/`name` when STEWARD_SCREENSHOTS=1 (the README's pictures come
+    from `make screenshots`; these are the pages' states a test sets up, kept for review)."""
+    if os.environ.get("STEWARD_SCREENSHOTS") != "1":
+        return
+    folder = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / name), full_page=full_page)

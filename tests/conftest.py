@@ -55,6 +55,18 @@ def _redis_per_worker():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _fast_password_hashing():
+    """MD5 instead of PBKDF2's million rounds in this process (Django's advice for tests): every persona
+    and every sign-in through the login form hashes a password, half a second each at full strength."""
+    from django.conf import settings
+    from django.contrib.auth.hashers import get_hashers
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    get_hashers.cache_clear()
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _test_database_released_at_the_end(django_db_setup, django_db_blocker):
     """In-process servers' threads and child processes keep connections to the test database; still
     open at the end, they stop pytest-django from dropping it ("being accessed by other users")."""

@@ -609,12 +609,6 @@ def test_every_url_has_a_row():
     assert not stale, f"EXPECTATIONS rows for URLs that no longer exist: {stale}"
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    # Several users per case; the real hasher would spend most of the walk hashing.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def member_without_roles(organisation):
     from tests.factories import PersonaFactory

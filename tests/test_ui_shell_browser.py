@@ -7,24 +7,20 @@ Set STEWARD_SCREENSHOTS=1 to also save docs/screenshots/phone-navigation.png.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import time
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.utils import timezone
 
 from accounts.roles import Role
 from proxy.models import Deployment, RequestLog
-from tests.browser import DESKTOP, PHONE
+from tests.browser import DESKTOP, PHONE, screenshot
 from tests.factories import DeploymentFactory, OrganisationFactory, PersonaFactory, PromptVersionFactory, RouteFactory
 from tests.helpers import ACTOR
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-SCREENSHOTS = Path(settings.BASE_DIR) / "docs" / "screenshots"
 ALL_ROLES = [r.value for r in Role]
 NOWHERE = "http://127.0.0.1:9/v1"  # never called by these tests
 
@@ -103,9 +99,7 @@ def test_every_page_fits_a_phone_and_the_menu_reaches_every_item(everything, bro
     _assert_inside_viewport(page, page.locator("#org-switch"), "the organisation switcher")
     _assert_inside_viewport(page, page.get_by_role("button", name="Log out"), "Log out")
     assert page.locator("nav[aria-label=Main] a[aria-current=page]").inner_text() == "Prompts"
-    if os.environ.get("STEWARD_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / "phone-navigation.png"))
+    screenshot(page, "phone-navigation.png", full_page=False)
 
     # The keyboard walks from the button into the menu; Escape closes it and returns to the button.
     page.keyboard.press("Tab")

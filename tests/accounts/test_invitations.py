@@ -27,11 +27,6 @@ INVITE = "/api/v1/invitations/"
 PASSWORD = "a long enough pass phrase 42"
 
 
-@pytest.fixture(autouse=True)
-def _fast_passwords(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def invite(client, django_capture_on_commit_callbacks):
     """POST an invitation. What the service defers to the commit (enqueueing the mail) is checked to be

@@ -3,26 +3,16 @@ shown as JSON, and the verification status polling."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from audit.actions import Action
 from audit.models import AuditVerification
 from audit.services import audit_verification_run
 from core.actors import Actor
+from tests.browser import screenshot
 from tests.helpers import record
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def _screenshot(page, name: str) -> None:
-    """With STEWARD_SCREENSHOTS=1, save the page under docs/screenshots/ (for the README)."""
-    if os.environ.get("STEWARD_SCREENSHOTS") == "1":
-        folder = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-        folder.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(folder / name), full_page=True)
 
 
 def test_filters_swap_results_and_verification_status_updates_itself(browser_open, admin, celery_worker_process):
@@ -95,4 +85,4 @@ def test_target_by_type_and_name_and_changes_as_json(browser_open, admin):
     expect(change.locator("dd")).to_have_text('"1" → "2"')
     change.locator("summary", has_text="Full record").click()
     expect(change.locator("pre").first).to_contain_text('"hard_limit": true')
-    _screenshot(page, "audit.png")
+    screenshot(page, "audit.png")

@@ -3,24 +3,14 @@ budget bars past 100 % and the prompt picker whose versions follow it."""
 
 from __future__ import annotations
 
-import os
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from billing.services import budget_create, usage_lines_record
-from tests.browser import PHONE
+from tests.browser import PHONE, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def _screenshot(page, name: str) -> None:
-    """With STEWARD_SCREENSHOTS=1, save the page under docs/screenshots/ (for the README)."""
-    if os.environ.get("STEWARD_SCREENSHOTS") == "1":
-        folder = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-        folder.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(folder / name), full_page=True)
 
 
 def test_usage_page_shows_chart_and_budget_bar(browser_open, viewer, organisation, record_factory, system_actor):
@@ -76,9 +66,9 @@ def test_usage_page_shows_chart_and_budget_bar(browser_open, viewer, organisatio
     fill = over.locator(".budget-bar-fill").bounding_box()
     outer = over.locator(".budget-bar").bounding_box()
     assert fill and outer and abs(fill["width"] - outer["width"]) < 1
-    _screenshot(page, "usage.png")
+    screenshot(page, "usage.png")
     page.goto("/usage/budgets/")
-    _screenshot(page, "budgets.png")
+    screenshot(page, "budgets.png")
 
 
 def test_empty_period_says_no_usage_rather_than_an_axis_of_zeros(browser_open, viewer):

@@ -444,5 +444,9 @@ def test_hot_path_database_reads_survive_a_dropped_connection(transactional_db, 
         **{k: v for k, v in dsn.items() if k in ("host", "port", "user", "dbname", "password")}, autocommit=True
     ) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", [pid])
-    config = _db_read_retrying(billing_config_load, organisation.pk)
-    assert config.organisation_id == organisation.pk and config.idle
+    try:
+        config = _db_read_retrying(billing_config_load, organisation.pk)
+        assert config.organisation_id == organisation.pk and config.idle
+    finally:
+        # Whatever the retry left behind, the next test starts on a fresh connection, not the killed one.
+        connection.close()

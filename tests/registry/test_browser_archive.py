@@ -3,25 +3,14 @@ finding the prompt again through the "Show" filter; the editor's model field off
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from registry import services
-from tests.browser import DESKTOP, PHONE
+from tests.browser import DESKTOP, PHONE, screenshot
 from tests.factories import PromptVersionFactory, RouteFactory
 from tests.helpers import SYSTEM
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-
-
-def _shot(page, name: str) -> None:
-    if os.environ.get("STEWARD_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 @pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
@@ -47,7 +36,7 @@ def test_pending_promotion_then_archive_and_find_it_again(browser_open, prompt_e
     page = browser_open(prompt_engineer, viewport=viewport, next_path="/prompts/")
     section = page.locator("#pending-promotions")
     assert "(none) → v2" in section.inner_text()
-    _shot(page, f"registry-prompt-list-pending-{'phone' if viewport == PHONE else 'desktop'}")
+    screenshot(page, f"registry-prompt-list-pending-{'phone' if viewport == PHONE else 'desktop'}.png")
     section.get_by_role("link", name="Review the promotion of guarded production").click()
     page.wait_for_url("**/prompts/guarded/#promotion-*")
     assert page.locator(".promotion .promotion-change").inner_text() == "(none) → v2"
@@ -55,7 +44,7 @@ def test_pending_promotion_then_archive_and_find_it_again(browser_open, prompt_e
     page.goto("/prompts/old-prompt/")
     page.click("#archive-prompt")
     page.wait_for_selector("#archived-notice")
-    _shot(page, f"registry-prompt-archived-{'phone' if viewport == PHONE else 'desktop'}")
+    screenshot(page, f"registry-prompt-archived-{'phone' if viewport == PHONE else 'desktop'}.png")
     page.goto("/prompts/")
     assert page.locator("#prompt-rows").get_by_text("old-prompt").count() == 0
     page.select_option("#id_show", "archived")
