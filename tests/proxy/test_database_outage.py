@@ -40,3 +40,4 @@ def test_warm_traffic_is_served_and_a_cold_key_gets_a_503_until_the_database_ret
     finally:
         database["PORT"] = real_port
     assert ask(cold).status_code == 200
+    connection.close()  # the next test on this worker opens its own, whatever the kill reached
