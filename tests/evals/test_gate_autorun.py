@@ -30,7 +30,7 @@ def test_the_request_starts_a_gate_run_and_its_end_passes_the_gate(
     organisation, eval_prompt, admin, prompt_engineer, second_prompt_engineer, proxy, start_worker
 ):
     suite = _gate(organisation, eval_prompt, admin)
-    start_worker()
+    worker = start_worker()
     promotion = registry_services.promotion_request_create(
         prompt=eval_prompt,
         label="production",
@@ -49,7 +49,9 @@ def test_the_request_starts_a_gate_run_and_its_end_passes_the_gate(
         p = PromotionRequest.objects.get(pk=promotion.pk)
         return p if p.gate_status != GateStatus.PENDING else None
 
-    promotion = wait_until(settled, timeout=60, interval=0.2)
+    promotion = wait_until(
+        settled, timeout=60, interval=0.2, context=lambda: f"run {Run.objects.get(pk=run.pk).status}\n{worker.log()}"
+    )
     assert Run.objects.get(pk=run.pk).status == RunStatus.COMPLETED
     assert promotion.gate_status == GateStatus.PASSED, promotion.gate_detail
     assert f"Run #{run.id} shows v2 non-inferior to v1" in promotion.gate_detail["sentence"]

@@ -70,9 +70,9 @@ def test_regression_run_end_to_end_through_the_proxy(organisation, eval_prompt, 
         ],
         concurrency=4,
     )
-    start_worker()
+    worker = start_worker()
     run = services.run_start(suite=suite, prompt=eval_prompt, actor=ACTOR, candidate_version=2, trigger="cli")
-    run = wait_until(run_ended(run.id), timeout=60, interval=0.2)
+    run = wait_until(run_ended(run.id), timeout=60, interval=0.2, context=worker.log)
     assert run.status == RunStatus.COMPLETED, run.error
     cells = list(Cell.objects.filter(run=run).select_related("item", "variant"))
     assert len(cells) == 16 and {c.status for c in cells} == {"done"}
@@ -102,7 +102,7 @@ def test_ab_run_with_repeats_and_model_override(organisation, eval_prompt, proxy
 
     route_with_deployments(organisation, "dev-large", [{"api_base": dev_upstream.url, "model": "dev-large"}])
     suite = suite_with(organisation, dataset_with(organisation, 3), repeats=2, reducer="pass_at_k")
-    start_worker()
+    worker = start_worker()
     run = services.run_start(
         suite=suite,
         prompt=eval_prompt,
@@ -110,7 +110,7 @@ def test_ab_run_with_repeats_and_model_override(organisation, eval_prompt, proxy
         kind="ab",
         variants=[{"name": "A", "version": 1}, {"name": "B", "version": 2, "model_override": "dev-large"}],
     )
-    run = wait_until(run_ended(run.id), timeout=60, interval=0.2)
+    run = wait_until(run_ended(run.id), timeout=60, interval=0.2, context=worker.log)
     assert run.status == RunStatus.COMPLETED, run.error
     b_cells = Cell.objects.filter(run=run, variant__name="B")
     assert b_cells.count() == 6 and set(b_cells.values_list("repeat", flat=True)) == {0, 1}
