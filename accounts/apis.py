@@ -89,6 +89,26 @@ def _teams_of(organisation, team_ids: list[int], *, param: str) -> list[Team]:
     return [_team_of(organisation, team_id, param=param) for team_id in dict.fromkeys(team_ids)]
 
 
+class ApiKeyInputSerializer(serializers.Serializer):
+    """A key's settings: every field on create (name required), any of them on PATCH (partial)."""
+
+    name = serializers.CharField(max_length=200)
+    team_id = serializers.IntegerField(required=False, allow_null=True, help_text="null: no team.")
+    expires_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="In the future, or null: never expires."
+    )
+    allowed_models = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=500)
+    allowed_prompts = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=500)
+    roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices), required=False)
+    rpm_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
+    tpm_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
+    max_in_flight = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
+    cache_enabled = serializers.BooleanField(required=False, default=False)
+    overridable_params = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, max_length=100
+    )
+
+
 class ApiKeyListCreateApi(APIView):
     """GET lists the organisation's keys; POST creates one and returns its secret, once."""
 
@@ -100,24 +120,8 @@ class ApiKeyListCreateApi(APIView):
     class OutputSerializer(ApiKeyOutputSerializer):
         pass
 
-    class CreateInputSerializer(serializers.Serializer):
-        name = serializers.CharField(max_length=200)
-        team_id = serializers.IntegerField(required=False, allow_null=True)
-        expires_at = serializers.DateTimeField(required=False, allow_null=True)
-        allowed_models = serializers.ListField(
-            child=serializers.CharField(max_length=200), required=False, max_length=500
-        )
-        allowed_prompts = serializers.ListField(
-            child=serializers.CharField(max_length=200), required=False, max_length=500
-        )
-        roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices), required=False)
-        rpm_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
-        tpm_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
-        max_in_flight = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
-        cache_enabled = serializers.BooleanField(required=False, default=False)
-        overridable_params = serializers.ListField(
-            child=serializers.CharField(max_length=64), required=False, max_length=100
-        )
+    class CreateInputSerializer(ApiKeyInputSerializer):
+        pass
 
     class CreateOutputSerializer(ApiKeyOutputSerializer):
         secret = serializers.SerializerMethodField(
@@ -176,26 +180,8 @@ class ApiKeyDetailApi(APIView):
     class OutputSerializer(ApiKeyOutputSerializer):
         pass
 
-    class UpdateInputSerializer(serializers.Serializer):
-        name = serializers.CharField(max_length=200, required=False)
-        team_id = serializers.IntegerField(required=False, allow_null=True, help_text="null: no team.")
-        expires_at = serializers.DateTimeField(
-            required=False, allow_null=True, help_text="In the future, or null: never expires."
-        )
-        allowed_models = serializers.ListField(
-            child=serializers.CharField(max_length=200), required=False, max_length=500
-        )
-        allowed_prompts = serializers.ListField(
-            child=serializers.CharField(max_length=200), required=False, max_length=500
-        )
-        roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices), required=False)
-        rpm_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
-        tpm_limit = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
-        max_in_flight = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=INT_MAX)
-        cache_enabled = serializers.BooleanField(required=False)
-        overridable_params = serializers.ListField(
-            child=serializers.CharField(max_length=64), required=False, max_length=100
-        )
+    class UpdateInputSerializer(ApiKeyInputSerializer):
+        pass
 
     @extend_schema(operation_id="api_keys_retrieve", responses=OutputSerializer, tags=["api keys"])
     def get(self, request, key_id: int):
